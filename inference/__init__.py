@@ -1,0 +1,1 @@
+"""Pixels to numbers: decoding, preprocessing, networks, measurements, the phantom generator."""

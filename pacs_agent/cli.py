@@ -1,0 +1,215 @@
+"""The ``echo-agent`` command line.
+
+Every subcommand turns the errors a user can cause (bad configuration, a taken port, a schema
+that needs upgrading, a bad argument) into one line on stderr and exit status 2; a traceback
+means a bug in the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pacs_agent import __version__
+from pacs_agent.config import Config, ConfigError, as_toml, load_config
+from pacs_agent.db import SchemaError, ensure_schema, make_engine, make_session_factory, upgrade
+from pacs_agent.db.migrate import current_revision, head_revision
+from pacs_agent.logs import configure_logging
+from pacs_agent.startup import StartupError, bind_listen_socket, prepare_home, web_address
+from pacs_agent.users import UserError, add_user
+
+log = logging.getLogger("echo_agent")
+
+USAGE_ERROR = 2
+# Errors a user can cause and fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, StartupError, SchemaError, UserError, ValueError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="echo-agent",
+        description="Clinical AI node for echocardiography (A4C loops -> LV, EF, SEG/SR/FHIR).",
+    )
+    parser.add_argument("--version", action="version", version=f"echo-agent {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (default: $ECHO_AGENT_CONFIG, else ./echo-agent.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the node (web health endpoint for now)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser(
+        "demo", help="write demo phantom studies under the home folder, then serve"
+    )
+    demo.add_argument("--studies", type=int, default=2, help="number of phantom studies")
+    demo.set_defaults(func=cmd_demo)
+
+    phantom = sub.add_parser("phantom", help="write synthetic A4C loops with ground truth")
+    phantom.add_argument("outdir", type=Path)
+    phantom.add_argument("--n", type=int, default=4, help="studies (dicom) or videos (echonet)")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--format", choices=("dicom", "echonet"), default="dicom")
+    phantom.add_argument(
+        "--no-distractors", action="store_true", help="dicom: only the A4C loop per study"
+    )
+    phantom.set_defaults(func=cmd_phantom, needs_config=False)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(
+        func=cmd_db_upgrade
+    )
+    db_sub.add_parser("current", help="print the schema revision").set_defaults(func=cmd_db_current)
+
+    user = sub.add_parser("user", help="reviewer accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    user_add = user_sub.add_parser("add", help="create an account")
+    user_add.add_argument("username")
+    user_add.add_argument("--role", required=True, choices=("admin", "cardiologist", "sonographer"))
+    user_add.add_argument("--display-name", default="")
+    user_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    user_add.set_defaults(func=cmd_user_add)
+
+    config = sub.add_parser("config", help="configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser("show", help="print the effective configuration").set_defaults(
+        func=cmd_config_show
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace, Config | None], int] = args.func
+    try:
+        config = None
+        if getattr(args, "needs_config", True):
+            config = load_config(args.config)
+            configure_logging(config.logging.level)
+        else:
+            configure_logging("INFO")
+        return func(args, config)
+    except USER_ERRORS as exc:
+        kind = {ConfigError: "configuration error", StartupError: "cannot start"}.get(
+            type(exc), "error"
+        )
+        print(f"echo-agent: {kind}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _require(config: Config | None) -> Config:
+    assert config is not None, "command declared needs_config"
+    return config
+
+
+def cmd_config_show(_args: argparse.Namespace, config: Config | None) -> int:
+    sys.stdout.write(as_toml(_require(config)))
+    return 0
+
+
+def cmd_db_upgrade(_args: argparse.Namespace, config: Config | None) -> int:
+    config = _require(config)
+    prepare_home(config)
+    upgrade(config.database_url)
+    print(f"database schema at {head_revision()}")
+    return 0
+
+
+def cmd_db_current(_args: argparse.Namespace, config: Config | None) -> int:
+    engine = make_engine(_require(config).database_url)
+    try:
+        print(current_revision(engine) or "empty")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace, config: Config | None) -> int:
+    config = _require(config)
+    prepare_home(config)
+    password = _read_password(args.password_stdin)
+    engine = make_engine(config.database_url)
+    try:
+        ensure_schema(engine, config.database_url)
+        with make_session_factory(engine).begin() as session:
+            user = add_user(session, args.username, password, args.role, args.display_name)
+            print(f"created {user.role} account {user.username!r}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise UserError("no terminal to ask for a password: use --password-stdin")
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("again: "):
+        raise UserError("the two passwords differ")
+    return first
+
+
+def cmd_phantom(args: argparse.Namespace, _config: Config | None) -> int:
+    from inference.phantom import generate_phantoms  # numpy/opencv only when asked for
+
+    if args.n < 1:
+        raise ValueError("--n must be at least 1")
+    written = generate_phantoms(
+        args.outdir, n=args.n, seed=args.seed, fmt=args.format, distractors=not args.no_distractors
+    )
+    print(json.dumps({"outdir": str(args.outdir), "files": [str(p) for p in written]}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+    from inference.phantom import generate_phantoms
+
+    config = _require(config)
+    prepare_home(config)
+    demo_dir = config.home_path / "demo-studies"
+    if not any(demo_dir.glob("*.dcm")):
+        log.info("writing %d demo phantom studies to %s", args.studies, demo_dir)
+        generate_phantoms(demo_dir, n=args.studies, seed=20261122, fmt="dicom")
+    log.info("demo phantom studies in %s", demo_dir)
+    return cmd_serve(args, config)
+
+
+def cmd_serve(_args: argparse.Namespace, config: Config | None) -> int:
+    import waitress
+
+    from web.app import create_app
+
+    config = _require(config)
+    prepare_home(config)
+    web_socket = bind_listen_socket(web_address(config))
+    engine = make_engine(config.database_url, echo_sql=config.database.echo_sql)
+    try:
+        revision = ensure_schema(engine, config.database_url)
+        log.info("database %s at schema %s", engine.url.render_as_string(), revision)
+        app = create_app(engine)
+        url = f"http://{config.web.host}:{config.web.port}/healthz"
+        log.info("echo-agent %s serving; health at %s", __version__, url)
+        print(f"echo-agent is running: {url}", flush=True)
+        waitress.serve(app, sockets=[web_socket], threads=8, ident="echo-agent")
+    finally:
+        web_socket.close()
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

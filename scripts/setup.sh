@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Sets up everything the node and its tests need on a fresh Debian machine; safe to re-run.
+#   scripts/setup.sh          Python environment (.venv) + Debian packages the tests use
+#   SKIP_APT=1 scripts/setup.sh   Python environment only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+DEBIAN_PACKAGES=(dcmtk orthanc dicom3tools chromium)
+# binaries that tell whether each Debian package is already there
+DEBIAN_PROBES=(dcmdump Orthanc dciodvfy chromium)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+install_debian_packages() {
+  local missing=() i
+  for i in "${!DEBIAN_PACKAGES[@]}"; do
+    if ! command -v "${DEBIAN_PROBES[$i]}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${DEBIAN_PROBES[$i]}" ]; then
+      missing+=("${DEBIAN_PACKAGES[$i]}")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && { log "Debian packages present"; return; }
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { log "need root to install: ${missing[*]}"; exit 1; }
+    sudo="sudo"
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  # policy-rc.d keeps the orthanc package from starting a system-wide service on install
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+install_python_environment() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local py="$VENV/bin/python"
+  "$py" -m pip install -q --upgrade pip
+  # torch first, pinned, so that nothing below pulls a CUDA build from the registry
+  if ! "$py" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
+    log "installing torch==2.13.0 (CPU build)"
+    "$py" -m pip install -q torch==2.13.0
+  fi
+  local stamp="$VENV/.echo-agent-installed"
+  local digest
+  digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    log "installing echo-agent and its dependencies"
+    "$py" -m pip install -q -e ".[dev]"
+    echo "$digest" > "$stamp"
+  else
+    log "Python environment up to date"
+  fi
+}
+
+if [ "${SKIP_APT:-0}" != "1" ]; then
+  install_debian_packages
+fi
+install_python_environment
+log "done"
