@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -72,3 +73,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'echo-agent.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+def reference_dir() -> Path:
+    """``shared/`` sits beside the checkout, as in CI; ``ECHO_AGENT_REFERENCE_DIR`` overrides it."""
+    override = os.environ.get("ECHO_AGENT_REFERENCE_DIR")
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def torchvision_reference() -> dict:
+    """The torchvision layout and conformance vectors of the EchoNet-Dynamic networks."""
+    path = reference_dir() / "torchvision_layout.json"
+    if not path.is_file():
+        require_or_skip(f"reference layout not found at {path} (set ECHO_AGENT_REFERENCE_DIR)")
+    return json.loads(path.read_text())
