@@ -50,6 +50,56 @@ class DicomConfig:
     max_associations: int = 10
     stable_age_s: float = 10.0
     min_free_disk_mb: int = 1024
+    # refuse associations addressed to another AE title (a misrouted PACS is a data leak)
+    check_called_ae: bool = True
+    # TLS: all three set means TLS with client certificates required (signed by tls_ca_file)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """A peer the node sends results to by C-STORE (a PACS) and checks with C-ECHO."""
+
+    name: str = ""
+    ae_title: str = ""
+    host: str = ""
+    port: int = 104
+    tls: bool = False
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Retries with exponential back-off, then a final failed state per destination."""
+
+    max_attempts: int = 5
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which loops are analysed: metadata patterns for the A4C view, and a minimum length."""
+
+    view_patterns: list[str] = field(
+        default_factory=lambda: [
+            "A4C",
+            "4CH",
+            "4 CH",
+            "AP4",
+            "APICAL 4",
+            "APICAL FOUR",
+            "4 CHAMBER",
+            "FOUR CHAMBER",
+        ]
+    )
+    min_duration_s: float = 1.0
+    # "": metadata rules only; "phantom": the bundled phantom-trained view classifier
+    view_classifier: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +151,9 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    destinations: list[DestinationConfig] = field(default_factory=list)
     source: str = field(default="defaults", compare=False)
 
     @property
@@ -122,6 +175,8 @@ class Config:
 
 # Keys whose value is read by other code from the file but is not itself a setting.
 _NOT_SETTINGS = frozenset({"source"})
+# Arrays of tables ([[destinations]]): set in the file only, one table per entry.
+_TABLE_LISTS: dict[str, type] = {"destinations": DestinationConfig}
 
 _CHOICES: dict[tuple[str, str], frozenset[str]] = {
     ("queue", "backend"): frozenset({"local", "celery"}),
@@ -190,7 +245,9 @@ def _top_level_keys() -> dict[str, type]:
     return {
         f.name: hints[f.name]
         for f in dataclasses.fields(Config)
-        if not dataclasses.is_dataclass(hints[f.name]) and f.name not in _NOT_SETTINGS
+        if not dataclasses.is_dataclass(hints[f.name])
+        and f.name not in _NOT_SETTINGS
+        and f.name not in _TABLE_LISTS
     }
 
 
@@ -208,8 +265,19 @@ def _check_known_keys(raw: Mapping[str, Any], source: str) -> None:
                         f"unknown key '{key}.{sub}' in {source} "
                         f"(known in [{key}]: {', '.join(sorted(known))})"
                     )
+        elif key in _TABLE_LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{key} in {source} must be an array of tables ([[{key}]])")
+            known = {f.name for f in dataclasses.fields(_TABLE_LISTS[key])}
+            for index, entry in enumerate(value):
+                for sub in entry:
+                    if sub not in known:
+                        raise ConfigError(
+                            f"unknown key '{key}[{index}].{sub}' in {source} "
+                            f"(known in [[{key}]]: {', '.join(sorted(known))})"
+                        )
         elif key not in top:
-            known_all = sorted([*top, *sections])
+            known_all = sorted([*top, *sections, *_TABLE_LISTS])
             raise ConfigError(f"unknown key '{key}' in {source} (known: {', '.join(known_all)})")
 
 
@@ -261,6 +329,16 @@ def _build(
             elif f.name in table:
                 values[f.name] = _check_type(table[f.name], hints[f.name], dotted, source)
         section_values[section] = cls(**values)
+    for key, cls in _TABLE_LISTS.items():
+        hints = typing.get_type_hints(cls)
+        entries = []
+        for index, table in enumerate(raw.get(key, [])):
+            values = {
+                name: _check_type(value, hints[name], f"{key}[{index}].{name}", source)
+                for name, value in table.items()
+            }
+            entries.append(cls(**values))
+        section_values[key] = entries
     config = Config(**top_values, **section_values, source=source)
     _check_ranges(config)
     return config
@@ -311,9 +389,7 @@ def _from_env_text(text: str, typ: Any, key: str, var: str) -> Any:
             return [part.strip() for part in text.split(",") if part.strip()]
         return text
     except ValueError:
-        raise ConfigError(
-            f"{key} must be {_type_name(typ)}, got {text!r} (from {var})"
-        ) from None
+        raise ConfigError(f"{key} must be {_type_name(typ)}, got {text!r} (from {var})") from None
 
 
 def _check_ranges(config: Config) -> None:
@@ -341,6 +417,27 @@ def _check_ranges(config: Config) -> None:
             )
     if not config.home:
         raise ConfigError("home must not be empty")
+    tls = (config.dicom.tls_cert_file, config.dicom.tls_key_file, config.dicom.tls_ca_file)
+    if any(tls) and not all(tls):
+        raise ConfigError(
+            "dicom.tls_cert_file, dicom.tls_key_file and dicom.tls_ca_file are set together"
+        )
+    names: set[str] = set()
+    for index, dest in enumerate(config.destinations):
+        where = f"destinations[{index}]"
+        for required in ("name", "ae_title", "host"):
+            if not getattr(dest, required):
+                raise ConfigError(f"{where}.{required} must be set")
+        if dest.name in names:
+            raise ConfigError(f"{where}.name {dest.name!r} is used twice")
+        names.add(dest.name)
+        _check_ae_title(f"{where}.ae_title", dest.ae_title)
+        if not 1 <= dest.port <= 65535:
+            raise ConfigError(f"{where}.port must be between 1 and 65535, got {dest.port}")
+    if config.export.max_attempts < 1:
+        raise ConfigError(
+            f"export.max_attempts must be at least 1, got {config.export.max_attempts}"
+        )
 
 
 def _check_ae_title(key: str, ae: str) -> None:
@@ -358,6 +455,12 @@ def as_toml(config: Config) -> str:
         lines.append(f"[{section}]")
         for f in dataclasses.fields(getattr(config, section)):
             lines.append(f"{f.name} = {_toml(getattr(getattr(config, section), f.name))}")
+    for key in _TABLE_LISTS:
+        for entry in getattr(config, key):
+            lines.append("")
+            lines.append(f"[[{key}]]")
+            for f in dataclasses.fields(entry):
+                lines.append(f"{f.name} = {_toml(getattr(entry, f.name))}")
     return "\n".join(lines) + "\n"
 
 
@@ -370,4 +473,3 @@ def _toml(value: Any) -> str:
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-

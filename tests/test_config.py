@@ -113,3 +113,36 @@ def test_effective_configuration_renders_as_toml_that_loads_back(tmp_path) -> No
 def test_the_example_file_documents_exactly_the_defaults() -> None:
     example = Path(__file__).resolve().parents[1] / "echo-agent.example.toml"
     assert load_config(example, environ={}) == load_config(environ={})
+
+
+def test_destinations_are_an_array_of_tables(tmp_path) -> None:
+    path = write(
+        tmp_path,
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = 4242\n'
+        '[[destinations]]\nname = "archive"\nae_title = "ARCH"\nhost = "10.0.0.5"\n',
+    )
+    config = load_config(path, environ={})
+    assert [(d.name, d.ae_title, d.port) for d in config.destinations] == [
+        ("pacs", "ORTHANC", 4242),
+        ("archive", "ARCH", 104),
+    ]
+    rendered = tmp_path / "rendered.toml"
+    rendered.write_text(as_toml(config))
+    assert load_config(rendered, environ={}) == config
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[[destinations]]\nname = "p"\nae_title = "A"\nhost = "h"\nprot = 1\n',
+         r"unknown key 'destinations\[0\].prot'"),
+        ('[[destinations]]\nname = "p"\nae_title = "A"\n', r"destinations\[0\].host must be set"),
+        ('[[destinations]]\nname = "p"\nae_title = "A"\nhost = "h"\n' * 2, "used twice"),
+        ('[[destinations]]\nname = "p"\nae_title = "A"\nhost = "h"\nport = "x"\n', "integer"),
+        ('destinations = "pacs"\n', "array of tables"),
+        ('[dicom]\ntls_cert_file = "c.pem"\n', "set together"),
+    ],
+)
+def test_destination_and_tls_mistakes_name_the_key(tmp_path, toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, toml), environ={})
