@@ -13,22 +13,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import require_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
     "ECHO_AGENT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-
-
-def _running_in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require_or_skip(reason: str) -> None:
-    """Skips locally, fails in CI: CI installs and starts every peer, so a missing one is a bug."""
-    if _running_in_ci():
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +78,13 @@ def torchvision_reference() -> dict:
     if not path.is_file():
         require_or_skip(f"reference layout not found at {path} (set ECHO_AGENT_REFERENCE_DIR)")
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def phantom_studies(tmp_path_factory) -> list[Path]:
+    """Four phantom studies (every transfer syntax the generator writes, with distractors),
+    generated once per test run and shared, read-only, by every test that needs real loops."""
+    from inference.phantom import generate_phantoms
+
+    out = tmp_path_factory.mktemp("phantom_studies")
+    return generate_phantoms(out, n=4, seed=1234)

@@ -144,3 +144,23 @@ def test_config_show_prints_the_effective_values(echo_agent_exe, tmp_path) -> No
     assert result.returncode == 0
     assert 'ae_title = "LAB2"' in result.stdout
     assert "port = 11112" in result.stdout
+
+
+def test_phantom_command_writes_loops_with_truth(echo_agent_exe, tmp_path) -> None:
+    result = run(echo_agent_exe, "phantom", "out", "--n", "1", "--seed", "5", "--no-distractors",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    files = [Path(p) for p in json.loads(result.stdout)["files"]]
+    assert [p.name for p in files] == ["study_0000_a4c.dcm"]
+    truth = json.loads((tmp_path / "out" / "study_0000_a4c.json").read_text())
+    assert truth["view"] == "A4C" and 15 <= truth["ef_percent"] <= 80
+    echonet = run(echo_agent_exe, "phantom", "en", "--n", "2", "--format", "echonet", cwd=tmp_path)
+    assert echonet.returncode == 0, echonet.stderr
+    assert (tmp_path / "en" / "FileList.csv").read_text().startswith(
+        "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"
+    )
+    assert len(list((tmp_path / "en" / "Videos").glob("*.avi"))) == 2
+
+
+def test_phantom_command_rejects_bad_arguments_in_one_line(echo_agent_exe, tmp_path) -> None:
+    assert_one_line_error(run(echo_agent_exe, "phantom", "out", "--n", "0", cwd=tmp_path), "--n")

@@ -1,0 +1,35 @@
+"""Helpers shared by the tests (imported as ``from support import ...``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def _running_in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_or_skip(reason: str) -> None:
+    """Skips locally, fails in CI: CI installs and starts every peer, so a missing one is a bug."""
+    if _running_in_ci():
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of a command-line peer (dcmtk, dicom3tools, Orthanc, chromium)."""
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
+    if path is None:
+        require_or_skip(f"{name} is not installed (apt-get install {package})")
+    return str(path)
+
+
+def phantom_truth(path: Path) -> dict:
+    return json.loads(path.with_suffix(".json").read_text())
