@@ -18,7 +18,8 @@ def make_engine(url: str, echo_sql: bool = False) -> Engine:
     timeout concurrent writers fail at once with "database is locked" instead of waiting.
     """
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo_sql, "future": True}
+    # hide_parameters: SQL errors and echo must not carry patient names into the logs
+    kwargs: dict[str, Any] = {"echo": echo_sql, "future": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:":
