@@ -8,6 +8,7 @@ means a bug in the node.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -20,7 +21,14 @@ from pacs_agent.config import Config, ConfigError, as_toml, load_config
 from pacs_agent.db import SchemaError, ensure_schema, make_engine, make_session_factory, upgrade
 from pacs_agent.db.migrate import current_revision, head_revision
 from pacs_agent.logs import configure_logging
-from pacs_agent.startup import StartupError, bind_listen_socket, prepare_home, web_address
+from pacs_agent.startup import (
+    StartupError,
+    bind_listen_socket,
+    check_port_free,
+    dicom_address,
+    prepare_home,
+    web_address,
+)
 from pacs_agent.users import UserError, add_user
 
 log = logging.getLogger("echo_agent")
@@ -43,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the node (web health endpoint for now)")
+    serve = sub.add_parser(
+        "serve", help="run the node: DICOM listener, study assembly, analysis workers, web"
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(
@@ -79,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     user_add.set_defaults(func=cmd_user_add)
+
+    destinations = sub.add_parser("destinations", help="DICOM destinations results go to")
+    dest_sub = destinations.add_subparsers(
+        dest="destinations_command", required=True, metavar="ACTION"
+    )
+    dest_check = dest_sub.add_parser("check", help="C-ECHO every configured destination")
+    dest_check.add_argument("--json", action="store_true", help="one JSON object per line")
+    dest_check.set_defaults(func=cmd_destinations_check)
+
+    bench = sub.add_parser("bench", help="measure speed against a peer on this machine")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    bench_ingest = bench_sub.add_parser(
+        "ingest", help="C-STORE throughput of the node vs dcmtk storescp (MB/s and ratio)"
+    )
+    bench_ingest.add_argument("--repeats", type=int, default=3, help="best of N runs")
+    bench_ingest.add_argument(
+        "--out", type=Path, help="also write the table to this file (Markdown)"
+    )
+    bench_ingest.set_defaults(func=cmd_bench_ingest, needs_config=False)
 
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -175,6 +204,23 @@ def cmd_phantom(args: argparse.Namespace, _config: Config | None) -> int:
     return 0
 
 
+def cmd_bench_ingest(args: argparse.Namespace, _config: Config | None) -> int:
+    import tempfile
+
+    from pacs_agent.bench.ingest import format_table, run_ingest_bench
+
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="echo-agent-bench-") as workdir:
+        result = run_ingest_bench(Path(workdir), repeats=args.repeats)
+    table = format_table(result)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     from inference.phantom import generate_phantoms
 
@@ -189,26 +235,41 @@ def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
 
 
 def cmd_serve(_args: argparse.Namespace, config: Config | None) -> int:
-    import waitress
-
-    from web.app import create_app
+    from pacs_agent.node import run_node  # pynetdicom, waitress, Flask: only when serving
 
     config = _require(config)
     prepare_home(config)
     web_socket = bind_listen_socket(web_address(config))
-    engine = make_engine(config.database_url, echo_sql=config.database.echo_sql)
     try:
-        revision = ensure_schema(engine, config.database_url)
-        log.info("database %s at schema %s", engine.url.render_as_string(), revision)
-        app = create_app(engine)
-        url = f"http://{config.web.host}:{config.web.port}/healthz"
-        log.info("echo-agent %s serving; health at %s", __version__, url)
-        print(f"echo-agent is running: {url}", flush=True)
-        waitress.serve(app, sockets=[web_socket], threads=8, ident="echo-agent")
-    finally:
+        check_port_free(dicom_address(config))
+    except StartupError:
         web_socket.close()
-        engine.dispose()
+        raise
+    run_node(config, web_socket=web_socket)
     return 0
+
+
+def cmd_destinations_check(args: argparse.Namespace, config: Config | None) -> int:
+    """Exit status 0 when every destination answers C-ECHO, 1 when one does not."""
+    from pacs_agent.export import check_destinations
+
+    config = _require(config)
+    if not config.destinations:
+        raise ConfigError(
+            f"no destinations configured (add [[destinations]] tables to {config.source})"
+        )
+    results = check_destinations(config)
+    for r in results:
+        if args.json:
+            print(json.dumps(dataclasses.asdict(r)), flush=True)
+        else:
+            verdict = "ok" if r.ok else "FAILED"
+            print(
+                f"{r.destination}: {r.ae_title}@{r.host}:{r.port} {verdict} "
+                f"({r.detail}, {r.elapsed_ms:.0f} ms)",
+                flush=True,
+            )
+    return 0 if all(r.ok for r in results) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

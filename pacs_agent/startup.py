@@ -62,3 +62,19 @@ def prepare_home(config: Config) -> None:
 
 def web_address(config: Config) -> ListenAddress:
     return ListenAddress("web", config.web.host, config.web.port, "web.port / ECHO_AGENT_WEB_PORT")
+
+
+def dicom_address(config: Config) -> ListenAddress:
+    return ListenAddress(
+        "DICOM", config.dicom.host, config.dicom.port, "dicom.port / ECHO_AGENT_DICOM_PORT"
+    )
+
+
+def check_port_free(address: ListenAddress) -> None:
+    """Binds and releases the port, for servers that must bind it themselves (pynetdicom).
+
+    Port 0 (any free port, for tests) needs no check.
+    """
+    if address.port == 0:
+        return
+    bind_listen_socket(address).close()

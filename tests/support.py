@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,10 @@ def need_tool(name: str, package: str) -> str:
 
 def phantom_truth(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text())
+
+
+def find_free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import find_free_port
 
 from pacs_agent.db import head_revision
 
@@ -57,7 +58,13 @@ def test_port_in_use_stops_start_up_with_one_line(echo_agent_exe, tmp_path, free
         squatter.bind(("127.0.0.1", free_port))
         squatter.listen()
         result = run(
-            echo_agent_exe, "serve", cwd=tmp_path, env={"ECHO_AGENT_WEB_PORT": str(free_port)}
+            echo_agent_exe,
+            "serve",
+            cwd=tmp_path,
+            env={
+                "ECHO_AGENT_WEB_PORT": str(free_port),
+                "ECHO_AGENT_DICOM_PORT": str(find_free_port()),
+            },
         )
     assert_one_line_error(result, "cannot start", f"port {free_port}", "already in use")
 
@@ -65,6 +72,7 @@ def test_port_in_use_stops_start_up_with_one_line(echo_agent_exe, tmp_path, free
 def test_serve_answers_health_on_the_configured_port(echo_agent_exe, tmp_path, free_port) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_AGENT_")}
     env["ECHO_AGENT_WEB_PORT"] = str(free_port)
+    env["ECHO_AGENT_DICOM_PORT"] = str(find_free_port())
     proc = subprocess.Popen(
         [echo_agent_exe, "serve"], cwd=tmp_path, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -112,7 +120,11 @@ def test_serve_refuses_a_postgres_database_that_was_not_upgraded(
 ) -> None:
     result = run(
         echo_agent_exe, "serve", cwd=tmp_path,
-        env={"ECHO_AGENT_DATABASE_URL": postgres_url, "ECHO_AGENT_WEB_PORT": str(free_port)},
+        env={
+            "ECHO_AGENT_DATABASE_URL": postgres_url,
+            "ECHO_AGENT_WEB_PORT": str(free_port),
+            "ECHO_AGENT_DICOM_PORT": str(find_free_port()),
+        },
     )
     assert result.returncode == 2
     assert "echo-agent db upgrade" in result.stderr

@@ -1,0 +1,351 @@
+"""Export: send artifacts to the configured DICOM destinations by C-STORE, and check them by
+C-ECHO.
+
+Every try is one ``ExportAttempt`` row (pending while it runs, then sent or failed), so what
+happened per destination is visible without reading logs. Failed tries are retried with
+exponential back-off up to ``export.max_attempts``; after that the artifact is "failed" for that
+destination until an operator asks again. An export interrupted by a crash resumes where it
+stopped: its dangling "pending" try is closed as failed and counts, and an artifact already
+sent is not sent again.
+
+Files go out in their own transfer syntax (the only one proposed), byte for byte: converting a
+SEG or SR on the way could silently change what a cardiologist signed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacs_agent.config import Config, DestinationConfig
+from pacs_agent.db.models import Artifact, ExportAttempt, utcnow
+from pacs_agent.jobs import Backoff, utc
+
+log = logging.getLogger(__name__)
+
+NETWORK_TIMEOUT_S = 10.0
+# C-STORE of a large loop over a slow link can take a while; a dead peer is caught by the
+# network timeout long before this
+DIMSE_TIMEOUT_S = 120.0
+SUCCESS = 0x0000
+WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
+
+# Stops a back-off wait early; returns True when the caller should give up (shutdown).
+Wait = Callable[[float], bool]
+
+
+def sleep_wait(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    """One destination's answer to C-ECHO."""
+
+    destination: str
+    ae_title: str
+    host: str
+    port: int
+    ok: bool
+    detail: str
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """One C-STORE try: ``status_code`` as hex ("0x0000"), "" when no response came."""
+
+    ok: bool
+    status_code: str
+    error: str
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    """Where one artifact stands with one destination.
+
+    state: "not_sent" (never tried), "pending" (a try is running, or the next one is due
+    later), "sent", or "failed" (out of attempts).
+    """
+
+    destination: str
+    state: str
+    attempts: int
+    last_error: str
+    last_status_code: str
+    last_attempt_at: dt.datetime | None
+
+
+def _client_ae(calling_ae: str, timeout_s: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    ae.dimse_timeout = DIMSE_TIMEOUT_S
+    return ae
+
+
+def _tls_args(dest: DestinationConfig) -> tuple[ssl.SSLContext, str] | None:
+    """TLS with the destination's CA (or the system's) and, when given, a client certificate."""
+    if not dest.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=dest.tls_ca_file or None)
+    if dest.tls_cert_file:
+        context.load_cert_chain(dest.tls_cert_file, dest.tls_key_file or None)
+    return context, dest.host
+
+
+def _where(dest: DestinationConfig) -> str:
+    return f"{dest.ae_title}@{dest.host}:{dest.port}"
+
+
+def echo_destination(
+    dest: DestinationConfig, calling_ae: str, timeout_s: float = NETWORK_TIMEOUT_S
+) -> EchoResult:
+    """C-ECHO one destination; never raises for network trouble, it is the answer."""
+    start = time.monotonic()
+
+    def result(ok: bool, detail: str) -> EchoResult:
+        elapsed = (time.monotonic() - start) * 1000.0
+        return EchoResult(dest.name, dest.ae_title, dest.host, dest.port, ok, detail, elapsed)
+
+    ae = _client_ae(calling_ae, timeout_s)
+    ae.add_requested_context(Verification)
+    try:
+        assoc, connected = _associate(ae, dest)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return result(False, f"cannot connect to {_where(dest)}: {exc}")
+    try:
+        if not assoc.is_established:
+            return result(False, _association_failure(assoc, connected, dest))
+        status = assoc.send_c_echo()
+        if not status or "Status" not in status:
+            return result(False, "no response to C-ECHO (timeout or connection lost)")
+        code = int(status.Status)
+        if code != SUCCESS:
+            return result(False, f"C-ECHO status 0x{code:04X}")
+        return result(True, "C-ECHO succeeded")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def check_destinations(config: Config) -> list[EchoResult]:
+    """C-ECHO every configured destination, in configuration order."""
+    return [echo_destination(dest, config.dicom.ae_title) for dest in config.destinations]
+
+
+def _associate(ae: AE, dest: DestinationConfig) -> tuple[Association, bool]:
+    """Requests an association; also says whether the TCP connection opened, because
+    pynetdicom reports a refused connection as an aborted association."""
+    opened: list[bool] = []
+    assoc = ae.associate(
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        tls_args=_tls_args(dest),
+        evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: opened.append(True))],
+    )
+    return assoc, bool(opened)
+
+
+def _association_failure(assoc: Association, connected: bool, dest: DestinationConfig) -> str:
+    if not connected:
+        return f"cannot connect to {_where(dest)} (connection refused or timed out)"
+    if assoc.is_rejected:
+        return f"association rejected by {_where(dest)} (check its AE title and ours)"
+    return f"association aborted by {_where(dest)}"
+
+
+def c_store_file(
+    path: Path, dest: DestinationConfig, calling_ae: str, timeout_s: float = NETWORK_TIMEOUT_S
+) -> StoreOutcome:
+    """Sends one DICOM file in its own transfer syntax; never raises for network trouble."""
+    try:
+        meta = read_file_meta_info(path)
+        sop_class = str(meta.MediaStorageSOPClassUID)
+        syntax = str(meta.TransferSyntaxUID)
+    except (OSError, InvalidDicomError, AttributeError) as exc:
+        return StoreOutcome(False, "", f"cannot read {path.name}: {exc}")
+    ae = _client_ae(calling_ae, timeout_s)
+    ae.add_requested_context(sop_class, [syntax])
+    try:
+        assoc, connected = _associate(ae, dest)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return StoreOutcome(False, "", f"cannot connect to {_where(dest)}: {exc}")
+    try:
+        if not assoc.is_established:
+            return StoreOutcome(False, "", _association_failure(assoc, connected, dest))
+        if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
+            return StoreOutcome(
+                False, "", f"{_where(dest)} accepts neither SOP class {sop_class} in {syntax}"
+            )
+        try:
+            status = assoc.send_c_store(path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            return StoreOutcome(False, "", f"C-STORE failed: {type(exc).__name__}: {exc}")
+        if not status or "Status" not in status:
+            return StoreOutcome(False, "", "no response to C-STORE (timeout or connection lost)")
+        code = int(status.Status)
+        text = f"0x{code:04X}"
+        if code == SUCCESS or code in WARNING_STATUSES:
+            return StoreOutcome(True, text, "")
+        comment = str(status.get("ErrorComment", "") or "")
+        suffix = f": {comment}" if comment else ""
+        return StoreOutcome(False, text, f"C-STORE status {text}{suffix}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def artifact_path(config: Config, artifact: Artifact) -> Path:
+    """``Artifact.file_path`` is absolute or relative to the node's home."""
+    path = Path(artifact.file_path)
+    return path if path.is_absolute() else config.home_path / path
+
+
+def _attempts(session: Session, artifact_id: int, destination: str) -> list[ExportAttempt]:
+    return list(
+        session.scalars(
+            select(ExportAttempt)
+            .where(
+                ExportAttempt.artifact_fk == artifact_id, ExportAttempt.destination == destination
+            )
+            .order_by(ExportAttempt.attempt, ExportAttempt.id)
+        )
+    )
+
+
+def destination_status(
+    session: Session, artifact_id: int, destination: str, max_attempts: int
+) -> DestinationStatus:
+    rows = _attempts(session, artifact_id, destination)
+    if not rows:
+        return DestinationStatus(destination, "not_sent", 0, "", "", None)
+    last = rows[-1]
+    if any(r.state == "sent" for r in rows):
+        state = "sent"
+    elif last.state == "failed" and len(rows) >= max_attempts:
+        state = "failed"
+    else:
+        state = "pending"
+    return DestinationStatus(
+        destination, state, len(rows), last.error, last.status_code, last.started_at
+    )
+
+
+def export_status(session: Session, artifact_id: int, config: Config) -> list[DestinationStatus]:
+    """The artifact's standing with every configured destination."""
+    return [
+        destination_status(session, artifact_id, d.name, config.export.max_attempts)
+        for d in config.destinations
+    ]
+
+
+def export_artifact(
+    session_factory: sessionmaker[Session],
+    artifact_id: int,
+    dest: DestinationConfig,
+    config: Config,
+    wait: Wait = sleep_wait,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> DestinationStatus:
+    """Sends the artifact to ``dest``, retrying with back-off; blocks until sent, out of
+    attempts, or ``wait`` says stop. Safe to call again: resumes, never resends a sent one."""
+    limits = config.export
+    backoff = Backoff(limits.backoff_initial_s, limits.backoff_max_s)
+    with session_factory.begin() as session:
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is None:
+            raise ValueError(f"artifact {artifact_id} does not exist")
+        path = artifact_path(config, artifact)
+        for row in _attempts(session, artifact_id, dest.name):
+            if row.state == "pending":  # a try a crash cut short
+                row.state, row.finished_at = "failed", clock()
+                row.error = row.error or "interrupted: the node stopped during this try"
+    while True:
+        with session_factory() as session:
+            status = destination_status(session, artifact_id, dest.name, limits.max_attempts)
+            rows = _attempts(session, artifact_id, dest.name)
+        if status.state in ("sent", "failed"):
+            return status
+        if rows:
+            last_end = utc(rows[-1].finished_at or rows[-1].started_at)
+            due = last_end + dt.timedelta(seconds=backoff.delay_s(len(rows)))
+            delay_s = (due - clock()).total_seconds()
+            if delay_s > 0 and wait(delay_s):
+                return status
+        attempt_id = _start_attempt(session_factory, artifact_id, dest.name, len(rows) + 1, clock())
+        outcome = c_store_file(path, dest, config.dicom.ae_title)
+        _finish_attempt(session_factory, attempt_id, outcome, clock())
+        if outcome.ok:
+            log.info("artifact %d sent to %s (%s)", artifact_id, dest.name, outcome.status_code)
+        else:
+            log.warning(
+                "artifact %d to %s, try %d of %d: %s",
+                artifact_id,
+                dest.name,
+                len(rows) + 1,
+                limits.max_attempts,
+                outcome.error,
+            )
+
+
+def _start_attempt(
+    session_factory: sessionmaker[Session],
+    artifact_id: int,
+    destination: str,
+    attempt: int,
+    now: dt.datetime,
+) -> int:
+    with session_factory.begin() as session:
+        row = ExportAttempt(
+            artifact_fk=artifact_id,
+            destination=destination,
+            state="pending",
+            attempt=attempt,
+            started_at=now,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _finish_attempt(
+    session_factory: sessionmaker[Session], attempt_id: int, outcome: StoreOutcome, now: dt.datetime
+) -> None:
+    with session_factory.begin() as session:
+        row = session.get(ExportAttempt, attempt_id)
+        if row is None:
+            return
+        row.state = "sent" if outcome.ok else "failed"
+        row.status_code = outcome.status_code
+        row.error = outcome.error[:2000]
+        row.finished_at = now
+
+
+def export_to_all(
+    session_factory: sessionmaker[Session],
+    artifact_id: int,
+    config: Config,
+    wait: Wait = sleep_wait,
+) -> list[DestinationStatus]:
+    """Sends to every configured destination in turn."""
+    return [
+        export_artifact(session_factory, artifact_id, dest, config, wait)
+        for dest in config.destinations
+    ]

@@ -1,0 +1,196 @@
+"""Records a received instance in the database: its patient, study, series and instance rows.
+
+Several associations ingest at once, on SQLite and on PostgreSQL. Parent rows are created with
+``INSERT ... ON CONFLICT DO NOTHING`` so two instances of a new study arriving together both
+find the one study row; the instance row itself is a plain insert, so a second copy of the same
+SOP instance fails on the unique constraint and the caller treats it as a duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from pacs_agent.db.models import Instance, Patient, Series, Study, utcnow
+from pacs_agent.dicom.validate import InstanceHeader
+
+log = logging.getLogger("echo_agent.ingest")
+
+RECEIVING = "receiving"
+# Patient ID is type 2 (present, may be empty). Instances without one are kept apart per study
+# instead of merging every anonymous patient into one record.
+NO_PATIENT_ID_ISSUER_PREFIX = "NOID:"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file the store holds for an instance; ``relative_path`` is relative to the store root."""
+
+    relative_path: str
+    size_bytes: int
+    sha256: str
+
+
+def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
+    return session.scalars(
+        select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+    ).one_or_none()
+
+
+def record_instance(
+    session: Session,
+    header: InstanceHeader,
+    stored: StoredFile,
+    calling_ae: str,
+    now: dt.datetime | None = None,
+) -> Instance:
+    """Adds the instance and whatever parent rows are missing, and flushes (does not commit).
+
+    Raises ``sqlalchemy.exc.IntegrityError`` when the SOP instance is already recorded. A study
+    that was past "receiving" goes back to "receiving", so that assembly reopens it.
+    """
+    now = now or utcnow()
+    patient_fk = _ensure_patient(session, header, now)
+    study_fk = _ensure_study(session, header, patient_fk, now)
+    series_fk = _ensure_series(session, header, study_fk)
+    instance = Instance(
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        series_fk=series_fk,
+        instance_number=header.instance_number,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        number_of_frames=header.number_of_frames,
+        file_path=stored.relative_path,
+        file_size_bytes=stored.size_bytes,
+        sha256=stored.sha256,
+        calling_ae=calling_ae[:16],
+        received_at=now,
+    )
+    session.add(instance)
+    session.flush()
+    return instance
+
+
+def patient_key(header: InstanceHeader) -> tuple[str, str]:
+    """(patient_id, issuer) as stored; an empty Patient ID gets an issuer unique to its study."""
+    patient_id = _fit(header.patient_id, 64)
+    if patient_id:
+        return patient_id, _fit(header.issuer_of_patient_id, 64)
+    digest = hashlib.sha256(header.study_instance_uid.encode()).hexdigest()[:32]
+    return "", NO_PATIENT_ID_ISSUER_PREFIX + digest
+
+
+def _ensure_patient(session: Session, header: InstanceHeader, now: dt.datetime) -> int:
+    patient_id, issuer = patient_key(header)
+    values = {
+        "patient_id": patient_id,
+        "issuer": issuer,
+        "name": _fit(header.patient_name, 324),
+        "birth_date": header.patient_birth_date,
+        "sex": _fit(header.patient_sex, 16),
+        "created_at": now,
+    }
+    session.execute(
+        _insert(session, Patient)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["patient_id", "issuer"])
+    )
+    return session.scalars(
+        select(Patient.id).where(Patient.patient_id == patient_id, Patient.issuer == issuer)
+    ).one()
+
+
+def _ensure_study(
+    session: Session, header: InstanceHeader, patient_fk: int, now: dt.datetime
+) -> int:
+    uid = header.study_instance_uid
+    values = {
+        "study_instance_uid": uid,
+        "patient_fk": patient_fk,
+        "accession_number": _fit(header.accession_number, 16),
+        "study_date": header.study_date,
+        "study_time": _fit(header.study_time, 16),
+        "description": _fit(header.study_description, 64),
+        "referring_physician": _fit(header.referring_physician, 324),
+        "status": RECEIVING,
+        "status_reason": "",
+        "first_received_at": now,
+        "last_received_at": now,
+    }
+    session.execute(
+        _insert(session, Study)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+    )
+    row = session.execute(
+        select(Study.id, Study.status, Study.patient_fk).where(Study.study_instance_uid == uid)
+    ).one()
+    changes: dict[str, Any] = {"last_received_at": now}
+    if row.status != RECEIVING:
+        changes.update(status=RECEIVING, status_reason=f"reopened: instance after '{row.status}'")
+        log.info(
+            "study %s reopened by instance %s (was %s)", uid, header.sop_instance_uid, row.status
+        )
+    if row.patient_fk != patient_fk:
+        log.warning(
+            "instance %s names another patient than the study %s it belongs to; "
+            "kept under the study's patient",
+            header.sop_instance_uid,
+            uid,
+        )
+    session.execute(update(Study).where(Study.id == row.id).values(**changes))
+    return int(row.id)
+
+
+def _ensure_series(session: Session, header: InstanceHeader, study_fk: int) -> int:
+    uid = header.series_instance_uid
+    values = {
+        "series_instance_uid": uid,
+        "study_fk": study_fk,
+        "modality": _fit(header.modality, 16),
+        "series_number": header.series_number,
+        "description": _fit(header.series_description, 64),
+        "protocol_name": _fit(header.protocol_name, 64),
+        "eligibility": "pending",
+        "not_analysed_reason": "",
+    }
+    session.execute(
+        _insert(session, Series)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+    )
+    row = session.execute(
+        select(Series.id, Series.study_fk).where(Series.series_instance_uid == uid)
+    ).one()
+    if row.study_fk != study_fk:
+        log.warning(
+            "series %s already belongs to another study; instance %s kept in that series",
+            uid,
+            header.sop_instance_uid,
+        )
+    return int(row.id)
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT; the node runs on SQLite and PostgreSQL."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model)
+    raise RuntimeError(f"database dialect {dialect!r} is not supported (SQLite or PostgreSQL)")
+
+
+def _fit(text: str, max_chars: int) -> str:
+    # PostgreSQL refuses over-long strings; a non-conformant value must not lose the instance
+    return text[:max_chars]

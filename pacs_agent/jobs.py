@@ -1,0 +1,308 @@
+"""Jobs: the analysis of one loop as a database row that outlives the process running it.
+
+States: ``received`` (the row exists, no queue has it yet) -> ``queued`` -> ``running`` ->
+``done`` | ``failed``. A failed attempt goes back to ``queued`` with ``next_attempt_at`` pushed
+out exponentially until ``max_attempts`` is spent. Every transition is one conditional UPDATE
+whose WHERE clause names the state it leaves, so two workers (threads, processes or nodes on one
+PostgreSQL database) can never both win the same transition; the row count says who won.
+
+Attempts are counted when a job is claimed, so an attempt that a crash cut short still counts:
+a loop that kills the node every time it is decoded stops after ``max_attempts`` restarts
+instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacs_agent.db.models import Job, Study
+
+log = logging.getLogger(__name__)
+
+KIND_ANALYZE = "analyze"
+TERMINAL_STATES = ("done", "failed")
+# last_error is Text, but a whole traceback in a status column helps no reader
+MAX_ERROR_CHARS = 2000
+
+
+class PermanentJobError(Exception):
+    """Retrying cannot help (corrupt pixel data, a file missing from the store): fail now."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off: ``initial_s``, doubled per attempt, never above ``max_s``."""
+
+    initial_s: float
+    max_s: float
+
+    def delay_s(self, attempt: int) -> float:
+        """Delay before the try that follows ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError(f"attempt is 1-based, got {attempt}")
+        return min(self.max_s, self.initial_s * 2.0 ** (attempt - 1))
+
+
+# The [queue] section has no back-off keys yet; these suit minute-long analyses.
+DEFAULT_JOB_BACKOFF = Backoff(initial_s=5.0, max_s=300.0)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What start-up recovery did: jobs put back on the queue and jobs out of attempts."""
+
+    requeued: tuple[int, ...]
+    failed: tuple[int, ...]
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def create_job(
+    session: Session,
+    study_id: int,
+    instance_id: int,
+    now: dt.datetime,
+    max_attempts: int,
+    kind: str = KIND_ANALYZE,
+) -> int | None:
+    """Inserts the job for (study, instance, kind) unless it exists; returns the new id or None.
+
+    INSERT ... ON CONFLICT DO NOTHING rather than select-then-insert: two assemblers (or one
+    racing a late instance) cannot both create the job, and the losing one's transaction is not
+    spoiled by an IntegrityError.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert_fn is None:  # pragma: no cover - the node supports exactly these two
+        raise RuntimeError(f"unsupported database {dialect}")
+    stmt = (
+        insert_fn(Job)
+        .values(
+            study_fk=study_id,
+            instance_fk=instance_id,
+            kind=kind,
+            state="received",
+            attempts=0,
+            max_attempts=max_attempts,
+            last_error="",
+            worker_id="",
+            created_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(Job.id)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def enqueue(session: Session, job_ids: Iterable[int], now: dt.datetime) -> list[int]:
+    """received -> queued, due now; returns the ids that moved."""
+    moved = []
+    for job_id in job_ids:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "received")
+            .values(state="queued", next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            moved.append(job_id)
+    return moved
+
+
+def claim_next(
+    session_factory: sessionmaker[Session], worker_id: str, now: dt.datetime, batch: int = 8
+) -> int | None:
+    """Takes the oldest due queued job for ``worker_id``; None when nothing is due.
+
+    Candidates are read first and then claimed one by one with UPDATE ... WHERE state =
+    'queued': a candidate another worker took in between simply updates no row.
+    """
+    with session_factory() as session:
+        candidates = session.scalars(
+            select(Job.id)
+            .where(
+                Job.state == "queued",
+                or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+            )
+            .order_by(Job.next_attempt_at, Job.id)
+            .limit(batch)
+        ).all()
+    for job_id in candidates:
+        with session_factory.begin() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "queued")
+                .values(
+                    state="running",
+                    worker_id=worker_id,
+                    attempts=Job.attempts + 1,
+                    started_at=now,
+                    heartbeat_at=now,
+                    finished_at=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:
+                return job_id
+    return None
+
+
+def heartbeat(
+    session_factory: sessionmaker[Session], running: Iterable[tuple[int, str]], now: dt.datetime
+) -> None:
+    """Stamps ``heartbeat_at`` on each (job id, worker id) that is still this worker's."""
+    with session_factory.begin() as session:
+        for job_id, worker_id in running:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "running", Job.worker_id == worker_id)
+                .values(heartbeat_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
+
+def finish_job(
+    session_factory: sessionmaker[Session], job_id: int, worker_id: str, now: dt.datetime
+) -> bool:
+    """running -> done; False when the job is no longer this worker's (recovered meanwhile)."""
+    with session_factory.begin() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running", Job.worker_id == worker_id)
+            .values(state="done", finished_at=now, heartbeat_at=now, last_error="")
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def fail_attempt(
+    session_factory: sessionmaker[Session],
+    job_id: int,
+    worker_id: str,
+    error: str,
+    now: dt.datetime,
+    backoff: Backoff,
+    permanent: bool = False,
+) -> str | None:
+    """running -> queued (later) or failed (no attempts left, or ``permanent``).
+
+    Returns the new state, or None when the job is no longer this worker's.
+    """
+    error = error[:MAX_ERROR_CHARS]
+    with session_factory.begin() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != "running" or job.worker_id != worker_id:
+            return None
+        final = permanent or job.attempts >= job.max_attempts
+        values: dict[str, object] = {"last_error": error, "heartbeat_at": now}
+        if final:
+            values.update(state="failed", finished_at=now)
+        else:
+            delay = dt.timedelta(seconds=backoff.delay_s(job.attempts))
+            values.update(state="queued", next_attempt_at=now + delay)
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running", Job.worker_id == worker_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return None
+        if final:
+            _fail_study_if_nothing_left(session, job.study_fk, now)
+        return str(values["state"])
+
+
+def _fail_study_if_nothing_left(session: Session, study_id: int, now: dt.datetime) -> None:
+    """A study whose every job failed is failed too, so the worklist does not say 'analysing'."""
+    states = set(session.scalars(select(Job.state).where(Job.study_fk == study_id)))
+    if states == {"failed"}:
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.status == "analysing")
+            .values(status="failed", status_reason="every analysis job failed")
+            .execution_options(synchronize_session=False)
+        )
+
+
+def recover_interrupted(session: Session, now: dt.datetime) -> Recovery:
+    """Start-up recovery for the local backend, where this node runs every job.
+
+    A job still ``running`` was cut short by a crash or a hard stop: it goes back to ``queued``
+    (its attempt stays counted) or, out of attempts, to ``failed``. A job left ``received``
+    (created, never queued) is queued. Must not run while another node's workers share the
+    database: their running jobs would look interrupted too.
+    """
+    requeued: list[int] = []
+    failed: list[int] = []
+    running = session.scalars(select(Job).where(Job.state == "running").order_by(Job.id)).all()
+    for job in running:
+        note = f"interrupted: the node stopped during attempt {job.attempts}"
+        if job.attempts >= job.max_attempts:
+            values: dict[str, object] = {
+                "state": "failed",
+                "finished_at": now,
+                "last_error": f"{note}; no attempts left",
+            }
+        else:
+            values = {"state": "queued", "next_attempt_at": now, "last_error": note}
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == "running")
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            (failed if values["state"] == "failed" else requeued).append(job.id)
+            if values["state"] == "failed":
+                _fail_study_if_nothing_left(session, job.study_fk, now)
+    received = session.scalars(select(Job.id).where(Job.state == "received")).all()
+    requeued.extend(enqueue(session, received, now))
+    return Recovery(requeued=tuple(requeued), failed=tuple(failed))
+
+
+def execute_job(
+    session_factory: sessionmaker[Session],
+    job_id: int,
+    worker_id: str,
+    runner: Callable[[int], None],
+    backoff: Backoff,
+    clock: Callable[[], dt.datetime],
+) -> str | None:
+    """Runs a claimed job and records the outcome; returns the job's new state.
+
+    Any Exception is the job's failure, never the worker's: it is written to ``last_error``.
+    BaseException (SystemExit, KeyboardInterrupt) passes through and leaves the job
+    ``running`` for start-up recovery.
+    """
+    try:
+        runner(job_id)
+    except PermanentJobError as exc:
+        log.warning("job %d failed permanently: %s", job_id, exc)
+        return fail_attempt(
+            session_factory, job_id, worker_id, str(exc), clock(), backoff, permanent=True
+        )
+    except Exception as exc:
+        log.exception("job %d attempt failed", job_id)
+        message = f"{type(exc).__name__}: {exc}"
+        return fail_attempt(session_factory, job_id, worker_id, message, clock(), backoff)
+    if not finish_job(session_factory, job_id, worker_id, clock()):
+        log.warning("job %d finished on %s but was no longer its own", job_id, worker_id)
+        return None
+    return "done"
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    """Job counts per state, for status pages and logs."""
+    rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+    return {state: int(n) for state, n in rows}

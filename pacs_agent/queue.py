@@ -1,0 +1,159 @@
+"""Job queues: how a job id reaches a worker. The jobs table, not the queue, is the truth.
+
+``LocalThreadQueue`` (the default) runs worker threads inside the node that poll the table;
+``submit`` only wakes one early. A job submitted just before the process dies is therefore not
+lost: it is still ``queued`` in the table, and the next start-up finds it. A Celery backend will
+sit behind the same ``JobQueue`` interface.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacs_agent import jobs
+from pacs_agent.db.models import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class JobQueue(Protocol):
+    """What the node needs from a queue backend."""
+
+    def submit(self, job_id: int) -> None:
+        """Asks for the (already ``queued``) job to run soon."""
+
+    def start(self) -> None:
+        """Starts consuming jobs."""
+
+    def stop(self, timeout_s: float) -> bool:
+        """Stops taking new jobs and waits up to ``timeout_s`` for running ones.
+
+        Returns False when a job was still running at the deadline; it stays ``running`` in
+        the table and start-up recovery queues it again.
+        """
+
+
+class LocalThreadQueue:
+    """``workers`` threads that claim due jobs from the table and run ``runner(job_id)``."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        runner: Callable[[int], None],
+        workers: int = 1,
+        poll_interval_s: float = 1.0,
+        heartbeat_interval_s: float = 5.0,
+        backoff: jobs.Backoff = jobs.DEFAULT_JOB_BACKOFF,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self._session_factory = session_factory
+        self._runner = runner
+        self._workers = workers
+        self._poll_interval_s = poll_interval_s
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._backoff = backoff
+        self._clock = clock
+        self._wakeups = threading.Semaphore(0)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[int, str] = {}  # job id -> worker id, for the heartbeat thread
+        self._running_lock = threading.Lock()
+        # unique per process and thread, and readable in the jobs table
+        self._id_prefix = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+
+    def submit(self, job_id: int) -> None:
+        self._wakeups.release()
+
+    def start(self) -> None:
+        if self._threads:
+            raise RuntimeError("queue already started")
+        for index in range(self._workers):
+            worker_id = f"{self._id_prefix}:w{index}"
+            thread = threading.Thread(
+                target=self._work, args=(worker_id,), name=f"job-worker-{index}", daemon=True
+            )
+            self._threads.append(thread)
+        self._threads.append(threading.Thread(target=self._beat, name="job-heartbeat", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        self._stopping.set()
+        for _ in range(self._workers):
+            self._wakeups.release()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        still = [t.name for t in self._threads if t.is_alive()]
+        if still:
+            with self._running_lock:
+                left = sorted(self._running)
+            log.warning("stopped waiting for %s; job(s) %s stay running for recovery", still, left)
+        return not still
+
+    def running_jobs(self) -> dict[int, str]:
+        with self._running_lock:
+            return dict(self._running)
+
+    def _work(self, worker_id: str) -> None:
+        while not self._stopping.is_set():
+            try:
+                job_id = jobs.claim_next(self._session_factory, worker_id, self._clock())
+            except Exception:
+                log.exception("worker %s cannot claim jobs; retrying", worker_id)
+                job_id = None
+            if job_id is None:
+                self._wakeups.acquire(timeout=self._poll_interval_s)
+                continue
+            with self._running_lock:
+                self._running[job_id] = worker_id
+            try:
+                state = jobs.execute_job(
+                    self._session_factory,
+                    job_id,
+                    worker_id,
+                    self._runner,
+                    self._backoff,
+                    self._clock,
+                )
+                log.info("job %d -> %s", job_id, state)
+            except Exception:
+                # recording the outcome failed (database gone): the job stays running and is
+                # recovered at the next start; the worker lives on
+                log.exception("job %d: cannot record the outcome", job_id)
+            finally:
+                with self._running_lock:
+                    self._running.pop(job_id, None)
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(self._heartbeat_interval_s):
+            running = self.running_jobs()
+            if not running:
+                continue
+            try:
+                jobs.heartbeat(self._session_factory, running.items(), self._clock())
+            except Exception:
+                log.exception("heartbeat failed")
+
+
+def make_queue(
+    backend: str,
+    session_factory: sessionmaker[Session],
+    runner: Callable[[int], None],
+    workers: int,
+) -> JobQueue:
+    """The queue named by ``queue.backend``."""
+    if backend == "local":
+        return LocalThreadQueue(session_factory, runner, workers=workers)
+    raise ValueError(f"queue backend {backend!r} is not available yet (use 'local')")

@@ -1,0 +1,301 @@
+"""The durable, idempotent instance store: files under ``<store>/<study>/<series>/<sop>.dcm``.
+
+An instance is acknowledged only once it is on disk and in the database, and never half: the
+bytes go to a temporary file in ``<store>/.incoming``, are fsynced, and are renamed into place
+while the database transaction that records them is open; the directory is fsynced and the
+transaction committed. If the commit fails the file is removed again. The unique SOP Instance
+UID in the database decides between two associations sending the same instance at once: the
+second insert fails (PostgreSQL makes it wait for the first to commit, SQLite serialises the
+writers), so only the first renames its file into place.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacs_agent.db.models import Instance
+from pacs_agent.dicom.validate import InstanceHeader
+from pacs_agent.ingest import StoredFile, find_instance, record_instance
+
+log = logging.getLogger("echo_agent.store")
+
+INCOMING_DIR_NAME = ".incoming"
+PARTIAL_SUFFIX = ".partial"
+BYTES_PER_MB = 1024 * 1024
+# Large writes in pieces, so a signal or a slow disk never sees one giant system call.
+WRITE_CHUNK_BYTES = 4 * BYTES_PER_MB
+_SAFE_COMPONENT = re.compile(r"[0-9][0-9.]{0,63}")
+_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+Buffer = bytes | bytearray | memoryview
+
+
+class StoreError(RuntimeError):
+    """The store could not keep an instance (I/O error); nothing of it was kept."""
+
+
+class OutOfSpaceError(StoreError):
+    """Keeping the instance would leave less free disk than ``dicom.min_free_disk_mb``."""
+
+
+@dataclass(frozen=True)
+class InstanceStore:
+    """Where instances live, and how much disk must stay free (MiB)."""
+
+    root: Path
+    min_free_disk_mb: int = 0
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / INCOMING_DIR_NAME
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """``outcome`` "duplicate": the SOP instance was already stored; ``path`` is that file."""
+
+    outcome: Literal["stored", "duplicate"]
+    instance_id: int
+    path: Path
+    size_bytes: int
+
+    @property
+    def stored(self) -> bool:
+        return self.outcome == "stored"
+
+
+def open_store(root: Path, min_free_disk_mb: int = 0) -> InstanceStore:
+    """Creates the store's folders and removes partial files a killed process left behind.
+
+    Only the node's listener writes to ``.incoming``, so at start nothing in it is in use.
+    """
+    store = InstanceStore(root=root.resolve(), min_free_disk_mb=min_free_disk_mb)
+    store.incoming.mkdir(parents=True, exist_ok=True)
+    removed = sweep_partial_files(store)
+    if removed:
+        log.warning("removed %d partial file(s) left in %s", removed, store.incoming)
+    return store
+
+
+def sweep_partial_files(store: InstanceStore) -> int:
+    removed = 0
+    for path in store.incoming.glob(f"*{PARTIAL_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def instance_relative_path(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """``<study>/<series>/<sop>.dcm``; a UID that is not a safe file name is replaced by a hash."""
+    parts = [_safe_component(uid) for uid in (study_uid, series_uid)]
+    return "/".join([*parts, _safe_component(sop_instance_uid) + ".dcm"])
+
+
+def _safe_component(uid: str) -> str:
+    if _SAFE_COMPONENT.fullmatch(uid) and ".." not in uid:
+        return uid
+    return "h" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
+
+
+def free_bytes(store: InstanceStore) -> int:
+    return shutil.disk_usage(store.root).free
+
+
+def check_free_space(store: InstanceStore, incoming_bytes: int) -> None:
+    """Raises ``OutOfSpaceError`` if storing ``incoming_bytes`` would cross the free-space floor."""
+    floor = store.min_free_disk_mb * BYTES_PER_MB
+    free = free_bytes(store)
+    if free - incoming_bytes < floor:
+        raise OutOfSpaceError(
+            f"{free // BYTES_PER_MB} MiB free, storing {incoming_bytes // BYTES_PER_MB} MiB "
+            f"would go below dicom.min_free_disk_mb = {store.min_free_disk_mb}"
+        )
+
+
+def store_instance(
+    store: InstanceStore,
+    sessions: sessionmaker[Session],
+    header: InstanceHeader,
+    parts: Sequence[Buffer],
+    calling_ae: str = "",
+) -> StoreResult:
+    """Keeps one instance, whose file is the concatenation of ``parts``, exactly once.
+
+    ``parts`` are typically the encoded File Meta Information and the dataset as received. A
+    SOP Instance UID already recorded is a duplicate: nothing is written and the existing row is
+    returned. Raises ``OutOfSpaceError``, ``StoreError`` or the database's SQLAlchemy error,
+    having kept nothing.
+    """
+    size = sum(memoryview(p).nbytes for p in parts)
+    with sessions() as session:
+        existing = find_instance(session, header.sop_instance_uid)
+        if existing is not None:
+            return _duplicate(store, existing, size, None)
+    check_free_space(store, size)
+    partial, sha256 = _write_partial(store, parts)
+    relative = instance_relative_path(
+        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+    )
+    try:
+        with sessions() as session:
+            try:
+                instance = record_instance(
+                    session, header, StoredFile(relative, size, sha256), calling_ae
+                )
+            except IntegrityError:
+                session.rollback()
+                existing = find_instance(session, header.sop_instance_uid)
+                if existing is None:
+                    raise
+                log.debug(
+                    "SOP instance %s was recorded by another association meanwhile",
+                    header.sop_instance_uid,
+                )
+                return _duplicate(store, existing, size, sha256)
+            final = _place(store, partial, relative)
+            try:
+                session.commit()
+            except BaseException:
+                outcome = _commit_outcome(sessions, header.sop_instance_uid, sha256)
+                if outcome == "recorded":
+                    log.warning("commit of %s reported a failure but went through", relative)
+                    return StoreResult("stored", instance.id, final, size)
+                if outcome == "absent":
+                    _remove(final)
+                raise
+            return StoreResult("stored", instance.id, final, size)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _commit_outcome(
+    sessions: sessionmaker[Session], sop_instance_uid: str, sha256: str
+) -> Literal["recorded", "absent", "unknown"]:
+    """After a failed commit: did it go through anyway (the connection broke afterwards)?
+
+    When the database cannot tell, the file stays: a file without a row is harmless and a
+    resend overwrites it, while a row without its file would be taken as stored forever.
+    """
+    try:
+        with sessions() as session:
+            row = find_instance(session, sop_instance_uid)
+    except Exception as exc:
+        log.error("cannot tell whether %s was recorded (%s); its file stays", sop_instance_uid, exc)
+        return "unknown"
+    return "recorded" if row is not None and row.sha256 == sha256 else "absent"
+
+
+def _duplicate(
+    store: InstanceStore, existing: Instance, size: int, sha256: str | None
+) -> StoreResult:
+    differs = existing.file_size_bytes != size or (sha256 is not None and existing.sha256 != sha256)
+    if differs:
+        log.warning(
+            "SOP instance %s received again with other bytes (another transfer syntax?); "
+            "the first copy is kept",
+            existing.sop_instance_uid,
+        )
+    path = store.root / existing.file_path
+    return StoreResult("duplicate", existing.id, path, existing.file_size_bytes)
+
+
+def _write_partial(store: InstanceStore, parts: Sequence[Buffer]) -> tuple[Path, str]:
+    """Writes and fsyncs a new file in ``.incoming``; returns it and the SHA-256 of its bytes.
+
+    The hash runs in a second thread while this one writes: hashlib and os.write both release
+    the GIL, so a large loop is hashed for free instead of adding a third of the write time.
+    """
+    path = store.incoming / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+    views = [memoryview(part).cast("B") for part in parts]
+    digest = hashlib.sha256()
+    hasher = threading.Thread(target=_hash_into, args=(digest, views), name="echo-agent-hash")
+    hasher.start()
+    try:
+        with open(path, "xb", buffering=0) as fh:
+            for view in views:
+                for start in range(0, len(view), WRITE_CHUNK_BYTES):
+                    _write_all(fh.fileno(), view[start : start + WRITE_CHUNK_BYTES])
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if exc.errno in _OUT_OF_SPACE_ERRNOS:
+            raise OutOfSpaceError(f"disk full while writing: {exc.strerror}") from exc
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from exc
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        hasher.join()
+    return path, digest.hexdigest()
+
+
+def _hash_into(digest: hashlib._Hash, views: Sequence[memoryview]) -> None:
+    for view in views:
+        digest.update(view)
+
+
+def _write_all(fd: int, chunk: memoryview) -> None:
+    written = 0
+    while written < len(chunk):
+        written += os.write(fd, chunk[written:])
+
+
+def _place(store: InstanceStore, partial: Path, relative: str) -> Path:
+    """Renames the partial file to its final name and makes the new directory entries durable."""
+    final = store.root / relative
+    try:
+        _make_dirs(store.root, final.parent)
+        os.replace(partial, final)
+    except OSError as exc:
+        raise StoreError(f"cannot place {relative}: {exc.strerror}") from exc
+    try:
+        _fsync_dir(final.parent)
+    except OSError as exc:
+        _remove(final)
+        raise StoreError(f"cannot sync the folder of {relative}: {exc.strerror}") from exc
+    return final
+
+
+def _make_dirs(root: Path, target: Path) -> None:
+    """Creates missing folders below ``root``, fsyncing each parent so the new entry survives."""
+    missing: list[Path] = []
+    current = target
+    while current != root and not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # another association created it meanwhile
+        _fsync_dir(folder.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+    except OSError as exc:  # the caller is already failing; say what is left behind
+        log.error("could not remove %s after a failed store: %s", path, exc.strerror)
