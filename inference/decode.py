@@ -69,9 +69,11 @@ def _decode_frames(ds: Dataset) -> np.ndarray:
         # raw=False converts YBR_FULL / YBR_FULL_422 to RGB as the decoder requires
         array = pixel_array(ds, raw=False)
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
         raise DecodeError(
-            f"cannot decode pixel data ({ds.file_meta.get('TransferSyntaxUID', '?')}, "
-            f"{photometric}): {exc}"
+            f"cannot decode pixel data ({syntax_name}, {photometric}): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1))

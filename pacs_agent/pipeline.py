@@ -21,16 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 
+from inference.decode import DecodeError, read_cine
+from inference.types import Cine
 from pacs_agent.config import Config
 from pacs_agent.db.models import Instance, Job, utcnow
 from pacs_agent.jobs import KIND_ANALYZE, PermanentJobError
-from pacs_agent.selection import heart_rate_bpm, loop_timing
 
 log = logging.getLogger(__name__)
 
@@ -61,37 +58,6 @@ class JobContext:
     output_dir: Path
 
 
-@dataclass(frozen=True)
-class DecodedLoop:
-    """A decoded cine loop. ``frames``: (n, rows, cols) grey or (n, rows, cols, 3) RGB."""
-
-    frames: np.ndarray
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    photometric_interpretation: str
-    frame_time_ms: float | None
-    duration_s: float | None
-    heart_rate_bpm: float | None
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.frames.shape[0])
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "sop_instance_uid": self.sop_instance_uid,
-            "transfer_syntax_uid": self.transfer_syntax_uid,
-            "photometric_interpretation": self.photometric_interpretation,
-            "n_frames": self.n_frames,
-            "rows": int(self.frames.shape[1]),
-            "cols": int(self.frames.shape[2]),
-            "samples_per_pixel": 1 if self.frames.ndim == 3 else int(self.frames.shape[3]),
-            "frame_time_ms": self.frame_time_ms,
-            "duration_s": self.duration_s,
-            "heart_rate_bpm": self.heart_rate_bpm,
-        }
-
-
 def job_output_dir(config: Config, job_id: int) -> Path:
     return config.home_path / JOBS_DIR_NAME / str(job_id)
 
@@ -102,8 +68,9 @@ def run_job(job_id: int, session_factory: sessionmaker[Session], config: Config)
     context = load_context(job_id, session_factory, config)
     write_log(context, "attempt", attempt=context.attempt)
     loop = decode_loop(context.path)
-    write_json_atomic(context.output_dir / DECODED_SUMMARY_NAME, loop.summary())
-    write_log(context, "decoded", **loop.summary())
+    summary = loop_summary(loop)
+    write_json_atomic(context.output_dir / DECODED_SUMMARY_NAME, summary)
+    write_log(context, "decoded", **summary)
     _test_delay()
     analyse_and_report(context, loop, session_factory, config)
     write_log(context, "finished", attempt=context.attempt)
@@ -134,58 +101,34 @@ def load_context(job_id: int, session_factory: sessionmaker[Session], config: Co
         )
 
 
-def decode_loop(path: Path) -> DecodedLoop:
-    """Reads and decodes every frame; every decoding failure becomes one PixelDataError.
-
-    Stands in for ``inference``'s decoder (DICOM to ``Cine``) until that exists.
-    """
+def decode_loop(path: Path) -> Cine:
+    """Decodes every frame with the inference package's decoder; any failure is a
+    PixelDataError, which fails the job at once (a retry cannot mend corrupt pixels)."""
     try:
-        ds = dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise PixelDataError(f"{path.name} is not readable DICOM: {exc}") from exc
-    if "PixelData" not in ds:
-        raise PixelDataError(f"{path.name} has no pixel data")
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # decoders raise many types (ValueError, RuntimeError, ...)
-        raise PixelDataError(
-            f"cannot decode pixel data ({_syntax_name(ds)}): {type(exc).__name__}: {exc}"
-        ) from exc
-    frames = _as_frames(ds, pixels)
-    timing = loop_timing(ds)
-    return DecodedLoop(
-        frames=frames,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        photometric_interpretation=str(ds.get("PhotometricInterpretation", "")),
-        frame_time_ms=None if timing is None else round(timing.frame_time_ms, 4),
-        duration_s=None if timing is None else round(timing.duration_s, 4),
-        heart_rate_bpm=heart_rate_bpm(ds),
-    )
+        return read_cine(path)
+    except DecodeError as exc:
+        raise PixelDataError(str(exc)) from exc
 
 
-def _syntax_name(ds: Dataset) -> str:
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    return getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
-
-
-def _as_frames(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
-    n = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frame_ndim = 2 if samples == 1 else 3
-    if pixels.ndim == frame_ndim:
-        pixels = pixels[None]
-    if pixels.ndim != frame_ndim + 1 or pixels.shape[0] != n:
-        raise PixelDataError(
-            f"pixel data holds shape {pixels.shape}, header says {n} frame(s) of "
-            f"{samples} sample(s)"
-        )
-    return pixels
+def loop_summary(cine: Cine) -> dict[str, Any]:
+    """What the job log and ``decoded.json`` record of a decoded loop (no patient data)."""
+    return {
+        "sop_instance_uid": cine.sop_instance_uid,
+        "n_frames": cine.n_frames,
+        "rows": int(cine.frames.shape[1]),
+        "cols": int(cine.frames.shape[2]),
+        "frame_time_ms": None if cine.frame_time_ms is None else round(cine.frame_time_ms, 4),
+        "frame_time_source": cine.frame_time_source,
+        "duration_s": None if cine.duration_s is None else round(cine.duration_s, 4),
+        "heart_rate_bpm": cine.heart_rate_bpm,
+        "spacing_cm": None if cine.spacing_cm is None else list(cine.spacing_cm),
+        "notes": list(cine.notes),
+    }
 
 
 def analyse_and_report(
     context: JobContext,
-    loop: DecodedLoop,
+    loop: Cine,
     session_factory: sessionmaker[Session],
     config: Config,
 ) -> None:
@@ -235,13 +178,13 @@ def _test_delay() -> None:
 
 
 __all__ = [
-    "DecodedLoop",
     "JobContext",
     "PixelDataError",
     "StoredInstanceError",
     "analyse_and_report",
     "decode_loop",
     "job_output_dir",
+    "loop_summary",
     "read_log",
     "run_job",
 ]

@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import iter_pixels
 
+from inference.decode import frame_time_from_header
 from pacs_agent.config import SelectionConfig
 from pacs_agent.view_classifier import A4C_LABEL, ViewClassifier
 
@@ -115,26 +116,17 @@ def not_eligible(reason: str, view_source: str = "", view_detail: str = "") -> S
 
 
 def loop_timing(ds: Dataset) -> LoopTiming | None:
-    """Frame time and duration from Frame Time, Frame Time Vector or Cine Rate, in that order.
+    """Frame time (the decoder's rule: Frame Time, Frame Time Vector, Cine Rate, Recommended
+    Display Frame Rate) and duration.
 
     Duration is first frame to last, (n - 1) frame times: a loop must span a cycle between the
     frames it shows, not merely while the last one is on screen.
     """
     n = int(ds.get("NumberOfFrames", 1) or 1)
-    frame_time = _positive_float(ds.get("FrameTime"))
-    if frame_time is not None:
-        return LoopTiming(frame_time, (n - 1) * frame_time / 1000.0, "Frame Time")
-    vector = ds.get("FrameTimeVector")
-    if vector is not None and n > 1:
-        values = [float(v) for v in (vector if isinstance(vector, Sequence) else [vector])]
-        if len(values) == n and all(v >= 0 for v in values) and sum(values[1:]) > 0:
-            total_ms = float(sum(values[1:]))
-            return LoopTiming(total_ms / (n - 1), total_ms / 1000.0, "Frame Time Vector")
-    cine_rate = _positive_float(ds.get("CineRate"))
-    if cine_rate is not None:
-        frame_time = 1000.0 / cine_rate
-        return LoopTiming(frame_time, (n - 1) * frame_time / 1000.0, "Cine Rate")
-    return None
+    frame_time_ms, source = frame_time_from_header(ds)
+    if frame_time_ms is None:
+        return None
+    return LoopTiming(frame_time_ms, (n - 1) * frame_time_ms / 1000.0, source)
 
 
 def heart_rate_bpm(ds: Dataset) -> float | None:

@@ -176,7 +176,7 @@ def test_timing_from_frame_time_vector_and_cine_rate() -> None:
     timing = loop_timing(ds)
     assert timing is not None
     assert (timing.source, timing.duration_s, round(timing.frame_time_ms, 3)) == (
-        "Frame Time Vector",
+        "FrameTimeVector",
         0.1,
         33.333,
     )
@@ -185,7 +185,7 @@ def test_timing_from_frame_time_vector_and_cine_rate() -> None:
     ds.CineRate = 50
     timing = loop_timing(ds)
     assert timing is not None
-    assert (timing.source, timing.frame_time_ms, timing.duration_s) == ("Cine Rate", 20.0, 0.6)
+    assert (timing.source, timing.frame_time_ms, timing.duration_s) == ("CineRate", 20.0, 0.6)
     assert loop_timing(Dataset()) is None
 
 
