@@ -128,6 +128,9 @@ class QueueConfig:
     backend: str = "local"
     workers: int = 1
     max_attempts: int = 3
+    # a failed attempt waits backoff_initial_s, doubled per attempt, at most backoff_max_s
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,14 @@ def _check_ranges(config: Config) -> None:
         _check_ae_title(f"{where}.ae_title", dest.ae_title)
         if not 1 <= dest.port <= 65535:
             raise ConfigError(f"{where}.port must be between 1 and 65535, got {dest.port}")
+    for name, value in (
+        ("queue.backoff_initial_s", config.queue.backoff_initial_s),
+        ("queue.backoff_max_s", config.queue.backoff_max_s),
+        ("export.backoff_initial_s", config.export.backoff_initial_s),
+        ("export.backoff_max_s", config.export.backoff_max_s),
+    ):
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative, got {value}")
     if config.export.max_attempts < 1:
         raise ConfigError(
             f"export.max_attempts must be at least 1, got {config.export.max_attempts}"

@@ -50,7 +50,7 @@ class Backoff:
         return min(self.max_s, self.initial_s * 2.0 ** (attempt - 1))
 
 
-# The [queue] section has no back-off keys yet; these suit minute-long analyses.
+# The defaults of [queue] backoff_initial_s / backoff_max_s: they suit minute-long analyses.
 DEFAULT_JOB_BACKOFF = Backoff(initial_s=5.0, max_s=300.0)
 
 

@@ -30,7 +30,7 @@ from pacs_agent.config import Config, ConfigError
 from pacs_agent.db import ensure_schema, make_engine, make_session_factory
 from pacs_agent.db.models import utcnow
 from pacs_agent.dicom import StorageSCP, start_storage_scp
-from pacs_agent.jobs import recover_interrupted
+from pacs_agent.jobs import Backoff, recover_interrupted
 from pacs_agent.pipeline import run_job
 from pacs_agent.queue import JobQueue, make_queue
 from pacs_agent.startup import bind_listen_socket, web_address
@@ -111,7 +111,13 @@ def start_node(config: Config, web_socket: socket.socket | None = None) -> Runni
         def runner(job_id: int) -> None:
             run_job(job_id, session_factory, config)
 
-        queue = make_queue(config.queue.backend, session_factory, runner, config.queue.workers)
+        queue = make_queue(
+            config.queue.backend,
+            session_factory,
+            runner,
+            config.queue.workers,
+            Backoff(config.queue.backoff_initial_s, config.queue.backoff_max_s),
+        )
         queue.start()
         started.insert(0, lambda: queue.stop(WORKER_STOP_TIMEOUT_S))
         for job_id in recovery.requeued:

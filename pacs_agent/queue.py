@@ -152,8 +152,9 @@ def make_queue(
     session_factory: sessionmaker[Session],
     runner: Callable[[int], None],
     workers: int,
+    backoff: jobs.Backoff = jobs.DEFAULT_JOB_BACKOFF,
 ) -> JobQueue:
     """The queue named by ``queue.backend``."""
     if backend == "local":
-        return LocalThreadQueue(session_factory, runner, workers=workers)
+        return LocalThreadQueue(session_factory, runner, workers=workers, backoff=backoff)
     raise ValueError(f"queue backend {backend!r} is not available yet (use 'local')")
