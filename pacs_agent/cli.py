@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacs_agent import __version__
 from pacs_agent.config import Config, ConfigError, as_toml, load_config
@@ -30,6 +31,9 @@ from pacs_agent.startup import (
     web_address,
 )
 from pacs_agent.users import UserError, add_user
+
+if TYPE_CHECKING:
+    from pacs_agent.node import RunningNode
 
 log = logging.getLogger("echo_agent")
 
@@ -56,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser(
-        "demo", help="write demo phantom studies under the home folder, then serve"
-    )
+    demo = sub.add_parser("demo", help="run the node and send it demo phantom studies over DICOM")
     demo.add_argument("--studies", type=int, default=2, help="number of phantom studies")
     demo.set_defaults(func=cmd_demo)
 
@@ -222,7 +224,9 @@ def cmd_bench_ingest(args: argparse.Namespace, _config: Config | None) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+    """Writes phantom studies once, runs the node, and sends the studies to it over DICOM."""
     from inference.phantom import generate_phantoms
+    from pacs_agent.demo import send_studies
 
     config = _require(config)
     prepare_home(config)
@@ -230,14 +234,16 @@ def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     if not any(demo_dir.glob("*.dcm")):
         log.info("writing %d demo phantom studies to %s", args.studies, demo_dir)
         generate_phantoms(demo_dir, n=args.studies, seed=20261122, fmt="dicom")
-    log.info("demo phantom studies in %s", demo_dir)
-    return cmd_serve(args, config)
+    return _serve(config, on_started=lambda node: send_studies(node, demo_dir))
 
 
 def cmd_serve(_args: argparse.Namespace, config: Config | None) -> int:
+    return _serve(_require(config))
+
+
+def _serve(config: Config, on_started: Callable[[RunningNode], None] | None = None) -> int:
     from pacs_agent.node import run_node  # pynetdicom, waitress, Flask: only when serving
 
-    config = _require(config)
     prepare_home(config)
     web_socket = bind_listen_socket(web_address(config))
     try:
@@ -245,7 +251,7 @@ def cmd_serve(_args: argparse.Namespace, config: Config | None) -> int:
     except StartupError:
         web_socket.close()
         raise
-    run_node(config, web_socket=web_socket)
+    run_node(config, web_socket=web_socket, on_started=on_started)
     return 0
 
 

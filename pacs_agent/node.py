@@ -166,8 +166,15 @@ def start_node(config: Config, web_socket: socket.socket | None = None) -> Runni
     )
 
 
-def run_node(config: Config, web_socket: socket.socket | None = None) -> None:
+def run_node(
+    config: Config,
+    web_socket: socket.socket | None = None,
+    on_started: Callable[[RunningNode], None] | None = None,
+) -> None:
     """Runs the node until SIGTERM or SIGINT, then shuts it down cleanly.
+
+    ``on_started`` runs in its own thread once every part is up (the demo uses it to send
+    phantom studies to the node over DICOM, as a PACS would).
 
     The handlers go in before anything starts, so a signal during start-up also ends in an
     orderly stop rather than the default abrupt exit.
@@ -192,6 +199,10 @@ def run_node(config: Config, web_socket: socket.socket | None = None) -> None:
                 url,
             )
             print(f"echo-agent is running: {url}", flush=True)
+            if on_started is not None:
+                threading.Thread(
+                    target=on_started, args=(node,), name="on-started", daemon=True
+                ).start()
             while not stop.wait(1.0):
                 pass
         finally:

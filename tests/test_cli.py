@@ -176,3 +176,49 @@ def test_phantom_command_writes_loops_with_truth(echo_agent_exe, tmp_path) -> No
 
 def test_phantom_command_rejects_bad_arguments_in_one_line(echo_agent_exe, tmp_path) -> None:
     assert_one_line_error(run(echo_agent_exe, "phantom", "out", "--n", "0", cwd=tmp_path), "--n")
+
+
+@pytest.mark.slow
+def test_demo_sends_phantom_studies_to_itself_and_analyses_them(echo_agent_exe, tmp_path) -> None:
+    """The README's run command: the node starts, receives its demo studies over DICOM and
+    runs a job for each study's A4C loop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_AGENT_")}
+    env.update(
+        ECHO_AGENT_WEB_PORT=str(find_free_port()),
+        ECHO_AGENT_DICOM_PORT=str(find_free_port()),
+        ECHO_AGENT_DICOM_STABLE_AGE_S="1",
+    )
+    proc = subprocess.Popen(
+        [echo_agent_exe, "demo"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    db = tmp_path / "var" / "echo-agent.db"
+    states: list[tuple[str, str]] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                engine = sa.create_engine(f"sqlite:///{db}")
+                try:
+                    with engine.connect() as conn:
+                        states = [
+                            (r.state, r.eligibility)
+                            for r in conn.execute(sa.text(
+                                "SELECT jobs.state, series.eligibility FROM jobs "
+                                "JOIN instances ON instances.id = jobs.instance_fk "
+                                "JOIN series ON series.id = instances.series_fk"
+                            ))
+                        ]
+                except sa.exc.OperationalError:
+                    states = []  # schema not there yet
+                finally:
+                    engine.dispose()
+            if len(states) == 2 and all(s == "done" for s, _ in states):
+                break
+            time.sleep(1.0)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert states == [("done", "eligible"), ("done", "eligible")], output
+    assert "sent 4 of 4 phantom loops" in output
+    assert proc.returncode == 0, output

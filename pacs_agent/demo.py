@@ -1,0 +1,49 @@
+"""The first-run demo: phantom studies sent to the node over DICOM, as a PACS would send them.
+
+Going through the real listener (not a shortcut into the store) means a newcomer sees the whole
+path work: association, C-STORE, durable store, assembly, selection and the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pacs_agent.config import DestinationConfig
+from pacs_agent.export import c_store_file
+from pacs_agent.node import RunningNode
+
+log = logging.getLogger("echo_agent.demo")
+
+DEMO_CALLING_AE = "ECHODEMO"
+
+
+def send_studies(node: RunningNode, folder: Path) -> int:
+    """C-STOREs every ``*.dcm`` under ``folder`` to the running node; returns how many landed."""
+    self_destination = DestinationConfig(
+        name="self",
+        ae_title=node.config.dicom.ae_title,
+        host=_loopback_host(node.config.dicom.host),
+        port=node.dicom_port,
+    )
+    sent = 0
+    files = sorted(folder.glob("*.dcm"))
+    for path in files:
+        outcome = c_store_file(path, self_destination, DEMO_CALLING_AE)
+        if outcome.ok:
+            sent += 1
+        else:
+            log.warning("demo: %s not sent: %s", path.name, outcome.detail)
+    log.info(
+        "demo: sent %d of %d phantom loops to %s", sent, len(files), node.config.dicom.ae_title
+    )
+    return sent
+
+
+def _loopback_host(listen_host: str) -> str:
+    """Where to reach a listener bound to ``listen_host`` from this machine."""
+    if listen_host in {"0.0.0.0", ""}:
+        return "127.0.0.1"
+    if listen_host == "::":
+        return "::1"
+    return listen_host
