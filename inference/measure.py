@@ -1,0 +1,423 @@
+"""Per-frame LV masks (+ per-clip EF predictions) -> ``Measurements``.
+
+The masks may be the segmentation network's (mapped back to source pixels) or, in tests, the
+phantom's true masks; the EF predictions come from the caller, either as an array with one
+value per clip start (``beats.clip_starts``) or as a callable that predicts the starts it is
+asked for, so only the clips actually used are run. Everything here is plain numpy: no network,
+no torch, so it is tested exactly with the phantom truth.
+
+What is reported, and from what (see ``inference.beats`` for beats and clips, and
+``inference.lv_geometry`` for landmarks and volumes):
+
+* ``ef_percent``: the regression EF of each beat's ES-aligned clip, averaged over beats; with no
+  beat, the average over every clip (``ef_source = "all_clips"``, flagged).
+* ``edv_ml`` / ``esv_ml``: method of disks at each beat's ED and ES frame, averaged over beats;
+  ``ef_disks_percent`` from those two means. Without spacing no volume is reported, but the
+  disks EF (a ratio) still is, computed in pixel units (square pixels assumed, flagged).
+* ``heart_rate_bpm``: from the ED-to-ED cycles of complete beats; otherwise the header's value
+  (``heart_rate_source = "header"``, flagged); otherwise null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from inference.beats import (
+    CLIP_LENGTH_FRAMES,
+    CLIP_PERIOD_FRAMES,
+    BeatFrames,
+    beat_clip_start,
+    clip_span_frames,
+    clip_starts,
+    find_cycle_events,
+    heart_rate_from_beats,
+    pair_beats,
+    smooth_curve,
+    smoothing_window_frames,
+)
+from inference.disks import ejection_fraction_percent
+from inference.lv_geometry import (
+    GeometryError,
+    disks_volume_from_outline,
+    find_landmarks,
+    is_fragmented,
+    lv_outline_px,
+)
+from inference.types import Beat, Cine, Landmarks, Measurements, QualityFlag
+
+ClipEF = np.ndarray | Sequence[float] | Callable[[np.ndarray], np.ndarray]
+
+EF_DISAGREEMENT_POINTS = 10.0
+EDGE_BAND_PX = 3  # LV pixels this close to the fan's edge (or outside it) "touch" it
+EDGE_FRAME_FRACTION = 0.1  # touching on this share of frames (or any measured frame) flags
+AREA_RESIDUAL_FRACTION = 0.15  # |area - smoothed| over the median area: a jump
+UNSTABLE_FRAME_FRACTION = 0.05  # jumps / fragmented / empty frames on this share of frames
+MIN_UNSTABLE_FRAMES = 1
+
+# Stable identifiers of the quality flags (software matches on these; the text is for people).
+FLAG_LESS_THAN_ONE_BEAT = "less_than_one_beat"
+FLAG_EF_METHODS_DISAGREE = "ef_methods_disagree"
+FLAG_LV_TOUCHES_SECTOR_EDGE = "lv_touches_sector_edge"
+FLAG_UNSTABLE_LV_AREA = "unstable_lv_area"
+FLAG_LV_MISSING = "lv_missing_on_frames"
+FLAG_NO_SPACING = "no_spacing"
+FLAG_NO_FRAME_TIME = "no_frame_time"
+FLAG_HEART_RATE_FROM_HEADER = "heart_rate_from_header"
+FLAG_LOOP_SHORTER_THAN_CLIP = "loop_shorter_than_clip"
+FLAG_EF_FROM_ALL_CLIPS = "ef_from_all_clips"
+FLAG_LV_OUTLINE_FAILED = "lv_outline_failed"
+
+
+@dataclass(frozen=True)
+class _Volumes:
+    volume: float | None  # mL with spacing, cubic pixels without
+    area_cm2: float | None
+    landmarks: Landmarks | None
+
+
+def measure_cine(
+    cine: Cine,
+    masks: np.ndarray,
+    clip_ef: ClipEF | None,
+    *,
+    transducer_px: tuple[float, float] | None = None,
+    sector_mask: np.ndarray | None = None,
+    all_clip_stride: int = 1,
+) -> Measurements:
+    """``measure_loop`` with timing, spacing, heart rate and notes taken from the Cine."""
+    return measure_loop(
+        masks,
+        frame_time_ms=cine.frame_time_ms,
+        spacing_cm=cine.spacing_cm,
+        transducer_px=transducer_px,
+        sector_mask=sector_mask,
+        header_heart_rate_bpm=cine.heart_rate_bpm,
+        clip_ef=clip_ef,
+        all_clip_stride=all_clip_stride,
+        notes=cine.notes,
+    )
+
+
+def measure_loop(
+    masks: np.ndarray,
+    *,
+    frame_time_ms: float | None,
+    spacing_cm: tuple[float, float] | None,
+    transducer_px: tuple[float, float] | None = None,
+    sector_mask: np.ndarray | None = None,
+    header_heart_rate_bpm: float | None = None,
+    clip_ef: ClipEF | None = None,
+    clip_length: int = CLIP_LENGTH_FRAMES,
+    clip_period: int = CLIP_PERIOD_FRAMES,
+    all_clip_stride: int = 1,
+    notes: Sequence[str] = (),
+) -> Measurements:
+    """Measures one loop from its per-frame LV masks (frames x rows x cols, source pixels).
+
+    ``transducer_px`` (column, row) orients the LV (base away from it); without it the base is
+    taken to be the lower end. ``sector_mask`` (rows x cols) is the scanned fan, for the edge
+    check; without it the image border is the edge. ``all_clip_stride`` > 1 averages every
+    k-th clip start instead of every start (for slow hardware); beat clips are always run.
+    """
+    m = np.asarray(masks)
+    if m.ndim != 3 or m.shape[0] < 1:
+        raise ValueError(f"masks must be (frames, rows, cols), got shape {m.shape}")
+    m = m.astype(bool, copy=False)
+    n = int(m.shape[0])
+    if int(all_clip_stride) != all_clip_stride or all_clip_stride < 1:
+        raise ValueError(f"all_clip_stride must be a positive integer, got {all_clip_stride!r}")
+    flags: list[QualityFlag] = []
+    frame_time_ms = frame_time_ms if frame_time_ms and frame_time_ms > 0 else None
+    if frame_time_ms is None:
+        flags.append(
+            QualityFlag(FLAG_NO_FRAME_TIME, "No frame timing: heart rate cannot be measured.")
+        )
+
+    area_px = m.reshape(n, -1).sum(axis=1).astype(np.float64)
+    px_cm2 = None if spacing_cm is None else float(spacing_cm[0]) * float(spacing_cm[1])
+    area_cm2 = None if px_cm2 is None else area_px * px_cm2
+
+    events = find_cycle_events(area_px, frame_time_ms, header_heart_rate_bpm)
+    beat_frames = pair_beats(events)
+    flags += _beat_flags(beat_frames)
+
+    heart_rate, hr_source = _heart_rate(beat_frames, frame_time_ms, header_heart_rate_bpm, flags)
+
+    # regression EF: every clip start (or every k-th) plus each beat's ES-aligned start
+    all_starts = clip_starts(n, clip_length, clip_period)
+    if n < clip_span_frames(clip_length, clip_period):
+        flags.append(
+            QualityFlag(
+                FLAG_LOOP_SHORTER_THAN_CLIP,
+                f"The loop has {n} frames, fewer than one {clip_length}-frame clip at period "
+                f"{clip_period} needs; it was padded.",
+            )
+        )
+    averaged = all_starts[:: int(all_clip_stride)]
+    beat_starts = [beat_clip_start(b.es_frame, n, clip_length, clip_period) for b in beat_frames]
+    ef_by_start = _clip_predictions(clip_ef, all_starts, averaged, beat_starts)
+
+    volumes: dict[int, _Volumes] = {}
+    outline_failures: list[int] = []
+
+    def volumes_at(frame: int) -> _Volumes:
+        if frame not in volumes:
+            volumes[frame] = _frame_volumes(m[frame], spacing_cm, transducer_px, px_cm2)
+            if volumes[frame].volume is None:
+                outline_failures.append(frame)
+        return volumes[frame]
+
+    beats = []
+    for b, start in zip(beat_frames, beat_starts, strict=True):
+        ed, es = volumes_at(b.ed_frame), volumes_at(b.es_frame)
+        ef_disks = (
+            ejection_fraction_percent(ed.volume, es.volume)
+            if ed.volume is not None and es.volume is not None and ed.volume > 0
+            else None
+        )
+        have_ml = spacing_cm is not None
+        beats.append(
+            Beat(
+                ed_frame=b.ed_frame,
+                es_frame=b.es_frame,
+                next_ed_frame=b.next_ed_frame,
+                ef_percent=ef_by_start.get(start),
+                clip_start_frame=start,
+                edv_ml=ed.volume if have_ml else None,
+                esv_ml=es.volume if have_ml else None,
+                ef_disks_percent=ef_disks,
+                ed_area_cm2=ed.area_cm2,
+                es_area_cm2=es.area_cm2,
+                ed_landmarks=ed.landmarks,
+                es_landmarks=es.landmarks,
+            )
+        )
+    if outline_failures:
+        flags.append(
+            QualityFlag(
+                FLAG_LV_OUTLINE_FAILED,
+                f"No LV outline on frame(s) {sorted(set(outline_failures))}: those volumes are "
+                "missing.",
+            )
+        )
+
+    # volumes and disks EF: means over beats that have both volumes
+    paired = [
+        (volumes[b.ed_frame].volume, volumes[b.es_frame].volume)
+        for b in beat_frames
+        if volumes[b.ed_frame].volume is not None and volumes[b.es_frame].volume is not None
+    ]
+    edv = float(np.mean([p[0] for p in paired])) if paired else None
+    esv = float(np.mean([p[1] for p in paired])) if paired else None
+    ef_disks = ejection_fraction_percent(edv, esv) if edv else None
+    if spacing_cm is None:
+        edv = esv = None
+        flags.append(
+            QualityFlag(
+                FLAG_NO_SPACING,
+                "No physical spacing in the header: volumes and areas are not reported; the "
+                "method-of-disks EF assumes square pixels.",
+            )
+        )
+
+    averaged_efs = [ef_by_start[int(s)] for s in averaged if int(s) in ef_by_start]
+    clips_mean = float(np.mean(averaged_efs)) if averaged_efs else None
+    ef, ef_sd, ef_source = _regression_ef(beats, clips_mean, flags)
+    if ef is not None and ef_disks is not None and abs(ef - ef_disks) > EF_DISAGREEMENT_POINTS:
+        flags.append(
+            QualityFlag(
+                FLAG_EF_METHODS_DISAGREE,
+                f"Regression EF ({ef:.0f} %) and method-of-disks EF ({ef_disks:.0f} %) differ "
+                f"by more than {EF_DISAGREEMENT_POINTS:.0f} points.",
+            )
+        )
+    measured_frames = sorted({f for b in beat_frames for f in (b.ed_frame, b.es_frame)})
+    flags += _mask_flags(m, area_px, frame_time_ms, sector_mask, measured_frames)
+
+    return Measurements(
+        ef_percent=ef,
+        ef_sd_percent=ef_sd,
+        ef_source=ef_source,
+        ef_clips_mean_percent=clips_mean,
+        ef_disks_percent=ef_disks,
+        edv_ml=edv,
+        esv_ml=esv,
+        heart_rate_bpm=heart_rate,
+        heart_rate_source=hr_source,
+        beats=tuple(beats),
+        flags=tuple(flags),
+        n_frames=n,
+        frame_time_ms=frame_time_ms,
+        spacing_cm=None if spacing_cm is None else (float(spacing_cm[0]), float(spacing_cm[1])),
+        ed_frames=events.ed_frames,
+        es_frames=events.es_frames,
+        lv_area_px=tuple(float(a) for a in area_px),
+        lv_area_cm2=None if area_cm2 is None else tuple(float(a) for a in area_cm2),
+        clip_length_frames=int(clip_length),
+        clip_period_frames=int(clip_period),
+        clip_starts=tuple(int(s) for s in averaged),
+        ef_clips_percent=tuple(averaged_efs),
+        notes=tuple(notes),
+    )
+
+
+def _heart_rate(
+    beats: tuple[BeatFrames, ...],
+    frame_time_ms: float | None,
+    header_bpm: float | None,
+    flags: list[QualityFlag],
+) -> tuple[float | None, str]:
+    """From the loop's cycles when it has a complete beat, else the header's (flagged)."""
+    measured = heart_rate_from_beats(beats, frame_time_ms)
+    if measured is not None:
+        return measured, "beats"
+    if header_bpm:
+        flags.append(
+            QualityFlag(
+                FLAG_HEART_RATE_FROM_HEADER,
+                "Heart rate is the scanner's header value, not measured from the loop.",
+            )
+        )
+        return float(header_bpm), "header"
+    return None, "none"
+
+
+def _regression_ef(
+    beats: list[Beat], clips_mean: float | None, flags: list[QualityFlag]
+) -> tuple[float | None, float | None, str]:
+    """(mean, SD, source): over beats' ES-aligned clips, else over every clip (flagged)."""
+    beat_efs = [b.ef_percent for b in beats if b.ef_percent is not None]
+    if beat_efs:
+        sd = float(np.std(beat_efs, ddof=1)) if len(beat_efs) > 1 else None
+        return float(np.mean(beat_efs)), sd, "beats"
+    if clips_mean is not None:
+        flags.append(
+            QualityFlag(
+                FLAG_EF_FROM_ALL_CLIPS,
+                "No beat to align clips to: EF is the average over every clip of the loop.",
+            )
+        )
+        return clips_mean, None, "all_clips"
+    return None, None, "none"
+
+
+def _clip_predictions(
+    clip_ef: ClipEF | None,
+    all_starts: np.ndarray,
+    averaged: np.ndarray,
+    beat_starts: list[int],
+) -> dict[int, float]:
+    """EF per clip start, for the starts that are used; empty when no predictions."""
+    if clip_ef is None:
+        return {}
+    wanted = np.unique(np.concatenate([averaged, np.asarray(beat_starts, np.int64)]))
+    if callable(clip_ef):
+        values = np.asarray(clip_ef(wanted), dtype=np.float64).reshape(-1)
+        if values.shape != wanted.shape:
+            raise ValueError(
+                f"the EF callable returned {values.shape[0]} values for {wanted.shape[0]} clips"
+            )
+        return {int(s): float(v) for s, v in zip(wanted, values, strict=True)}
+    values = np.asarray(clip_ef, dtype=np.float64).reshape(-1)
+    if values.shape != all_starts.shape:
+        raise ValueError(
+            f"expected one EF per clip start ({all_starts.shape[0]}), got {values.shape[0]}"
+        )
+    return {int(s): float(values[int(s)]) for s in wanted}
+
+
+def _frame_volumes(
+    mask: np.ndarray,
+    spacing_cm: tuple[float, float] | None,
+    transducer_px: tuple[float, float] | None,
+    px_cm2: float | None,
+) -> _Volumes:
+    area = None if px_cm2 is None else float(np.count_nonzero(mask)) * px_cm2
+    try:
+        outline = lv_outline_px(mask)
+        landmarks = find_landmarks(outline, transducer_px, spacing_cm)
+        volume = disks_volume_from_outline(outline, landmarks, spacing_cm)
+    except (GeometryError, ValueError):
+        return _Volumes(None, area, None)
+    return _Volumes(volume, area, landmarks)
+
+
+def _beat_flags(beats: tuple[BeatFrames, ...]) -> list[QualityFlag]:
+    if any(b.complete for b in beats):
+        return []
+    if beats:
+        text = (
+            "Fewer than one full cardiac cycle (ED -> ES -> next ED) in the loop: only "
+            f"{len(beats)} partial beat(s); heart rate is not measured from the loop."
+        )
+    else:
+        text = (
+            "No end-diastole followed by end-systole was found on the LV area curve: volumes and "
+            "beat-aligned EF are not reported."
+        )
+    return [QualityFlag(FLAG_LESS_THAN_ONE_BEAT, text)]
+
+
+def _mask_flags(
+    masks: np.ndarray,
+    area_px: np.ndarray,
+    frame_time_ms: float | None,
+    sector_mask: np.ndarray | None,
+    measured_frames: list[int],
+) -> list[QualityFlag]:
+    """Edge contact, missing LV, fragmented masks and jumps in the area curve."""
+    n, rows, cols = masks.shape
+    flags: list[QualityFlag] = []
+    empty = np.flatnonzero(area_px == 0)
+    if len(empty):
+        flags.append(QualityFlag(FLAG_LV_MISSING, f"No LV found on {len(empty)} of {n} frames."))
+    union = masks.any(axis=0)
+    if not union.any():
+        return flags
+
+    # edge: LV pixels outside the fan shrunk by EDGE_BAND_PX
+    inside = (
+        np.asarray(sector_mask, dtype=bool)
+        if sector_mask is not None
+        else np.ones((rows, cols), bool)
+    )
+    if inside.shape != (rows, cols):
+        raise ValueError(f"sector_mask shape {inside.shape} differs from the masks' {(rows, cols)}")
+    core = np.zeros((rows + 2, cols + 2), np.uint8)
+    core[1:-1, 1:-1] = inside  # the image border counts as an edge too
+    k = 2 * EDGE_BAND_PX + 1
+    core = cv2.erode(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))[1:-1, 1:-1]
+    ys, xs = np.nonzero(union)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    outside = ~core[box].astype(bool)
+    touching = np.flatnonzero((masks[:, box[0], box[1]] & outside).any(axis=(1, 2)))
+    if len(touching) and (
+        len(touching) >= EDGE_FRAME_FRACTION * n or set(touching) & set(measured_frames)
+    ):
+        flags.append(
+            QualityFlag(
+                FLAG_LV_TOUCHES_SECTOR_EDGE,
+                f"The LV reaches the edge of the scanned sector on {len(touching)} of {n} "
+                "frames: it may be cut off, and volumes underestimated.",
+            )
+        )
+
+    # stability: fragmented masks and frame-to-frame jumps of the area
+    fragmented = sum(is_fragmented(masks[i, box[0], box[1]]) for i in range(n) if area_px[i])
+    smoothed = smooth_curve(area_px, smoothing_window_frames(frame_time_ms))
+    median = float(np.median(area_px[area_px > 0])) if np.any(area_px > 0) else 0.0
+    jumps = int(np.count_nonzero(np.abs(area_px - smoothed) > AREA_RESIDUAL_FRACTION * median))
+    limit = max(MIN_UNSTABLE_FRAMES, UNSTABLE_FRAME_FRACTION * n)
+    if fragmented >= limit or jumps >= limit or len(empty) >= limit:
+        flags.append(
+            QualityFlag(
+                FLAG_UNSTABLE_LV_AREA,
+                f"The LV mask is unstable: {jumps} frame(s) with area jumps, {fragmented} "
+                f"fragmented, {len(empty)} empty, of {n}.",
+            )
+        )
+    return flags
