@@ -56,8 +56,23 @@ install_python_environment() {
   fi
 }
 
+install_node_tools() {
+  # the official FHIR R4 JSON schema validator the tests use (npm registry, works offline after)
+  local dir=tools/fhir-validator
+  [ -f "$dir/package-lock.json" ] || return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    log "npm not found: FHIR schema validation tests will be skipped (fail in CI)"
+    return 0
+  fi
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    log "installing the FHIR schema validator (npm ci)"
+    (cd "$dir" && npm ci --silent --no-audit --no-fund) && touch "$dir/node_modules"
+  fi
+}
+
 if [ "${SKIP_APT:-0}" != "1" ]; then
   install_debian_packages
+  install_node_tools
 fi
 install_python_environment
 log "done"

@@ -1,0 +1,399 @@
+"""The human-readable report as PDF (reportlab): identity and status, key frames with the LV
+contour, the LV area curve with the beats marked, the measurement table with methods and
+reference ranges, quality flags, the narrative, the conclusion on LV systolic function and the
+signature block.
+
+It is built from the same ``reported_values`` as the SR and FHIR, so the printed numbers are
+the exported ones. When the demo networks produced the numbers, every page carries the demo
+label in its header and footer. A preliminary report says in its signature block that it is
+unsigned; nothing on the page looks signed until it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image as PILImage
+from reportlab.graphics.shapes import Drawing, Line, Polygon, PolyLine, Rect, String
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Flowable,
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from inference.types import Measurements
+from reporting.dicom_base import Equipment
+from reporting.interpretation import ASE_2015, interpret, lv_systolic_function
+from reporting.overlay import CONTOUR_RGB, contour_thickness_px, draw_contour
+from reporting.types import (
+    DEMO_LABEL,
+    Algorithms,
+    DraftReport,
+    SourceLoop,
+    person_display_name,
+)
+from reporting.values import ReportedValue, primary_ef, reported_values
+
+PDF_MEDIA_TYPE = "application/pdf"
+TITLE = "Echocardiogram: left ventricular function (apical four-chamber)"
+_ED_COLOR = colors.Color(0.2, 0.5, 0.9)
+_ES_COLOR = colors.Color(0.85, 0.2, 0.2)
+_CURVE_COLOR = colors.Color(*(c / 255 for c in CONTOUR_RGB))
+_DEMO_COLOR = colors.Color(0.6, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class KeyFrame:
+    label: str  # "End-diastole" / "End-systole"
+    frame_index: int  # 0-based
+    image_rgb: np.ndarray
+
+
+def key_frames(
+    frames_rgb: np.ndarray, masks: np.ndarray, measurements: Measurements
+) -> list[KeyFrame]:
+    """ED and ES of the first beat with both volumes (else the first beat), contour drawn."""
+    beats = [b for b in measurements.beats if b.edv_ml is not None and b.esv_ml is not None]
+    beats = beats or list(measurements.beats)
+    if not beats:
+        return []
+    beat = beats[0]
+    out = []
+    for label, index in (("End-diastole", beat.ed_frame), ("End-systole", beat.es_frame)):
+        image = np.array(frames_rgb[index], copy=True)
+        draw_contour(image, masks[index], CONTOUR_RGB, contour_thickness_px(image.shape[1]))
+        out.append(KeyFrame(label, int(index), image))
+    return out
+
+
+def build_report_pdf(
+    source: SourceLoop,
+    measurements: Measurements,
+    algorithms: Algorithms,
+    report: DraftReport,
+    *,
+    frames_rgb: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    equipment: Equipment | None = None,
+    generated_at: dt.datetime | None = None,
+) -> bytes:
+    """The report PDF's bytes. ``frames_rgb`` (frames, rows, cols, 3) and ``masks`` give the key
+    frames; without them the page says the images are not included."""
+    equipment = equipment or Equipment()
+    generated_at = generated_at or dt.datetime.now().astimezone()
+    demo = report.demo_models or algorithms.demo_models
+    styles = _styles()
+    values = reported_values(measurements, algorithms)
+    story: list[Flowable] = []
+    story.append(Paragraph(escape(TITLE), styles["title"]))
+    if demo:
+        story.append(Paragraph(escape(DEMO_LABEL), styles["demo"]))
+    story.append(_identity_table(source, report, styles))
+    story.append(Spacer(1, 4 * mm))
+
+    frames = []
+    if frames_rgb is not None and masks is not None:
+        frames = key_frames(frames_rgb, masks, measurements)
+    story.append(Paragraph("Key frames with the LV contour", styles["h2"]))
+    if frames:
+        story.append(_key_frame_table(frames, styles))
+    else:
+        story.append(_note("Images not included.", styles))
+    story.append(Paragraph("LV area over the loop", styles["h2"]))
+    story.append(_area_curve(measurements))
+    story.append(Paragraph(_curve_legend(measurements), styles["small"]))
+
+    story.append(Paragraph("Measurements", styles["h2"]))
+    story.append(_measurement_table(values, source.patient_sex, styles))
+    story.append(Paragraph(_reference_note(), styles["small"]))
+    story.append(Paragraph(_algorithm_text(algorithms), styles["small"]))
+    if measurements.flags:
+        story.append(Paragraph("Quality flags: look twice", styles["h2"]))
+        for flag in measurements.flags:
+            story.append(Paragraph(f"&bull; {escape(flag.message)}", styles["body"]))
+
+    conclusion = lv_systolic_function(primary_ef(values), source.patient_sex)
+    story.append(Paragraph("LV systolic function", styles["h2"]))
+    story.append(Paragraph(escape(conclusion.text), styles["body"]))
+    story.append(Paragraph("Report", styles["h2"]))
+    narrative = report.narrative_text.strip() or "(no narrative)"
+    for paragraph in narrative.split("\n\n"):
+        story.append(Paragraph(escape(paragraph).replace("\n", "<br/>"), styles["body"]))
+    story.append(KeepTogether(_signature_block(report, styles)))
+
+    buffer = io.BytesIO()
+    footer = _footer(demo, equipment, generated_at)
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=16 * mm,
+        rightMargin=16 * mm,
+        topMargin=16 * mm,
+        bottomMargin=18 * mm,
+        title=TITLE,
+        author=f"{equipment.manufacturer} {equipment.software_versions}",
+        subject=f"Study {source.study_instance_uid}",
+    )
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+    return buffer.getvalue()
+
+
+def _styles() -> Styles:
+    base = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=base["BodyText"], fontSize=9.5, leading=12.5)
+    return {
+        "title": ParagraphStyle("title", parent=base["Title"], fontSize=15, leading=19),
+        "h2": ParagraphStyle("h2", parent=base["Heading2"], fontSize=11.5, spaceBefore=8),
+        "body": body,
+        "small": ParagraphStyle("small", parent=body, fontSize=8, leading=10),
+        "cell": ParagraphStyle("cell", parent=body, fontSize=8.5, leading=10.5),
+        "demo": ParagraphStyle(
+            "demo",
+            parent=body,
+            fontName="Helvetica-Bold",
+            fontSize=11,
+            textColor=colors.white,
+            backColor=_DEMO_COLOR,
+            alignment=1,
+            borderPadding=4,
+            spaceAfter=8,
+        ),
+    }
+
+
+def _note(text: str, styles: Styles) -> Paragraph:
+    return Paragraph(escape(text), styles["body"])
+
+
+Styles = dict[str, ParagraphStyle]
+
+
+def _identity_table(source: SourceLoop, report: DraftReport, styles: Styles) -> Table:
+    status = {
+        "preliminary": "PRELIMINARY (unsigned)",
+        "final": "FINAL (signed)",
+        "amended": "AMENDED (signed)",
+    }[report.status]
+    study_dt = source.study_datetime
+    rows = [
+        ("Patient", person_display_name(source.patient_name) or "(no name)",
+         "Patient ID", source.patient_id or "(none)"),
+        ("Sex", {"M": "male", "F": "female", "O": "other"}.get(source.patient_sex, "unknown"),
+         "Birth date", _date(source.patient_birth_date)),
+        ("Study date", study_dt.strftime("%Y-%m-%d %H:%M") if study_dt else "(unknown)",
+         "Accession", source.accession_number or "(none)"),
+        ("Institution", source.institution_name or "(unknown)",
+         "Report", f"{status}, version {report.version}"),
+    ]  # fmt: skip
+    table = Table(
+        [[Paragraph(escape(str(c)), styles["cell"]) for c in row] for row in rows],
+        colWidths=[24 * mm, 62 * mm, 24 * mm, 68 * mm],
+    )
+    table.setStyle(
+        TableStyle(
+            [
+                ("FONTNAME", (0, 0), (-1, -1), "Helvetica"),
+                ("TEXTCOLOR", (0, 0), (0, -1), colors.grey),
+                ("TEXTCOLOR", (2, 0), (2, -1), colors.grey),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LINEBELOW", (0, -1), (-1, -1), 0.5, colors.lightgrey),
+            ]
+        )
+    )
+    return table
+
+
+def _date(yyyymmdd: str) -> str:
+    try:
+        return dt.datetime.strptime(yyyymmdd, "%Y%m%d").strftime("%Y-%m-%d")
+    except ValueError:
+        return "(unknown)"
+
+
+def _key_frame_table(frames: list[KeyFrame], styles: Styles) -> Table:
+    width = 70 * mm
+    cells, captions = [], []
+    for frame in frames:
+        rows, cols = frame.image_rgb.shape[:2]
+        buffer = io.BytesIO()
+        PILImage.fromarray(frame.image_rgb).save(buffer, format="JPEG", quality=88)
+        buffer.seek(0)
+        cells.append(Image(buffer, width=width, height=width * rows / cols))
+        captions.append(Paragraph(f"{frame.label}: frame {frame.frame_index + 1}", styles["small"]))
+    table = Table([cells, captions], colWidths=[width + 3 * mm] * len(frames))
+    table.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER")]))
+    return table
+
+
+def _area_curve(m: Measurements, width: float = 178 * mm, height: float = 40 * mm) -> Drawing:
+    """The per-frame LV area (cm² with spacing, else pixels) against time (or frame), beats
+    shaded, ED marked with a down triangle and ES with an up triangle."""
+    drawing = Drawing(width, height)
+    area = np.asarray(m.lv_area_cm2 if m.lv_area_cm2 is not None else m.lv_area_px, float)
+    n = len(area)
+    if n < 2 or not np.isfinite(area).all() or area.max() <= 0:
+        drawing.add(String(4, height / 2, "No LV area curve.", fontSize=9))
+        return drawing
+    left, bottom, right, top = 34.0, 18.0, width - 6.0, height - 6.0
+    span = float(area.max() - area.min()) or float(area.max())
+    lo, hi = max(0.0, float(area.min()) - 0.15 * span), float(area.max()) + 0.15 * span
+
+    def x(i: float) -> float:
+        return left + (right - left) * i / (n - 1)
+
+    def y(v: float) -> float:
+        return bottom + (top - bottom) * (v - lo) / (hi - lo)
+
+    for beat in m.beats:
+        end = beat.next_ed_frame if beat.next_ed_frame is not None else beat.es_frame
+        drawing.add(
+            Rect(x(beat.ed_frame), bottom, x(end) - x(beat.ed_frame), top - bottom,
+                 fillColor=colors.Color(0.93, 0.95, 1.0), strokeColor=None)
+        )  # fmt: skip
+    drawing.add(Line(left, bottom, right, bottom, strokeColor=colors.black, strokeWidth=0.6))
+    drawing.add(Line(left, bottom, left, top, strokeColor=colors.black, strokeWidth=0.6))
+    unit = "cm²" if m.lv_area_cm2 is not None else "px"
+    for value in (lo, (lo + hi) / 2, hi):
+        drawing.add(String(2, y(value) - 3, f"{value:.0f}", fontSize=7))
+    drawing.add(String(left + 4, top - 4, f"LV area ({unit})", fontSize=7))
+    seconds = m.frame_time_ms is not None
+    for k in range(5):
+        i = (n - 1) * k / 4
+        text = f"{i * m.frame_time_ms / 1000:.1f} s" if seconds else f"{int(i) + 1}"
+        drawing.add(String(x(i) - 8, bottom - 10, text, fontSize=7))
+    points = []
+    for i, value in enumerate(area):
+        points += [x(i), y(float(value))]
+    drawing.add(PolyLine(points, strokeColor=_CURVE_COLOR.clone(alpha=1), strokeWidth=1.2))
+    for frames, color, down in ((m.ed_frames, _ED_COLOR, True), (m.es_frames, _ES_COLOR, False)):
+        for f in frames:
+            px, py = x(f), y(float(area[f]))
+            s = 3.5
+            tip = py - s if down else py + s
+            base = py + s if down else py - s
+            drawing.add(
+                Polygon([px - s, base, px + s, base, px, tip], fillColor=color, strokeColor=color)
+            )
+    return drawing
+
+
+def _curve_legend(m: Measurements) -> str:
+    return (
+        "Shaded: beats (end-diastole to the next end-diastole). "
+        f"<font color='#{_hex(_ED_COLOR)}'>&#9660;</font> end-diastole, "
+        f"<font color='#{_hex(_ES_COLOR)}'>&#9650;</font> end-systole "
+        f"({len(m.beats)} beat{'s' if len(m.beats) != 1 else ''} measured)."
+    )
+
+
+def _hex(color: colors.Color) -> str:
+    return "".join(f"{round(c * 255):02x}" for c in (color.red, color.green, color.blue))
+
+
+def _measurement_table(values: list[ReportedValue], sex: str, styles: Styles) -> Table:
+    header = ["Measurement", "Value", "Method", "Reference range", "Interpretation"]
+    rows = [[Paragraph(f"<b>{h}</b>", styles["cell"]) for h in header]]
+    for value in values:
+        interpretation = interpret(value, sex)
+        if interpretation is None:
+            reference, verdict = "-", "-"
+        else:
+            reference = "; ".join(
+                f"{r.low:g}-{r.high:g} {value.unit_text}"
+                + {"M": " (men)", "F": " (women)", None: ""}[r.sex]
+                for r in interpretation.ranges
+            )
+            verdict = interpretation.grade or "not graded (sex unknown)"
+        cells = [value.label, value.text, value.method_text, reference, verdict]
+        rows.append([Paragraph(escape(c), styles["cell"]) for c in cells])
+    if len(rows) == 1:
+        rows.append([Paragraph("No measurement could be made.", styles["cell"])] + [""] * 4)
+    table = Table(rows, colWidths=[34 * mm, 20 * mm, 62 * mm, 34 * mm, 28 * mm], repeatRows=1)
+    table.setStyle(
+        TableStyle(
+            [
+                ("GRID", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+                ("BACKGROUND", (0, 0), (-1, 0), colors.Color(0.94, 0.94, 0.94)),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ]
+        )
+    )
+    return table
+
+
+def _reference_note() -> str:
+    return (
+        f"Reference ranges: LVEF and LV volumes {escape(ASE_2015)} (volumes: biplane ranges, "
+        "applied to single-plane A4C volumes); heart rate: conventional adult resting range."
+    )
+
+
+def _algorithm_text(algorithms: Algorithms) -> str:
+    parts = [
+        f"Segmentation: {escape(algorithms.segmentation.display_name)} "
+        f"v{escape(algorithms.segmentation.version)}",
+        f"EF regression: {escape(algorithms.ejection_fraction.display_name)} "
+        f"v{escape(algorithms.ejection_fraction.version)}",
+    ]
+    return "Algorithms (artificial intelligence): " + "; ".join(parts) + "."
+
+
+def _signature_block(report: DraftReport, styles: Styles) -> list[Flowable]:
+    block = [Spacer(1, 4 * mm), Paragraph("Signature", styles["h2"])]
+    signature = report.signature
+    if signature is None:
+        text = (
+            "<b>Unsigned.</b> Preliminary report generated automatically; it has not been "
+            "reviewed or signed by a physician."
+        )
+    else:
+        when = signature.signed_at.strftime("%Y-%m-%d %H:%M %Z").strip()
+        text = (
+            f"Electronically signed by <b>{escape(signature.display)}</b>, "
+            f"{escape(signature.organisation)}, at {escape(when)}."
+        )
+        if report.status == "amended":
+            text += f" Amended (version {report.version}): {escape(report.amendment_reason)}"
+    block.append(Paragraph(text, styles["body"]))
+    return block
+
+
+def _footer(
+    demo: bool, equipment: Equipment, generated_at: dt.datetime
+) -> Callable[[Canvas, BaseDocTemplate], None]:
+    generated = generated_at.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+    def draw(canvas: Canvas, doc: BaseDocTemplate) -> None:
+        canvas.saveState()
+        width, _ = A4
+        canvas.setFont("Helvetica", 7)
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(
+            16 * mm,
+            10 * mm,
+            f"{equipment.manufacturer} {equipment.software_versions}, generated {generated}",
+        )
+        canvas.drawRightString(width - 16 * mm, 10 * mm, f"page {doc.page}")
+        if demo:
+            canvas.setFont("Helvetica-Bold", 8)
+            canvas.setFillColor(_DEMO_COLOR)
+            canvas.drawCentredString(width / 2, 6 * mm, DEMO_LABEL)
+        canvas.restoreState()
+
+    return draw

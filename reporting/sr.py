@@ -1,0 +1,282 @@
+"""DICOM Comprehensive SR: the TID 1500 measurement report of one analysed loop, built with
+highdicom's SR templates.
+
+Content (DICOM PS3.16): TID 1500 with procedure Echocardiography, one TID 1501 measurement group
+("LV function, A4C") whose TID 300 measurements are the ``reported_values``: LVEF by the
+regression network (algorithm identification of the EF model) and by the method of disks, EDV,
+ESV, stroke volume (Method of Disks, Single Plane; algorithm identification of the segmentation
+model) and heart rate. LV measurements carry finding site Left ventricle and, as TID 5203 does
+for echo measurements, the image view (Apical four chamber) as a concept modifier; each names
+the source loop and the frames it was measured on (1-based DICOM frame numbers: ED frames for
+EDV, ES for ESV, both for EF and stroke volume). A Qualitative Evaluations container (TID 1500
+row 12) holds the report narrative and, for demo models, the demo label as TEXT items.
+
+Sign-off: an unsigned report is PARTIAL / UNVERIFIED / PRELIMINARY. Signing does not edit it:
+``build_signed_sr`` writes a new SR, COMPLETE / VERIFIED / FINAL, with the verifying observer and
+organisation and the signing time, that names its predecessor (Predecessor Documents Sequence).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    ComprehensiveSR,
+    ContainerContentItem,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    RelationshipTypeValues,
+    SourceImageForMeasurement,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DT
+
+from inference.types import Measurements
+from reporting import codes
+from reporting.dicom_base import (
+    SERIES_NUMBER_SR,
+    Equipment,
+    derived_uid,
+    local_now,
+    new_uid,
+    save,
+)
+from reporting.types import DEMO_LABEL_ASCII, AlgorithmInfo, Algorithms, DraftReport
+from reporting.values import ReportedValue, reported_values
+
+GROUP_TRACKING_ID = "LV function, A4C"
+LATIN1_CHARSETS = ("", "ISO_IR 6", "ISO_IR 100")
+
+
+def build_sr(
+    source_ds: Dataset,
+    measurements: Measurements,
+    algorithms: Algorithms,
+    report: DraftReport,
+    *,
+    previous_versions: list[Dataset] | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    series_number: int = SERIES_NUMBER_SR,
+    instance_number: int | None = None,
+    equipment: Equipment | None = None,
+    now: dt.datetime | None = None,
+) -> Dataset:
+    """The SR for this report version: preliminary and unverified while ``report`` is unsigned,
+    complete, verified and final once it carries a signature (see ``build_signed_sr``)."""
+    equipment = equipment or Equipment()
+    now = now or local_now()
+    content = _measurement_report(source_ds, measurements, algorithms, report, equipment)
+    signature = report.signature
+    texts = _texts(report, algorithms) + [a.display_name for a in _algorithms(algorithms)]
+    if signature is not None:
+        texts += [signature.observer_name, signature.organisation]
+    demo = report.demo_models or algorithms.demo_models
+    sr = ComprehensiveSR(
+        evidence=[source_ds],
+        content=content,
+        series_instance_uid=series_instance_uid or new_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or new_uid(),
+        instance_number=instance_number or report.version,
+        manufacturer=equipment.manufacturer,
+        is_complete=signature is not None,
+        is_final=signature is not None,
+        is_verified=signature is not None,
+        institution_name=equipment.institution_name,
+        verifying_observer_name=None if signature is None else signature.observer_name,
+        verifying_organization=None if signature is None else signature.organisation,
+        previous_versions=previous_versions,
+        specific_character_set=_character_set(source_ds, texts),
+        series_description=f"LV function measurements{' [DEMO]' if demo else ''}",
+        manufacturer_model_name=equipment.model_name,
+        software_versions=equipment.software_versions,
+        device_serial_number=equipment.device_serial_number,
+        content_date=now.date(),
+        content_time=now.time().replace(microsecond=0),
+    )
+    if signature is not None:  # highdicom stamps "now"; the signature has its own instant
+        sr.VerifyingObserverSequence[0].VerificationDateTime = DT(signature.signed_at)
+    return sr
+
+
+def build_signed_sr(
+    preliminary_sr: Dataset,
+    source_ds: Dataset,
+    measurements: Measurements,
+    algorithms: Algorithms,
+    report: DraftReport,
+    **options: object,
+) -> Dataset:
+    """The new SR written when the cardiologist signs (or amends): same series as the
+    preliminary one, the next instance number, the signature, and the preliminary (or
+    previously signed) SR as its predecessor."""
+    if report.signature is None:
+        raise ValueError("a signed SR needs a signed report (DraftReport.signed(...))")
+    options.setdefault("series_instance_uid", str(preliminary_sr.SeriesInstanceUID))
+    options.setdefault("series_number", int(preliminary_sr.SeriesNumber))
+    options.setdefault("instance_number", int(preliminary_sr.InstanceNumber) + 1)
+    return build_sr(
+        source_ds,
+        measurements,
+        algorithms,
+        report,
+        previous_versions=[preliminary_sr],
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def write_sr(
+    source_ds: Dataset,
+    measurements: Measurements,
+    algorithms: Algorithms,
+    report: DraftReport,
+    out_path: str | Path,
+    **options: object,
+) -> Dataset:
+    """``build_sr`` and save it to ``out_path``; returns the dataset written."""
+    sr = build_sr(source_ds, measurements, algorithms, report, **options)  # type: ignore[arg-type]
+    save(sr, out_path)
+    return sr
+
+
+def write_signed_sr(
+    preliminary_sr: Dataset,
+    source_ds: Dataset,
+    measurements: Measurements,
+    algorithms: Algorithms,
+    report: DraftReport,
+    out_path: str | Path,
+    **options: object,
+) -> Dataset:
+    """``build_signed_sr`` and save it to ``out_path``; returns the dataset written."""
+    sr = build_signed_sr(preliminary_sr, source_ds, measurements, algorithms, report, **options)
+    save(sr, out_path)
+    return sr
+
+
+def _measurement_report(
+    source_ds: Dataset,
+    measurements: Measurements,
+    algorithms: Algorithms,
+    report: DraftReport,
+    equipment: Equipment,
+) -> MeasurementReport:
+    device = DeviceObserverIdentifyingAttributes(
+        uid=derived_uid("device-observer", equipment.device_serial_number),
+        name=equipment.model_name,
+        manufacturer_name=equipment.manufacturer,
+        model_name=equipment.model_name,
+        serial_number=equipment.device_serial_number,
+    )
+    context = ObservationContext(
+        observer_device_context=ObserverContext(
+            observer_type=codes.OBSERVER_TYPE_DEVICE.dicom(),
+            observer_identifying_attributes=device,
+        )
+    )
+    values = reported_values(measurements, algorithms)
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=derived_uid("sr-group", str(source_ds.SOPInstanceUID)),
+            identifier=GROUP_TRACKING_ID,
+        ),
+        measurements=[_measurement(source_ds, v) for v in values] or None,
+    )
+    content = MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.ECHOCARDIOGRAPHY.dicom(),
+        imaging_measurements=[group],
+    )
+    texts = _texts(report, algorithms)
+    if texts:
+        evaluations = ContainerContentItem(
+            name=codes.QUALITATIVE_EVALUATIONS.dicom(),
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        )
+        evaluations.ContentSequence = [
+            TextContentItem(
+                name=codes.COMMENT.dicom(),
+                value=text,
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+            for text in texts
+        ]
+        content[0].ContentSequence.append(evaluations)
+    return content
+
+
+def _algorithms(algorithms: Algorithms) -> list[AlgorithmInfo]:
+    return [algorithms.segmentation, algorithms.ejection_fraction]
+
+
+def _character_set(source_ds: Dataset, texts: list[str]) -> str:
+    """The source's Latin-1 repertoire when our free text fits in it (what most PACS and
+    dcmtk handle best), UTF-8 otherwise."""
+    source = source_ds.get("SpecificCharacterSet") or ""
+    source = source if isinstance(source, str) else "\\".join(source)
+    if source in LATIN1_CHARSETS:
+        try:
+            for text in texts:
+                text.encode("latin-1")
+        except UnicodeEncodeError:
+            return "ISO_IR 192"
+        return "ISO_IR 100"
+    return "ISO_IR 192"
+
+
+def _texts(report: DraftReport, algorithms: Algorithms) -> list[str]:
+    texts = []
+    if report.demo_models or algorithms.demo_models:
+        texts.append(DEMO_LABEL_ASCII)
+    if report.narrative_text.strip():
+        texts.append(report.narrative_text.strip())
+    return texts
+
+
+def _measurement(source_ds: Dataset, value: ReportedValue) -> Measurement:
+    frames = [f + 1 for f in value.source_frames]  # DICOM frame numbers are 1-based
+    image = SourceImageForMeasurement(
+        referenced_sop_class_uid=str(source_ds.SOPClassUID),
+        referenced_sop_instance_uid=str(source_ds.SOPInstanceUID),
+        referenced_frame_numbers=frames or None,
+    )
+    measurement = Measurement(
+        name=value.concept.dicom(),
+        value=value.value,
+        unit=value.unit.dicom(),
+        method=value.method.dicom() if value.method is not None else None,
+        derivation=codes.MEAN.dicom() if value.n_beats > 1 else None,
+        finding_sites=[FindingSite(codes.LEFT_VENTRICLE.dicom())] if value.left_ventricle else None,
+        referenced_images=[image],
+        algorithm_id=_algorithm(value.algorithm),
+    )
+    if value.left_ventricle:
+        measurement[0].ContentSequence.append(
+            CodeContentItem(
+                name=codes.IMAGE_VIEW.dicom(),
+                value=codes.APICAL_FOUR_CHAMBER.dicom(),
+                relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+            )
+        )
+    return measurement
+
+
+def _algorithm(algorithm: AlgorithmInfo | None) -> AlgorithmIdentification | None:
+    if algorithm is None:
+        return None
+    return AlgorithmIdentification(
+        name=algorithm.display_name,
+        version=algorithm.version,
+        parameters=list(algorithm.parameters) or None,
+    )
