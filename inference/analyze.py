@@ -8,6 +8,8 @@ end without trained weights.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,27 +72,79 @@ def run_analysis(
     *,
     clip_batch: int = DEFAULT_CLIP_BATCH,
     all_clip_stride: int = 1,
+    timings_s: dict[str, float] | None = None,
 ) -> LoopAnalysis:
     """Preprocesses, segments all frames in one call, runs the EF model on the clips the
     measurements ask for (every start, or every ``all_clip_stride``-th, plus each beat's
-    ES-aligned clip) in batches of ``clip_batch``, and measures."""
-    pre = preprocess_cine(cine, preprocess_params)
-    probability = np.asarray(segmenter.segment(pre.frames), dtype=np.float32)
+    ES-aligned clip) in batches of ``clip_batch``, and measures.
+
+    ``timings_s``, when given, receives the wall time of each stage (``preprocess_s``,
+    ``segmentation_s``, ``ef_s``, ``measurements_s``) so benchmarks and job logs can say where
+    the time went without a profiler."""
+    clock = _StageClock(timings_s)
+    with clock("preprocess_s"):
+        pre = preprocess_cine(cine, preprocess_params)
+    with clock("segmentation_s"):
+        probability = np.asarray(segmenter.segment(pre.frames), dtype=np.float32)
     expected = (pre.frames.shape[0], *pre.frames.shape[2:])
     if probability.shape != expected:
         raise ValueError(f"the segmenter returned shape {probability.shape}, expected {expected}")
-    probability = np.clip(probability, 0.0, 1.0) * pre.sector_mask
-    masks = _masks_to_source(pre, probability, 0.5)
-    clip_ef = None if ef_model is None else _clip_predictor(pre.frames, ef_model, clip_batch)
-    measurements = measure_cine(
-        cine,
-        masks,
-        clip_ef,
-        transducer_px=pre.transform.transducer_px,
-        sector_mask=pre.source_sector_mask(),
-        all_clip_stride=all_clip_stride,
-    )
+    with clock("measurements_s"):
+        probability = np.clip(probability, 0.0, 1.0) * pre.sector_mask
+        masks = _masks_to_source(pre, probability, 0.5)
+        clip_ef = None
+        if ef_model is not None:
+            clip_ef = clock.timed("ef_s", _clip_predictor(pre.frames, ef_model, clip_batch))
+        measurements = measure_cine(
+            cine,
+            masks,
+            clip_ef,
+            transducer_px=pre.transform.transducer_px,
+            sector_mask=pre.source_sector_mask(),
+            all_clip_stride=all_clip_stride,
+        )
+    clock.exclude("measurements_s", "ef_s")  # EF ran inside the measurement step
     return LoopAnalysis(measurements=measurements, preprocessed=pre, lv_probability=probability)
+
+
+class _StageClock:
+    """Adds wall time per stage into a caller's dict (or does nothing without one)."""
+
+    def __init__(self, sink: dict[str, float] | None) -> None:
+        self.sink = sink
+
+    def __call__(self, stage: str) -> _StageTimer:
+        return _StageTimer(self, stage)
+
+    def add(self, stage: str, seconds: float) -> None:
+        if self.sink is not None:
+            self.sink[stage] = self.sink.get(stage, 0.0) + seconds
+
+    def timed(
+        self, stage: str, func: Callable[[np.ndarray], np.ndarray]
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        self.add(stage, 0.0)
+
+        def wrapper(starts: np.ndarray) -> np.ndarray:
+            with self(stage):
+                return func(starts)
+
+        return wrapper
+
+    def exclude(self, outer: str, inner: str) -> None:
+        if self.sink is not None and inner in self.sink and outer in self.sink:
+            self.sink[outer] -= self.sink[inner]
+
+
+class _StageTimer:
+    def __init__(self, clock: _StageClock, stage: str) -> None:
+        self.clock, self.stage = clock, stage
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.clock.add(self.stage, time.perf_counter() - self.started)
 
 
 def build_clips(
@@ -164,7 +218,7 @@ class TorchSegmenter:
         if frames.ndim != 4 or frames.shape[1] != 3:
             raise ValueError(f"expected (frames, 3, S, S), got {frames.shape}")
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(self.device):
             for i in range(0, len(frames), self.batch_size):
                 x = torch.from_numpy(frames[i : i + self.batch_size]).to(self.device)
                 logits = self.model(x.contiguous(memory_format=self.memory_format))[:, 0]
@@ -201,9 +255,17 @@ class TorchEFModel:
         if data.ndim != 5 or data.shape[1] != 3:
             raise ValueError(f"expected (clips, 3, frames, S, S), got {data.shape}")
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(self.device):
             for i in range(0, len(data), self.batch_size):
                 x = torch.from_numpy(data[i : i + self.batch_size]).to(self.device)
                 y = self.model(x.contiguous(memory_format=self.memory_format))
                 out.append(y[:, 0].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CUDA (tensor cores, half the memory traffic); full precision on CPU,
+    where bf16 convolutions are slower than fp32 on most processors."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacs_agent import __version__
+from pacs_agent.commands.evaluate import add_evaluate_parser
+from pacs_agent.commands.train import add_train_parser
 from pacs_agent.config import Config, ConfigError, as_toml, load_config
 from pacs_agent.db import SchemaError, ensure_schema, make_engine, make_session_factory, upgrade
 from pacs_agent.db.migrate import current_revision, head_revision
@@ -33,6 +35,7 @@ from pacs_agent.startup import (
 from pacs_agent.users import UserError, add_user
 
 if TYPE_CHECKING:
+    from pacs_agent.analysis import LoopResult
     from pacs_agent.node import RunningNode
 
 log = logging.getLogger("echo_agent")
@@ -74,6 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     phantom.set_defaults(func=cmd_phantom, needs_config=False)
 
+    analyze = sub.add_parser(
+        "analyze", help="analyse one loop offline: measurements as JSON, objects into --out"
+    )
+    analyze.add_argument("file", type=Path, help="a DICOM cine loop (.dcm)")
+    analyze.add_argument("--out", type=Path, required=True, help="folder for every output")
+    analyze.set_defaults(func=cmd_analyze)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="input mean/std of a lab's own loops, for weights that carry none (EchoNet .pt)",
+    )
+    calibrate.add_argument("folder", type=Path, help="DICOM loops (*.dcm) or EchoNet *.avi")
+    calibrate.add_argument("--limit", type=int, default=200, help="use at most N loops")
+    calibrate.set_defaults(func=cmd_calibrate, needs_config=False)
+
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(
@@ -110,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="also write the table to this file (Markdown)"
     )
     bench_ingest.set_defaults(func=cmd_bench_ingest, needs_config=False)
+
+    bench_inference = bench_sub.add_parser(
+        "inference", help="analysis wall time by stage, demo and full-width networks"
+    )
+    bench_inference.add_argument(
+        "--no-full-width", action="store_true", help="time the demo preset only"
+    )
+    bench_inference.add_argument(
+        "--full-width-stride",
+        type=int,
+        default=1,
+        help="full width: EF on every Nth clip start (1 = all, as the node does by default)",
+    )
+    bench_inference.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    bench_inference.add_argument("--out", type=Path, help="also write the table to this file")
+    bench_inference.set_defaults(func=cmd_bench_inference, needs_config=False)
 
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -206,6 +243,75 @@ def cmd_phantom(args: argparse.Namespace, _config: Config | None) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace, config: Config | None) -> int:
+    """Runs the node's analysis on one file with no database and no network."""
+    from inference.decode import DecodeError
+    from inference.preprocess import PreprocessError
+    from pacs_agent.analysis import analyze_file, load_models, measurements_document
+
+    config = _require(config)
+    if not args.file.is_file():
+        raise FileNotFoundError(f"{args.file} does not exist")
+    models = load_models(config)
+    try:
+        result = analyze_file(args.file, models, config.models.all_clip_stride)
+    except (DecodeError, PreprocessError) as exc:
+        raise ValueError(f"{args.file.name}: {exc}") from None
+    document = measurements_document(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "measurements.json").write_text(json.dumps(document, indent=1) + "\n")
+    _write_offline_objects(args.file, args.out, result, config)
+    print(json.dumps(document))
+    return 0
+
+
+def _write_offline_objects(source: Path, out: Path, result: LoopResult, config: Config) -> None:
+    """SEG, SR, overlay, secondary capture, PDF and FHIR for one loop, into ``out``."""
+    from pydicom import dcmread
+
+    from pacs_agent.outputs import algorithms_for, node_identifier_system
+    from reporting.outputs import write_report_objects
+    from reporting.report_text import structured_text
+    from reporting.types import DraftReport
+
+    source_ds = dcmread(source, stop_before_pixels=True)
+    algorithms = algorithms_for(result.models)
+    measurements = result.analysis.measurements
+    sex = str(source_ds.get("PatientSex", "")) or None
+    report = DraftReport(
+        narrative_text=structured_text(measurements, algorithms, sex),
+        demo_models=result.models.demo,
+    )
+    write_report_objects(
+        out,
+        source_ds,
+        result.cine,
+        result.analysis.lv_masks_source(),
+        measurements,
+        algorithms,
+        report,
+        node_system=node_identifier_system(config),
+        uid_seed=f"{source_ds.SOPInstanceUID}/analyze",
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace, _config: Config | None) -> int:
+    """Prints the [models] mean/std lines to paste into the configuration."""
+    from inference.presets import compute_mean_std
+
+    if not args.folder.is_dir():
+        raise ValueError(f"{args.folder} is not a folder")
+    files = sorted([*args.folder.rglob("*.dcm"), *args.folder.rglob("*.avi")])[: args.limit]
+    if not files:
+        raise ValueError(f"{args.folder}: no *.dcm or *.avi loops found")
+    mean, std = compute_mean_std(files)
+    print(f"# from {len(files)} loops in {args.folder}")
+    print("[models]")
+    print(f"mean = [{', '.join(f'{v:.4f}' for v in mean)}]")
+    print(f"std = [{', '.join(f'{v:.4f}' for v in std)}]")
+    return 0
+
+
 def cmd_bench_ingest(args: argparse.Namespace, _config: Config | None) -> int:
     import tempfile
 
@@ -215,18 +321,39 @@ def cmd_bench_ingest(args: argparse.Namespace, _config: Config | None) -> int:
         raise ValueError("--repeats must be at least 1")
     with tempfile.TemporaryDirectory(prefix="echo-agent-bench-") as workdir:
         result = run_ingest_bench(Path(workdir), repeats=args.repeats)
-    table = format_table(result)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    _print_table(format_table(result), args.out)
     return 0
+
+
+def cmd_bench_inference(args: argparse.Namespace, _config: Config | None) -> int:
+    import tempfile
+
+    from pacs_agent.bench.inference import format_table, run_inference_bench
+
+    if args.full_width_stride < 1:
+        raise ValueError("--full-width-stride must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="echo-agent-bench-") as workdir:
+        results = run_inference_bench(
+            Path(workdir),
+            full_width=not args.no_full_width,
+            device=args.device,
+            full_width_stride=args.full_width_stride,
+        )
+    _print_table(format_table(results), args.out)
+    return 0
+
+
+def _print_table(table: str, out: Path | None) -> None:
+    print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
 
 
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     """Writes phantom studies once, runs the node, and sends the studies to it over DICOM."""
     from inference.phantom import generate_phantoms
-    from pacs_agent.demo import send_studies
+    from pacs_agent.demo import DEMO_USERNAME, ensure_demo_account, send_studies
 
     config = _require(config)
     prepare_home(config)
@@ -234,7 +361,17 @@ def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     if not any(demo_dir.glob("*.dcm")):
         log.info("writing %d demo phantom studies to %s", args.studies, demo_dir)
         generate_phantoms(demo_dir, n=args.studies, seed=20261122, fmt="dicom")
-    return _serve(config, on_started=lambda node: send_studies(node, demo_dir))
+    password = ensure_demo_account(config)
+    review_url = f"http://{config.web.host}:{config.web.port}/"
+
+    def on_started(node: RunningNode) -> None:
+        send_studies(node, demo_dir)
+        lines = [f"Review the demo studies at {review_url}"]
+        if password is not None:
+            lines.append(f"  user: {DEMO_USERNAME}   password: {password}   (shown once)")
+        print("\n".join(lines), flush=True)
+
+    return _serve(config, on_started=on_started)
 
 
 def cmd_serve(_args: argparse.Namespace, config: Config | None) -> int:

@@ -135,8 +135,19 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class ModelsConfig:
+    """Which networks measure the loops. ``demo``: the shipped phantom-trained weights (every
+    surface says so). ``echonet``: width 1.0 from ``seg_weights`` / ``ef_weights`` (the
+    published EchoNet-Dynamic .pt files or ``echo-agent train`` output), with the input
+    normalisation ``mean`` / ``std`` (0-255 scale, per RGB channel) that the .pt files lack."""
+
     preset: str = "demo"
     device: str = "auto"
+    seg_weights: str = ""
+    ef_weights: str = ""
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    # EF on every clip start (EchoNet's "all clips"): 1 = every start; larger skips starts
+    all_clip_stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -349,7 +360,7 @@ def _build(
 
 def _type_name(typ: Any) -> str:
     if typing.get_origin(typ) is list:
-        return "a list of strings"
+        return "a list of numbers" if typing.get_args(typ) == (float,) else "a list of strings"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         typ, str(typ)
     )
@@ -366,6 +377,11 @@ def _check_type(value: Any, typ: Any, key: str, source: str) -> Any:
         value = float(value) if ok else value
     elif typ is str:
         ok = isinstance(value, str)
+    elif typing.get_origin(typ) is list and typing.get_args(typ) == (float,):
+        ok = isinstance(value, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        )
+        value = [float(v) for v in value] if ok else value
     elif typing.get_origin(typ) is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - a new field type without a rule is a programming error
@@ -389,7 +405,8 @@ def _from_env_text(text: str, typ: Any, key: str, var: str) -> Any:
         if typ is float:
             return float(text.strip())
         if typing.get_origin(typ) is list:
-            return [part.strip() for part in text.split(",") if part.strip()]
+            parts = [part.strip() for part in text.split(",") if part.strip()]
+            return [float(p) for p in parts] if typing.get_args(typ) == (float,) else parts
         return text
     except ValueError:
         raise ConfigError(f"{key} must be {_type_name(typ)}, got {text!r} (from {var})") from None
@@ -445,6 +462,20 @@ def _check_ranges(config: Config) -> None:
     ):
         if value < 0:
             raise ConfigError(f"{name} must not be negative, got {value}")
+    models = config.models
+    for name, values in (("models.mean", models.mean), ("models.std", models.std)):
+        if values and len(values) != 3:
+            raise ConfigError(f"{name} must have 3 values (R, G, B), got {len(values)}")
+    if any(v <= 0 for v in models.std):
+        raise ConfigError("models.std values must be positive")
+    if models.preset == "echonet" and not models.seg_weights:
+        raise ConfigError(
+            "models.preset 'echonet' needs models.seg_weights (a .pt or .safetensors)"
+        )
+    if models.all_clip_stride < 1:
+        raise ConfigError(
+            f"models.all_clip_stride must be at least 1, got {models.all_clip_stride}"
+        )
     if config.export.max_attempts < 1:
         raise ConfigError(
             f"export.max_attempts must be at least 1, got {config.export.max_attempts}"

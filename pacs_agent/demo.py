@@ -7,13 +7,21 @@ path work: association, C-STORE, durable store, assembly, selection and the job.
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
-from pacs_agent.config import DestinationConfig
+from sqlalchemy import func, select
+
+from pacs_agent.config import Config, DestinationConfig
+from pacs_agent.db import ensure_schema, make_engine, make_session_factory
+from pacs_agent.db.models import User
 from pacs_agent.export import c_store_file
 from pacs_agent.node import RunningNode
+from pacs_agent.users import add_user
 
 log = logging.getLogger("echo_agent.demo")
+
+DEMO_USERNAME = "demo"
 
 DEMO_CALLING_AE = "ECHODEMO"
 
@@ -47,3 +55,19 @@ def _loopback_host(listen_host: str) -> str:
     if listen_host == "::":
         return "::1"
     return listen_host
+
+
+def ensure_demo_account(config: Config) -> str | None:
+    """Creates a cardiologist account ``demo`` with a random password when the node has no
+    account at all, and returns the password (to be printed once); None when accounts exist."""
+    engine = make_engine(config.database_url)
+    try:
+        ensure_schema(engine, config.database_url)
+        with make_session_factory(engine).begin() as session:
+            if session.scalar(select(func.count()).select_from(User)):
+                return None
+            password = secrets.token_urlsafe(12)
+            add_user(session, DEMO_USERNAME, password, "cardiologist", "Demo Cardiologist")
+            return password
+    finally:
+        engine.dispose()

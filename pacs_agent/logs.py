@@ -14,3 +14,5 @@ def configure_logging(level: str) -> None:
     # pynetdicom logs every PDU at INFO; a node serving a lab needs its own lines, not those
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, getattr(logging, level)))
     logging.getLogger("alembic").setLevel(max(logging.WARNING, getattr(logging, level)))
+    # highdicom narrates every module it copies at INFO
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, getattr(logging, level)))

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from waitress import wasyncore
 
 from pacs_agent import __version__
+from pacs_agent.analysis import ModelCache
 from pacs_agent.assembly import Judge, assemble, judge_file
 from pacs_agent.config import Config, ConfigError
 from pacs_agent.db import ensure_schema, make_engine, make_session_factory
@@ -108,8 +109,11 @@ def start_node(config: Config, web_socket: socket.socket | None = None) -> Runni
                 len(recovery.failed),
             )
 
+        models = ModelCache(config)
+        models.preload_in_background()
+
         def runner(job_id: int) -> None:
-            run_job(job_id, session_factory, config)
+            run_job(job_id, session_factory, config, models)
 
         queue = make_queue(
             config.queue.backend,
@@ -138,7 +142,11 @@ def start_node(config: Config, web_socket: socket.socket | None = None) -> Runni
         from web.app import create_app  # the web package imports pacs_agent, not the reverse
 
         web_server = waitress.create_server(
-            create_app(engine), map=web_map, sockets=[web_socket], threads=8, ident="echo-agent"
+            create_app(engine, config),
+            map=web_map,
+            sockets=[web_socket],
+            threads=8,
+            ident="echo-agent",
         )
         web_thread = threading.Thread(
             target=_serve_web, args=(web_server, stopping), name="web", daemon=True

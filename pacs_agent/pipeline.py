@@ -21,13 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from inference.analyze import run_analysis
 from inference.decode import DecodeError, read_cine
+from inference.preprocess import PreprocessError
 from inference.types import Cine
+from pacs_agent.analysis import LoopResult, ModelCache, measurements_document
 from pacs_agent.config import Config
-from pacs_agent.db.models import Instance, Job, utcnow
+from pacs_agent.db.models import Analysis, Instance, Job, utcnow
 from pacs_agent.jobs import KIND_ANALYZE, PermanentJobError
+from pacs_agent.outputs import OUTPUTS_DIR_NAME, export_to_pacs, write_and_record
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +41,15 @@ TEST_DELAY_ENV = "ECHO_AGENT_TEST_JOB_DELAY_S"
 JOBS_DIR_NAME = "jobs"
 JOB_LOG_NAME = "log.jsonl"
 DECODED_SUMMARY_NAME = "decoded.json"
+MEASUREMENTS_NAME = "measurements.json"
 
 
 class PixelDataError(PermanentJobError):
     """The pixel data is corrupt, truncated or in an encoding no installed decoder reads."""
+
+
+class AnalysisError(PermanentJobError):
+    """The models cannot be loaded or the loop cannot be analysed (no sector, no LV)."""
 
 
 class StoredInstanceError(PermanentJobError):
@@ -62,9 +72,16 @@ def job_output_dir(config: Config, job_id: int) -> Path:
     return config.home_path / JOBS_DIR_NAME / str(job_id)
 
 
-def run_job(job_id: int, session_factory: sessionmaker[Session], config: Config) -> None:
+def run_job(
+    job_id: int,
+    session_factory: sessionmaker[Session],
+    config: Config,
+    models: ModelCache | None = None,
+) -> None:
     """Runs one job's stages. Raises PermanentJobError subclasses for what a retry cannot fix;
-    any other exception is a failed attempt that the queue retries with back-off."""
+    any other exception is a failed attempt that the queue retries with back-off.
+
+    ``models`` None runs the stages that need no network (decode and record) only."""
     context = load_context(job_id, session_factory, config)
     write_log(context, "attempt", attempt=context.attempt)
     loop = decode_loop(context.path)
@@ -72,7 +89,10 @@ def run_job(job_id: int, session_factory: sessionmaker[Session], config: Config)
     write_json_atomic(context.output_dir / DECODED_SUMMARY_NAME, summary)
     write_log(context, "decoded", **summary)
     _test_delay()
-    analyse_and_report(context, loop, session_factory, config)
+    if models is not None:
+        analyse_and_report(context, loop, session_factory, config, models)
+    else:
+        write_log(context, "analysis", status="skipped", why="no models given to this run")
     write_log(context, "finished", attempt=context.attempt)
 
 
@@ -131,20 +151,65 @@ def analyse_and_report(
     loop: Cine,
     session_factory: sessionmaker[Session],
     config: Config,
+    models: ModelCache,
 ) -> None:
-    """PLUG-IN POINT for the analysis and its outputs, in this order:
+    """Segmentation, EF and measurements, then (as they land) the language-model draft and the
+    reporting objects (SEG, SR, overlay, FHIR).
 
-    1. ``inference``: preprocess ``loop`` -> segment the LV per frame -> EF (per clip and per
-       beat) -> measurements; store one ``Analysis`` row per job (``job_fk`` is unique: update
-       it on a re-run, never add a second).
-    2. the language-model draft, checked against the measurements (grounding rule).
-    3. ``reporting``: DICOM SEG, SR, overlay cine, FHIR; one ``Artifact`` row each, keyed by
-       ``sop_instance_uid`` (unique) or by (job, kind), written to ``context.output_dir`` with
-       write-then-rename so a re-run replaces files instead of adding copies.
-
-    Until those packages exist nothing is measured, and the log says so.
+    A re-run replaces instead of adding: ``measurements.json`` is written then renamed, and the
+    one ``Analysis`` row per job (``job_fk`` is unique) is updated in place.
     """
-    write_log(context, "analysis", status="skipped", why="no inference package installed yet")
+    try:
+        loaded = models.get()
+    except ValueError as exc:  # unusable weights: a retry cannot fix configuration
+        raise AnalysisError(f"cannot load the {config.models.preset} models: {exc}") from exc
+    timings: dict[str, float] = {}
+    try:
+        analysis = run_analysis(
+            loop,
+            loaded.segmenter,
+            loaded.ef_model,
+            loaded.params,
+            all_clip_stride=config.models.all_clip_stride,
+            timings_s=timings,
+        )
+    except PreprocessError as exc:
+        raise AnalysisError(f"cannot analyse the loop: {exc}") from exc
+    document = measurements_document(LoopResult(loop, analysis, loaded, timings))
+    write_json_atomic(context.output_dir / MEASUREMENTS_NAME, document)
+    measurements = analysis.measurements
+    with session_factory.begin() as session:
+        row = session.scalar(select(Analysis).where(Analysis.job_fk == context.job_id))
+        if row is None:
+            row = Analysis(job_fk=context.job_id, instance_fk=context.instance_id)
+            session.add(row)
+        row.model_preset = loaded.preset
+        row.demo_models = loaded.demo
+        row.ef_percent = measurements.ef_percent
+        row.measurements = document
+    outputs = write_and_record(
+        job_id=context.job_id,
+        study_id=context.study_id,
+        source_path=context.path,
+        output_dir=context.output_dir / OUTPUTS_DIR_NAME,
+        cine=loop,
+        masks=analysis.lv_masks_source(),
+        measurements=measurements,
+        models=loaded,
+        session_factory=session_factory,
+        config=config,
+    )
+    write_log(context, "reported", artifacts=sorted(outputs.artifact_ids))
+    export_to_pacs(outputs, session_factory, config)
+    write_log(
+        context,
+        "analysed",
+        stages_s={stage: round(seconds, 3) for stage, seconds in timings.items()},
+        ef_percent=measurements.ef_percent,
+        ef_disks_percent=measurements.ef_disks_percent,
+        flags=[flag.code for flag in measurements.flags],
+        demo_models=loaded.demo,
+    )
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -178,6 +243,7 @@ def _test_delay() -> None:
 
 
 __all__ = [
+    "AnalysisError",
     "JobContext",
     "PixelDataError",
     "StoredInstanceError",

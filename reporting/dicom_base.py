@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 # Series numbers of the derived series: high, so they sort after the scanner's own series.
 SERIES_NUMBER_SEG = 9001
@@ -56,7 +57,10 @@ def derived_uid(*parts: str) -> str:
     instead of filing a duplicate."""
     if not parts or not all(parts):
         raise ValueError("derived_uid needs non-empty parts")
-    return str(generate_uid(prefix=None, entropy_srcs=["echo-agent", *parts]))
+    # pydicom's generate_uid ignores entropy_srcs when prefix is None (2.25 UIDs are random
+    # there), so derive the UUID ourselves: a name-based (v5) UUID is a pure function of parts
+    name = "echo-agent:" + "/".join(parts)
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, name).int}"
 
 
 def new_instance(

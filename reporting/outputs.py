@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.types import Cine, Measurements
-from reporting.dicom_base import Equipment
+from reporting.dicom_base import Equipment, derived_uid
 from reporting.encapsulated_pdf import write_encapsulated_pdf
 from reporting.fhir import build_fhir_bundle, bundle_json
 from reporting.overlay import WEBM_MEDIA_TYPE, render_overlay_frames, write_overlay_video
@@ -65,15 +65,28 @@ def write_report_objects(
     node_system: str,
     patient_identifier_system: str | None = None,
     equipment: Equipment | None = None,
+    uid_seed: str | None = None,
 ) -> list[WrittenObject]:
     """SEG, SR, overlay video, secondary capture, report PDF (file and DICOM) and the FHIR
-    Bundle for one loop, in that order. ``masks`` are at source resolution, one per frame."""
+    Bundle for one loop, in that order. ``masks`` are at source resolution, one per frame.
+
+    ``uid_seed`` (for example the job's identity) makes every SOP and Series Instance UID a
+    function of the seed and the object kind, so a re-run replaces its objects in PACS instead
+    of adding copies; without it the UIDs are new each time."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     equipment = equipment or Equipment()
     source = SourceLoop.from_dataset(source_ds)
     demo = report.demo_models or algorithms.demo_models
     written: list[WrittenObject] = []
+
+    def uids(kind: str) -> dict[str, str]:
+        if uid_seed is None:
+            return {}
+        return {
+            "sop_instance_uid": derived_uid(uid_seed, kind),
+            "series_instance_uid": derived_uid(uid_seed, kind, "series"),
+        }
 
     def record(kind: str, media_type: str, started: float, ds: Dataset | None = None) -> None:
         path = folder / FILE_NAMES[kind]
@@ -85,13 +98,24 @@ def write_report_objects(
 
     started = time.perf_counter()
     seg = write_seg(
-        source_ds, masks, algorithms.segmentation, folder / FILE_NAMES["seg"], equipment=equipment
+        source_ds,
+        masks,
+        algorithms.segmentation,
+        folder / FILE_NAMES["seg"],
+        equipment=equipment,
+        **uids("seg"),
     )
     record("seg", DICOM_MEDIA_TYPE, started, seg)
 
     started = time.perf_counter()
     sr = write_sr(
-        source_ds, measurements, algorithms, report, folder / FILE_NAMES["sr"], equipment=equipment
+        source_ds,
+        measurements,
+        algorithms,
+        report,
+        folder / FILE_NAMES["sr"],
+        equipment=equipment,
+        **uids("sr"),
     )
     record("sr", DICOM_MEDIA_TYPE, started, sr)
 
@@ -114,6 +138,7 @@ def write_report_objects(
         frame_time_ms=cine.frame_time_ms,
         demo_models=demo,
         equipment=equipment,
+        **uids("secondary_capture"),
     )
     record("secondary_capture", DICOM_MEDIA_TYPE, started, sc)
 
@@ -132,7 +157,7 @@ def write_report_objects(
 
     started = time.perf_counter()
     doc = write_encapsulated_pdf(
-        source_ds, pdf, report, folder / FILE_NAMES["pdf"], equipment=equipment
+        source_ds, pdf, report, folder / FILE_NAMES["pdf"], equipment=equipment, **uids("pdf")
     )
     record("pdf", DICOM_MEDIA_TYPE, started, doc)
 

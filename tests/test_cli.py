@@ -221,4 +221,6 @@ def test_demo_sends_phantom_studies_to_itself_and_analyses_them(echo_agent_exe, 
         output = proc.communicate(timeout=60)[0]
     assert states == [("done", "eligible"), ("done", "eligible")], output
     assert "sent 4 of 4 phantom loops" in output
+    assert "Review the demo studies at http://127.0.0.1:" in output
+    assert "user: demo   password: " in output, "the first run creates a demo account"
     assert proc.returncode == 0, output

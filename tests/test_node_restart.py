@@ -16,7 +16,14 @@ import pytest
 from dicom_helpers import run_storescu
 from orthanc_helpers import free_tcp_port, phantom_cache, phantom_studies, truth, wait_until
 
-from pacs_agent.pipeline import DECODED_SUMMARY_NAME, JOB_LOG_NAME, TEST_DELAY_ENV, read_log
+from pacs_agent.pipeline import (
+    DECODED_SUMMARY_NAME,
+    JOB_LOG_NAME,
+    MEASUREMENTS_NAME,
+    OUTPUTS_DIR_NAME,
+    TEST_DELAY_ENV,
+    read_log,
+)
 
 SEED = 900002
 
@@ -130,7 +137,10 @@ def test_a_job_killed_mid_run_finishes_exactly_once_after_restart(node, a4c_loop
     events = read_log(job_dir)
     assert [e["attempt"] for e in events if e["event"] == "attempt"] == [1, 2]
     assert [e["event"] for e in events].count("finished") == 1
-    assert sorted(p.name for p in job_dir.iterdir()) == sorted([DECODED_SUMMARY_NAME, JOB_LOG_NAME])
+    assert [e["event"] for e in events].count("analysed") == 1, "measured once, not twice"
+    assert sorted(p.name for p in job_dir.iterdir()) == sorted(
+        [DECODED_SUMMARY_NAME, JOB_LOG_NAME, MEASUREMENTS_NAME, OUTPUTS_DIR_NAME]
+    )
     summary = json.loads((job_dir / DECODED_SUMMARY_NAME).read_text())
     assert summary["n_frames"] == truth(a4c_loop)["n_frames"]
     assert "recovered jobs: 1 queued again" in node.output()

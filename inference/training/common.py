@@ -1,0 +1,323 @@
+"""What both training scripts share: options, device set-up, schedule, progress, checkpoints.
+
+Determinism is by construction rather than by saved generator state: every random draw of an
+epoch (shuffle order, clip starts, shifts) comes from a generator seeded with ``(seed, epoch)``,
+and torch's global generator (dropout) is re-seeded at each epoch start. A run resumed after
+epoch k therefore continues exactly like an uninterrupted one; the torch RNG state is saved as
+well so a checkpoint is self-describing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINT_NAME = "checkpoint.pt"
+WARMUP_FRACTION = 0.05
+PHANTOM_NAME = re.compile(r"^0X([0-9A-F]{8})([0-9A-F]{8})$")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """One training run. ``command`` is recorded in the weights' config for reproduction."""
+
+    data_dir: Path
+    out_dir: Path
+    epochs: int
+    width: float
+    seed: int = 0
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    resume: bool = False
+    threads: int = 2
+    progress_every: int = 10
+    device: str = "auto"
+    command: str = ""
+    max_train_videos: int | None = None  # a prefix of the training split, for quick runs
+    # stop (checkpoint written) after this many epochs of the planned ``epochs``: a time-boxed
+    # or interrupted run, continued later with ``resume``; the schedule still spans ``epochs``
+    stop_after_epochs: int | None = None
+    # start from these weights (a previous run's .safetensors, same network and width) with a
+    # fresh optimizer and schedule: a second, documented training stage
+    init_weights: Path | None = None
+    log: TextIO = field(default=sys.stderr, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if not (self.width > 0 and math.isfinite(self.width)):
+            raise ValueError(f"--width must be a positive number, got {self.width}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be non-negative, got {self.seed}")
+        if not (self.lr > 0):
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
+            raise ValueError(f"stop_after_epochs must be >= 1, got {self.stop_after_epochs}")
+        if not Path(self.data_dir).is_dir():
+            raise ValueError(f"--data {self.data_dir} is not a directory")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where tensors live and whether CUDA-only speed-ups (autocast, loader workers) apply."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    loader_workers: int
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def make_runtime(options: TrainOptions) -> Runtime:
+    """CUDA gets bf16 (or fp16) autocast and loader workers; the CPU gets neither, because both
+    cost more than they save there, and a fixed thread count so colleagues' jobs keep a core."""
+    name = options.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but CUDA is not available")
+    device = torch.device(name)
+    if device.type == "cuda":
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return Runtime(device, amp, loader_workers=min(8, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, options.threads))
+    return Runtime(device, None, loader_workers=0)
+
+
+def init_from(model: nn.Module, options: TrainOptions, architecture: str) -> dict[str, Any]:
+    """Load ``options.init_weights`` into ``model`` (strict); return provenance for the config."""
+    from inference.checkpoints import load_safetensors, read_safetensors_config
+
+    path = options.init_weights
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise ValueError(f"--init {path}: file not found")
+    previous = read_safetensors_config(path)
+    if previous.get("architecture") != architecture or previous.get("width") != options.width:
+        raise ValueError(
+            f"--init {path} holds {previous.get('architecture')} width {previous.get('width')}, "
+            f"this run trains {architecture} width {options.width}"
+        )
+    load_safetensors(path, model)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"path": str(path), "sha256": digest, "command": previous.get("command", "")}
+
+
+def last_epoch(options: TrainOptions) -> int:
+    """Epoch index to stop before: ``epochs`` or the earlier stop asked for."""
+    if options.stop_after_epochs is None:
+        return options.epochs
+    return min(options.epochs, options.stop_after_epochs)
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, salt])
+
+
+def item_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """One generator per (epoch, sample): independent of loader workers and batch order."""
+    return np.random.default_rng([seed, epoch, index, 7])
+
+
+def cosine_with_warmup(total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up over 5 % of the steps, then cosine decay to zero: robust from scratch
+    without a learning-rate search."""
+    warmup = max(1, int(total_steps * WARMUP_FRACTION))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(
+    model: nn.Module, options: TrainOptions, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on norms and biases): trains from scratch in few epochs, which SGD with
+    EchoNet's small learning rate (meant for pretrained weights) does not."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": options.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=options.lr,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(options.epochs * steps_per_epoch)
+    )
+    return optimizer, schedule
+
+
+class Progress:
+    """One line every ``every`` steps: epoch, step, mean loss since the last line, steps/s, ETA
+    of the whole run (no tqdm here: a plain line also reads well in a log file)."""
+
+    def __init__(self, label: str, total_steps: int, done_steps: int, every: int, out: TextIO):
+        self.label = label
+        self.total = total_steps
+        self.done = done_steps
+        self.every = max(1, every)
+        self.out = out
+        self._start = time.monotonic()
+        self._steps_here = 0
+        self._losses: list[float] = []
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        self.done += 1
+        self._steps_here += 1
+        self._losses.append(loss)
+        if step % self.every and step != steps:
+            return
+        elapsed = time.monotonic() - self._start
+        rate = self._steps_here / elapsed if elapsed > 0 else 0.0
+        eta_s = (self.total - self.done) / rate if rate > 0 else float("nan")
+        self.out.write(
+            f"{self.label} epoch {epoch + 1}/{epochs} step {step}/{steps} "
+            f"loss {np.mean(self._losses):.4f} {rate:.2f} steps/s ETA {_clock(eta_s)}\n"
+        )
+        self.out.flush()
+        self._losses.clear()
+
+    def note(self, text: str) -> None:
+        self.out.write(f"{self.label} {text}\n")
+        self.out.flush()
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def save_checkpoint(
+    out_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    epoch: int,
+    history: list[dict[str, float]],
+) -> Path:
+    """Written after each epoch (``epoch`` = epochs completed), atomically: a run killed while
+    saving keeps the previous checkpoint."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    out_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore a run; returns (epochs completed, per-epoch history)."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ValueError(f"--resume: no {CHECKPOINT_NAME} in {out_dir}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"--resume: {path} does not fit this run (different --width or network?): {exc}"
+        ) from exc
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"]), list(state.get("history", []))
+
+
+def data_fingerprint(data_dir: Path, names: Sequence[str]) -> dict[str, Any]:
+    """What identifies the training data in the weights' config: the video count, a digest of
+    the names used, and the phantom seed when the names are the generator's (``0X<seed><i>``
+    with one seed and indices 0..n-1)."""
+    digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+    out: dict[str, Any] = {"dir": str(data_dir), "videos": len(names), "names_sha256": digest}
+    seeds = set()
+    for name in names:
+        m = PHANTOM_NAME.match(name)
+        if m is None:
+            return out
+        seeds.add(int(m.group(1), 16))
+    if len(seeds) == 1:
+        out["phantom_seed"] = seeds.pop()
+    return out
+
+
+def normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (channel axis 1) -> float (x - mean) / std, 1 channel broadcast to 3."""
+    x = batch.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, *x.shape[2:])
+    shape = (1, 3) + (1,) * (x.ndim - 2)
+    return (x - mean.view(shape)) / std.view(shape)
+
+
+def random_shift(
+    image: np.ndarray, rng: np.random.Generator, max_shift_px: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Shift the last two axes by up to ``max_shift_px`` with zero (black) fill: the fan does not
+    always sit at the same place in a lab's exports."""
+    if max_shift_px <= 0:
+        return image, (0, 0)
+    dy, dx = (int(v) for v in rng.integers(-max_shift_px, max_shift_px + 1, size=2))
+    return shift_array(image, dy, dx), (dy, dx)
+
+
+def shift_array(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(a)
+    h, w = a.shape[-2:]
+    src_y = slice(max(0, -dy), min(h, h - dy))
+    dst_y = slice(max(0, dy), min(h, h + dy))
+    src_x = slice(max(0, -dx), min(w, w - dx))
+    dst_x = slice(max(0, dx), min(w, w + dx))
+    out[..., dst_y, dst_x] = a[..., src_y, src_x]
+    return out
+
+
+def autocast(runtime: Runtime) -> Any:
+    if runtime.amp_dtype is None:
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda", dtype=runtime.amp_dtype)
+
+
+def make_scaler(runtime: Runtime) -> torch.amp.GradScaler:
+    """fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler is a no-op)."""
+    return torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)

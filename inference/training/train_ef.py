@@ -1,0 +1,223 @@
+"""Train the EF regressor (R(2+1)D-18, one output = EF in percent) on 32-frame clips.
+
+As in EchoNet-Dynamic: one random clip (32 frames, period 2) per training video per epoch,
+shifted by up to ``MAX_SHIFT_PX`` (EchoNet pads by 12 and crops back), mean squared error on
+EF in percent; validation averages the clips of each video. Differences, for training from
+scratch on a CPU: AdamW with a cosine schedule, the output bias starting at the training mean EF
+(the first steps then learn the variation, not the offset), channels-last-3d memory, and
+validation on every ``VAL_START_STRIDE``-th clip start of at most ``MAX_VAL_VIDEOS`` videos
+rather than all clips of all of them.
+
+Videos are held in RAM (one channel when grey) so an epoch does not decode every file again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 -- conventional alias
+from torch.utils.data import DataLoader, Dataset
+
+from inference.beats import CLIP_LENGTH_FRAMES, CLIP_PERIOD_FRAMES
+from inference.checkpoints import save_safetensors_fp16
+from inference.networks import build_r2plus1d_18
+from inference.training.common import (
+    Progress,
+    TrainOptions,
+    autocast,
+    data_fingerprint,
+    init_from,
+    item_generator,
+    last_epoch,
+    load_checkpoint,
+    make_optimizer,
+    make_runtime,
+    make_scaler,
+    random_shift,
+    save_checkpoint,
+)
+from inference.training.echonet_data import (
+    GRID_SIZE_PX,
+    VideoRecord,
+    clip_starts,
+    compact_video,
+    load_video,
+    mean_std_subset,
+    read_filelist,
+    take_clip,
+)
+from inference.training.metrics import clip_batch, ef_errors, predict_video_ef
+from inference.training.normalisation import channel_mean_std
+from inference.training.train_seg import TrainResult
+
+WEIGHTS_NAME = "ef.safetensors"
+MAX_SHIFT_PX = 8
+VAL_START_STRIDE = 16
+MAX_VAL_VIDEOS = 64  # per-epoch validation cost stays bounded on a CPU
+ARCHITECTURE = "r2plus1d_18"
+
+
+class RandomClips(Dataset):
+    """One random clip per video per epoch: (C, T, H, W) uint8, (T,) real-frame flags, EF."""
+
+    def __init__(
+        self,
+        videos: Sequence[np.ndarray],
+        ef_percent: Sequence[float],
+        seed: int,
+        max_shift_px: int,
+        length: int = CLIP_LENGTH_FRAMES,
+        period: int = CLIP_PERIOD_FRAMES,
+    ) -> None:
+        self.videos = list(videos)
+        self.ef = np.asarray(ef_percent, np.float32)
+        self.seed = seed
+        self.max_shift_px = max_shift_px
+        self.length = length
+        self.period = period
+        self.channels = max(v.shape[-1] for v in self.videos)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = item_generator(self.seed, self.epoch, i)
+        video = self.videos[i]
+        start = int(rng.choice(clip_starts(len(video), self.length, self.period)))
+        clip, valid = take_clip(video, start, self.length, self.period)
+        chw = np.moveaxis(clip, -1, 0)  # (C, T, H, W)
+        if chw.shape[0] != self.channels:  # grey and colour videos in one batch
+            chw = np.repeat(chw, self.channels, axis=0)
+        chw, _ = random_shift(chw, rng, self.max_shift_px)
+        return torch.from_numpy(chw), torch.from_numpy(valid), torch.tensor(self.ef[i])
+
+
+def _load_videos(records: Sequence[VideoRecord], log: Progress) -> list[np.ndarray]:
+    out = []
+    for k, rec in enumerate(records, start=1):
+        out.append(compact_video(load_video(rec.path)))
+        if k % 200 == 0:
+            log.note(f"loaded {k}/{len(records)} videos")
+    return out
+
+
+def train_ef(options: TrainOptions) -> TrainResult:
+    runtime = make_runtime(options)
+    log = Progress("ef", 1, 0, options.progress_every, options.log)
+    all_train = read_filelist(options.data_dir, ["TRAIN"])
+    train = all_train[: options.max_train_videos]
+    val = read_filelist(options.data_dir, ["VAL"])[:MAX_VAL_VIDEOS]
+    if not train:
+        raise ValueError(f"{options.data_dir}: no TRAIN videos in FileList.csv")
+    # from the whole TRAIN split, whatever --max-videos: both networks of a folder must agree
+    mean, std = channel_mean_std(load_video(r.path) for r in mean_std_subset(all_train))
+    videos = _load_videos(train, log)
+    val_videos = _load_videos(val, log)
+    log.note(f"{len(train)} train / {len(val)} val videos; mean {mean} std {std}")
+    dataset = RandomClips(videos, [r.ef_percent for r in train], options.seed, MAX_SHIFT_PX)
+    drop_last = len(dataset) > options.batch_size
+    steps_per_epoch = max(1, len(dataset) // options.batch_size if drop_last else 1)
+
+    torch.manual_seed(options.seed)
+    model = build_r2plus1d_18(options.width, num_outputs=1)
+    with torch.no_grad():
+        model.fc.bias.fill_(float(np.mean(dataset.ef)))
+    init = init_from(model, options, ARCHITECTURE)
+    model = model.to(runtime.device, memory_format=torch.channels_last_3d)
+    optimizer, schedule = make_optimizer(model, options, steps_per_epoch)
+    scaler = make_scaler(runtime)
+    mean_t = torch.tensor(mean, device=runtime.device)
+    std_t = torch.tensor(std, device=runtime.device)
+
+    out_dir = Path(options.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start_epoch, history = 0, []
+    if options.resume:
+        start_epoch, history = load_checkpoint(out_dir, model, optimizer, schedule)
+        log.note(f"resumed after epoch {start_epoch}")
+    progress = Progress(
+        "ef",
+        options.epochs * steps_per_epoch,
+        start_epoch * steps_per_epoch,
+        options.progress_every,
+        options.log,
+    )
+    for epoch in range(start_epoch, last_epoch(options)):
+        torch.manual_seed(options.seed * 1_000_003 + epoch)
+        dataset.set_epoch(epoch)
+        order = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=options.batch_size,
+            shuffle=True,
+            generator=order,
+            drop_last=drop_last,
+            num_workers=runtime.loader_workers,
+            pin_memory=runtime.cuda,
+        )
+        model.train()
+        losses = []
+        for step, (clips, valid, ef) in enumerate(loader, start=1):
+            x = clip_batch(
+                np.moveaxis(clips.numpy(), 1, -1), valid.numpy(), mean_t, std_t, runtime.device
+            )
+            y = ef.to(runtime.device)
+            with autocast(runtime):
+                pred = model(x)[:, 0]
+            loss = F.mse_loss(pred.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            losses.append(loss.item())
+            progress.step(epoch, options.epochs, step, len(loader), losses[-1])
+        record = {"epoch": epoch + 1, "train_mse": float(np.mean(losses))}
+        if val:
+            predicted = [
+                predict_video_ef(model, v, mean_t, std_t, start_stride=VAL_START_STRIDE)
+                for v in val_videos
+            ]
+            errors = ef_errors(predicted, [r.ef_percent for r in val])
+            record.update({f"val_{k}": v for k, v in errors.items()})
+        history.append(record)
+        progress.note(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
+        save_checkpoint(out_dir, model, optimizer, schedule, epoch + 1, history)
+
+    weights = out_dir / WEIGHTS_NAME
+    config = {
+        "architecture": ARCHITECTURE,
+        "task": "ef_regression",
+        "output": "ef_percent",
+        "width": options.width,
+        "num_outputs": 1,
+        "input_size_px": GRID_SIZE_PX,
+        "clip_length_frames": CLIP_LENGTH_FRAMES,
+        "clip_period_frames": CLIP_PERIOD_FRAMES,
+        "mean": list(mean),
+        "std": list(std),
+        "epochs": options.epochs,
+        "epochs_done": len(history),
+        "seed": options.seed,
+        "batch_size": options.batch_size,
+        "optimizer": f"AdamW lr {options.lr} wd {options.weight_decay}, warm-up + cosine",
+        "augmentation": f"shift up to {MAX_SHIFT_PX} px",
+        "train_data": data_fingerprint(options.data_dir, [r.name for r in train]),
+        "val_videos": len(val),
+        "history": history,
+        "command": options.command,
+        "init_weights": init or None,
+    }
+    save_safetensors_fp16(model.to(memory_format=torch.contiguous_format), weights, config)
+    progress.note(f"wrote {weights}")
+    return TrainResult(weights, len(history), tuple(history), mean, std)
+
+
+__all__ = ["ARCHITECTURE", "WEIGHTS_NAME", "train_ef"]

@@ -1,0 +1,138 @@
+"""Runs the inference package on one stored loop, with the networks the configuration names.
+
+The networks are loaded once per process (a worker thread pool shares them; torch modules in
+eval mode under inference_mode are safe to call from several threads) and the load time is kept,
+because a node that spends 20 s loading weights should say so rather than look hung.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inference.analyze import LoopAnalysis, TorchEFModel, TorchSegmenter, run_analysis
+from inference.decode import read_cine
+from inference.preprocess import PreprocessParams
+from inference.presets import LoadedModels, load_preset
+from inference.types import Cine
+from pacs_agent.config import Config
+
+log = logging.getLogger("echo_agent.analysis")
+
+
+@dataclass(frozen=True)
+class Models:
+    """Loaded networks wrapped for inference, and what every surface must say about them."""
+
+    segmenter: TorchSegmenter
+    ef_model: TorchEFModel | None
+    params: PreprocessParams
+    demo: bool
+    description: str
+    preset: str
+    load_time_s: float
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    cine: Cine
+    analysis: LoopAnalysis
+    models: Models
+    timings_s: dict[str, float]
+
+
+def resolve_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("models.device is 'cuda' but no CUDA device is available")
+    return setting
+
+
+def load_models(config: Config) -> Models:
+    """Builds the configured preset; raises ValueError (with the cause) for unusable weights."""
+    started = time.perf_counter()
+    device = resolve_device(config.models.device)
+    m = config.models
+    loaded: LoadedModels = load_preset(
+        m.preset,
+        seg_weights=m.seg_weights or None,
+        ef_weights=m.ef_weights or None,
+        mean=m.mean or None,
+        std=m.std or None,
+        device=device,
+    )
+    models = Models(
+        segmenter=TorchSegmenter(loaded.segmenter, device=device),
+        ef_model=None if loaded.ef_model is None else TorchEFModel(loaded.ef_model, device=device),
+        params=PreprocessParams(mean=loaded.mean, std=loaded.std),
+        demo=loaded.demo,
+        description=loaded.description,
+        preset=loaded.preset,
+        load_time_s=time.perf_counter() - started,
+    )
+    log.info("models loaded in %.1f s on %s: %s", models.load_time_s, device, models.description)
+    return models
+
+
+class ModelCache:
+    """Loads the models on first use, once, however many workers ask at the same time."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._models: Models | None = None
+
+    def get(self) -> Models:
+        with self._lock:
+            if self._models is None:
+                self._models = load_models(self._config)
+            return self._models
+
+    def preload_in_background(self) -> threading.Thread:
+        """Starts loading now, so the first job does not wait and a bad preset shows at once."""
+
+        def preload() -> None:
+            log.info("loading %s models ...", self._config.models.preset)
+            try:
+                self.get()
+            except ValueError as exc:
+                log.error("models not usable: %s (jobs will fail until fixed)", exc)
+
+        thread = threading.Thread(target=preload, name="model-preload", daemon=True)
+        thread.start()
+        return thread
+
+
+def analyze_file(path: Path, models: Models, all_clip_stride: int = 1) -> LoopResult:
+    """Decodes and analyses one loop; ``DecodeError`` / ``PreprocessError`` pass through."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cine = read_cine(path)
+    timings["decode_s"] = time.perf_counter() - t0
+    analysis = run_analysis(
+        cine,
+        models.segmenter,
+        models.ef_model,
+        models.params,
+        all_clip_stride=all_clip_stride,
+        timings_s=timings,
+    )
+    return LoopResult(cine=cine, analysis=analysis, models=models, timings_s=timings)
+
+
+def measurements_document(result: LoopResult) -> dict[str, object]:
+    """The JSON the node prints, stores and grounds reports on: measurements plus provenance."""
+    document = dict(result.analysis.measurements.to_json())
+    document["sop_instance_uid"] = result.cine.sop_instance_uid
+    document["models"] = {
+        "preset": result.models.preset,
+        "demo": result.models.demo,
+        "description": result.models.description,
+    }
+    return document

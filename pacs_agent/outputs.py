@@ -1,0 +1,166 @@
+"""From an analysed loop to recorded results: the reporting objects written into the job's
+folder, one ``Artifact`` row each, the study's preliminary report version, and the export of the
+DICOM objects to the configured PACS destinations.
+
+Everything here is safe to run twice for the same job (a retry, or recovery after a crash): the
+files have fixed names and derived UIDs, the job's artifact rows are replaced, and the report
+version is updated in place while nobody has signed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from inference.types import Cine, Measurements
+from pacs_agent import __version__
+from pacs_agent.analysis import Models
+from pacs_agent.config import Config
+from pacs_agent.db.models import Artifact, ReportVersion, Study
+from pacs_agent.export import export_to_all
+from reporting.outputs import WrittenObject, write_report_objects
+from reporting.report_text import structured_text
+from reporting.types import AlgorithmInfo, Algorithms, DraftReport
+
+log = logging.getLogger("echo_agent.outputs")
+
+OUTPUTS_DIR_NAME = "outputs"
+# what PACS receives; the browser video, raw PDF and FHIR bundle go elsewhere
+PACS_KINDS = ("seg", "sr", "secondary_capture", "pdf")
+
+
+@dataclass(frozen=True)
+class RecordedOutputs:
+    artifact_ids: dict[str, int]  # kind -> Artifact id
+    report_version_id: int
+
+
+def algorithms_for(models: Models) -> Algorithms:
+    """How the SEG and SR identify the networks (name, version, demo flag)."""
+    version = f"echo-agent {__version__}, preset {models.preset}"
+    return Algorithms(
+        segmentation=AlgorithmInfo(
+            "DeepLabV3-ResNet50 LV segmentation", version, demo_model=models.demo
+        ),
+        ejection_fraction=AlgorithmInfo(
+            "R(2+1)D-18 EF regression", version, demo_model=models.demo
+        ),
+    )
+
+
+def node_identifier_system(config: Config) -> str:
+    """The FHIR identifier system of this node's reports: stable per node (its AE title)."""
+    return f"urn:echo-agent:{config.dicom.ae_title.strip()}"
+
+
+def write_and_record(
+    *,
+    job_id: int,
+    study_id: int,
+    source_path: Path,
+    output_dir: Path,
+    cine: Cine,
+    masks: np.ndarray,
+    measurements: Measurements,
+    models: Models,
+    session_factory: sessionmaker[Session],
+    config: Config,
+) -> RecordedOutputs:
+    source_ds = dcmread(source_path, stop_before_pixels=True)
+    algorithms = algorithms_for(models)
+    text = structured_text(measurements, algorithms, str(source_ds.get("PatientSex", "")) or None)
+    report = DraftReport(narrative_text=text, demo_models=models.demo)
+    written = write_report_objects(
+        output_dir,
+        source_ds,
+        cine,
+        masks,
+        measurements,
+        algorithms,
+        report,
+        node_system=node_identifier_system(config),
+        uid_seed=f"{source_ds.SOPInstanceUID}/job-{job_id}",
+    )
+    with session_factory.begin() as session:
+        version_id = _upsert_preliminary_report(session, study_id, text, models.demo)
+        ids = _replace_artifacts(session, job_id, study_id, version_id, written, config)
+        study = session.get(Study, study_id)
+        if study is not None and study.status in ("receiving", "complete", "analysing"):
+            study.status = "drafted"
+    return RecordedOutputs(artifact_ids=ids, report_version_id=version_id)
+
+
+def export_to_pacs(
+    outputs: RecordedOutputs, session_factory: sessionmaker[Session], config: Config
+) -> None:
+    """Sends the DICOM objects to every destination (blocking: retries with back-off)."""
+    for kind in PACS_KINDS:
+        artifact_id = outputs.artifact_ids.get(kind)
+        if artifact_id is not None:
+            for status in export_to_all(session_factory, artifact_id, config):
+                log.info(
+                    "artifact %d (%s) -> %s: %s",
+                    artifact_id,
+                    kind,
+                    status.destination,
+                    status.state,
+                )
+
+
+def _upsert_preliminary_report(session: Session, study_id: int, text: str, demo: bool) -> int:
+    versions = session.scalars(
+        select(ReportVersion)
+        .where(ReportVersion.study_fk == study_id)
+        .order_by(ReportVersion.version)
+    ).all()
+    latest = versions[-1] if versions else None
+    if latest is not None and latest.status in ("signed", "amended"):
+        # a signed report is never overwritten by a re-analysis; a reviewer amends it
+        log.warning("study %d: report already signed; new measurements not drafted", study_id)
+        return latest.id
+    if latest is None:
+        latest = ReportVersion(study_fk=study_id, version=1)
+        session.add(latest)
+    latest.status = "preliminary"
+    latest.structured_text = text
+    latest.demo_models = demo
+    session.flush()
+    return latest.id
+
+
+def _replace_artifacts(
+    session: Session,
+    job_id: int,
+    study_id: int,
+    version_id: int,
+    written: list[WrittenObject],
+    config: Config,
+) -> dict[str, int]:
+    session.execute(delete(Artifact).where(Artifact.job_fk == job_id))
+    session.flush()
+    ids: dict[str, int] = {}
+    for obj in written:
+        try:
+            stored_path = str(obj.path.resolve().relative_to(config.home_path))
+        except ValueError:
+            stored_path = str(obj.path.resolve())
+        artifact = Artifact(
+            study_fk=study_id,
+            job_fk=job_id,
+            report_version_fk=version_id,
+            kind=obj.kind,
+            sop_instance_uid=obj.sop_instance_uid,
+            file_path=stored_path,
+            media_type=obj.media_type,
+            sha256=obj.sha256,
+        )
+        session.add(artifact)
+        session.flush()
+        ids[obj.kind] = artifact.id
+    return ids
