@@ -1,0 +1,127 @@
+"""The grounding guard: numbers and LV-function grades in generated text against measurements."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.types import Beat, Measurements
+from reporting.grounding import check_grounding, lv_grade, measured_facts
+
+
+def measurements(
+    ef: float | None = 55.2,
+    disks: float | None = 54.8,
+    edv: float | None = 120.3,
+    esv: float | None = 54.1,
+    hr: float | None = 72.0,
+    sd: float | None = None,
+) -> Measurements:
+    beat = Beat(10, 25, 40, ef, 0, edv, esv, disks, None, None)
+    return Measurements(
+        ef_percent=ef, ef_sd_percent=sd, ef_source="beats", ef_clips_mean_percent=ef,
+        ef_disks_percent=disks, edv_ml=edv, esv_ml=esv, heart_rate_bpm=hr,
+        heart_rate_source="beats", beats=(beat, beat), flags=(), n_frames=60,
+        frame_time_ms=20.0, spacing_cm=(0.05, 0.05), ed_frames=(10,), es_frames=(25,),
+        lv_area_px=(), lv_area_cm2=None,
+    )  # fmt: skip
+
+
+M = measurements()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Normal LV systolic function: LVEF (AI regression) 55.2 %. LV end-diastolic volume "
+        "120.3 mL, end-systolic volume 54.1 mL, stroke volume 66.2 mL. Heart rate 72 bpm over "
+        "2 beats.",
+        "The ejection fraction is 55 percent and the EDV is 120.5 ml.",  # within tolerance
+        "The end-diastolic and end-systolic volumes are 120.3 mL and 54.1 mL.",
+        "The 2D A4C view shows normal LV systolic function (ASE/EACVI 2015).",
+        "There is no LV systolic dysfunction.",
+        "The heart rate is 71.2 beats per minute.",
+        "Regional wall motion and the valves were not assessed.",
+        "",
+    ],
+)
+def test_grounded_text_passes(text: str) -> None:
+    result = check_grounding(text, M, "M")
+    assert result.passed, result.reasons
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("The EF is 80%.", "80%"),
+        ("The LVEF is 55.8 %.", "55.8 %"),  # 0.6 points off
+        ("The heart rate is 74 bpm.", "74 bpm"),  # 2 /min off
+        ("The EDV is 121 mL.", "121 mL"),
+        ("The LV end-systolic volume is 120.3 mL.", "120.3 mL"),  # the EDV, named as the ESV
+        ("Systolic function of 72.0 mmHg.", "mmHg"),
+        ("The heart rate is 55.2 %.", "55.2 %"),  # an EF number called a heart rate
+        ("The LVEF is 72.", "72"),  # the heart rate's number called an EF
+        ("Image 1280x1280 of the heart.", "1280"),
+        ("EF fifty-five percent.", "fifty"),
+        ("The LVEF is mildly reduced.", "mildly"),
+        ("LV systolic function is severely impaired.", "severely"),
+        ("Your LVEF is not in the normal range.", "not in the normal range"),
+        ("The mitral valve is normal.", "does not measure"),
+        ("There may be hypertrophy of the left ventricle.", "hypertrophy"),
+        ("The patient has heart failure.", "heart failure"),
+        ("EF 55.2 ± 3.0 %", "3.0 %"),  # no SD was measured
+        ("The heart rate was 2 beats.", "a count"),
+        ("The video is a 3D reconstruction using CT and MRI.", "2D apical four-chamber"),
+        ("It was measured in a two-chamber view.", "2D apical four-chamber"),
+    ],
+)
+def test_ungrounded_text_fails(text: str, why: str) -> None:
+    result = check_grounding(text, M, "M")
+    assert result.verdict == "fail"
+    assert any(why in reason for reason in result.reasons), result.reasons
+
+
+def test_grades_follow_ase_eacvi_2015() -> None:
+    reduced = measurements(ef=35.4, disks=33.0)
+    assert check_grounding("Moderately reduced LV systolic function.", reduced, "F").passed
+    assert not check_grounding("The heart is healthy, LVEF 35.4 %.", reduced, "F").passed
+    assert check_grounding("There is a reduction in LVEF to 35.4 %.", reduced, "F").passed
+    assert not check_grounding("There is a reduction in LVEF to 55.2 %.", M, "M").passed
+    assert not check_grounding("Normal LV systolic function.", reduced, "F").passed
+    assert not check_grounding("Mildly reduced LV systolic function.", reduced, "F").passed
+    hyper = measurements(ef=78.0, disks=77.8)
+    assert check_grounding("The LVEF is hyperdynamic at 78.0 %.", hyper, "M").passed
+    assert not check_grounding("The LVEF is normal at 78.0 %.", hyper, "M").passed
+    severe = measurements(ef=22.0, disks=23.0)
+    assert check_grounding("LVEF 22.0 %: severely abnormal.", severe, "M").passed
+
+
+def test_sex_decides_the_grade_and_unknown_sex_grades_nothing() -> None:
+    borderline = measurements(ef=53.0, disks=53.1)  # normal for men, mildly abnormal for women
+    assert check_grounding("Normal LV systolic function.", borderline, "M").passed
+    assert not check_grounding("Normal LV systolic function.", borderline, "F").passed
+    assert check_grounding("Mildly reduced LV systolic function.", borderline, "F").passed
+    grade = lv_grade(borderline, None)
+    assert grade.grade is None and "normal" not in grade.phrase
+    result = check_grounding("Normal LV systolic function.", borderline, None)
+    assert not result.passed and "sex is unknown" in result.reasons[0]
+
+
+def test_missing_measurements_cannot_be_quoted() -> None:
+    no_volumes = measurements(edv=None, esv=None, disks=None)
+    assert [f.key for f in measured_facts(no_volumes)] == ["ef_regression", "heart_rate"]
+    result = check_grounding("The EDV is 120.3 mL.", no_volumes, "M")
+    assert not result.passed and "no LV volume" in result.reasons[0]
+    no_ef = measurements(ef=None, disks=None)
+    assert not check_grounding("Normal LV systolic function.", no_ef, "M").passed
+
+
+def test_the_measured_sd_may_be_quoted() -> None:
+    with_sd = measurements(sd=3.0)
+    assert check_grounding("LVEF 55.2 ± 3.0 %.", with_sd, "M").passed
+    assert not check_grounding("LVEF 55.2 ± 4.0 %.", with_sd, "M").passed
+
+
+def test_result_is_storable() -> None:
+    result = check_grounding("The EF is 80%.", M, "M")
+    assert result.to_json()["verdict"] == "fail"
+    assert isinstance(result.to_json()["reasons"], list)
