@@ -1,23 +1,78 @@
-"""Flask application factory.
+"""Flask application factory: the review pages, their JSON API, and the public health check.
 
-The review pages land with the web issue; until then the node serves its health endpoint, which
-reports nothing about patients and so needs no login.
+``create_app(engine)`` keeps working as before (defaults for everything else); the node passes
+its configuration so that the secret key, the outputs and the export destinations are its own.
+Every route needs a login except ``/healthz`` (which reports nothing about patients), the
+login page and the static assets.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template
 from sqlalchemy import Engine, text
 
 from pacs_agent import __version__
-from pacs_agent.db import current_revision, head_revision
+from pacs_agent.config import Config
+from pacs_agent.db import current_revision, head_revision, make_session_factory
+from web import api, audit, auth, chat, media, openapi, pages
+from web.chat_backend import ChatBackend, measurements_backend
+from web.csrf import csrf_token
+from web.db import close_db
+from web.ratelimit import LoginRateLimiter
+from web.secret import load_or_create_secret_key
+from web.security import SessionInterface, add_security_headers
+from web.signoff import ExportRunner
+
+SESSION_COOKIE_NAME = "echo_agent_session"
 
 
-def create_app(engine: Engine) -> Flask:
+def create_app(
+    engine: Engine,
+    config: Config | None = None,
+    *,
+    chat_backend: ChatBackend | None = None,
+    secret_key: bytes | None = None,
+) -> Flask:
+    """``config`` None: the defaults (home ``./var``) with a random in-memory session key, so
+    a caller that passes no configuration writes nothing to disk (sessions then end with the
+    process); with a configuration, the key stored under its home (created on first start).
+    ``chat_backend`` None: the measurements-only fallback."""
+    if secret_key is None:
+        secret_key = (
+            secrets.token_bytes(32) if config is None
+            else load_or_create_secret_key(config.home_path)
+        )
+    config = config or Config()
     app = Flask(__name__)
-    app.config["ECHO_AGENT_ENGINE"] = engine
+    session_factory = make_session_factory(engine)
+    app.config.update(
+        ECHO_AGENT_ENGINE=engine,
+        ECHO_AGENT_CONFIG=config,
+        ECHO_AGENT_SESSION_FACTORY=session_factory,
+        ECHO_AGENT_CHAT_BACKEND=chat_backend or measurements_backend,
+        ECHO_AGENT_LOGIN_LIMITER=LoginRateLimiter(),
+        ECHO_AGENT_MEDIA_CACHE=media.MediaCache(),
+        ECHO_AGENT_RECENT_VIEWS=audit.RecentViews(),
+        ECHO_AGENT_EXPORTS=ExportRunner(session_factory, config),
+        SECRET_KEY=secret_key,
+        SESSION_COOKIE_NAME=SESSION_COOKIE_NAME,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=False,  # True per request under TLS: see SessionInterface
+        MAX_CONTENT_LENGTH=1024 * 1024,
+    )
+    app.session_interface = SessionInterface()
+    app.jinja_env.autoescape = True
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["app_version"] = __version__
+    app.before_request(auth.guard)
+    app.after_request(add_security_headers)
+    app.teardown_appcontext(close_db)
+    for blueprint in (auth.bp, pages.bp, api.bp, media.bp, chat.bp, openapi.bp):
+        app.register_blueprint(blueprint)
 
     @app.get("/healthz")
     def healthz() -> tuple[Any, int]:
@@ -35,5 +90,11 @@ def create_app(engine: Engine) -> Flask:
             "version": __version__,
         }
         return jsonify(body), 200 if schema_ok else 503
+
+    @app.errorhandler(404)
+    def not_found(_error: Exception) -> Any:
+        if auth.is_api_request():
+            return jsonify(error="not found"), 404
+        return render_template("error.html", title="Not found", message="No such page."), 404
 
     return app

@@ -1,0 +1,264 @@
+"""Sign-off: a cardiologist's signature turns the draft into the final report.
+
+Signing (or amending a signed report) writes a new ``ReportVersion`` (never editing one in
+place), a signed DICOM SR that names the previous SR as its predecessor, and a FHIR bundle whose
+DiagnosticReport is ``final`` (``amended`` after an amendment), then sends the SR to every PACS
+destination in a background thread so the request returns at once. The files go under
+``<home>/reports/<study>/`` and are recorded without a job, so a re-analysis of the loop (which
+replaces its job's artifacts) can never delete what was signed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from inference.types import Measurements
+from pacs_agent.config import Config
+from pacs_agent.db.models import Analysis, Artifact, Instance, ReportVersion, Study, User, utcnow
+from pacs_agent.export import artifact_path, export_to_all
+from pacs_agent.outputs import node_identifier_system
+from reporting.dicom_base import derived_uid
+from reporting.fhir import build_fhir_bundle, bundle_json
+from reporting.outputs import DICOM_MEDIA_TYPE, FHIR_MEDIA_TYPE
+from reporting.sr import write_signed_sr
+from reporting.types import DraftReport, Signature, SourceLoop
+from web.audit import write_event
+from web.studies import analysis_algorithms, latest_analysis
+
+log = logging.getLogger("echo_agent.web.signoff")
+
+REPORTS_DIR_NAME = "reports"
+
+
+class SignOffError(ValueError):
+    """The report cannot be signed as asked (no analysis, no SR to follow, bad state)."""
+
+
+@dataclass(frozen=True)
+class SignedOutputs:
+    version_id: int
+    version: int
+    sr_artifact_id: int
+    fhir_artifact_id: int
+
+
+def observer_name(user: User) -> str:
+    """DICOM PN ``Family^Given`` from the display name ("Ada Okafor" -> "Okafor^Ada")."""
+    name = (user.display_name or user.username).strip()
+    if "^" in name:
+        return name
+    parts = name.split()
+    if len(parts) < 2:
+        return name
+    return f"{parts[-1]}^{' '.join(parts[:-1])}"
+
+
+def report_text(structured: str, narrative: str) -> str:
+    """The words the signed SR and FHIR carry: the structured part, then the narrative."""
+    return "\n\n".join(p.strip() for p in (structured, narrative) if p.strip())
+
+
+def _previous_sr(session: Session, study_id: int, analysis: Analysis) -> Artifact:
+    signed = session.scalar(
+        select(Artifact)
+        .where(Artifact.study_fk == study_id, Artifact.kind == "sr", Artifact.job_fk.is_(None))
+        .order_by(Artifact.id.desc())
+        .limit(1)
+    )
+    if signed is not None:
+        return signed
+    preliminary = session.scalar(
+        select(Artifact)
+        .where(Artifact.job_fk == analysis.job_fk, Artifact.kind == "sr")
+        .order_by(Artifact.id.desc())
+        .limit(1)
+    )
+    if preliminary is None:
+        raise SignOffError("the analysis has no preliminary SR to sign")
+    return preliminary
+
+
+def finalise(
+    session: Session,
+    config: Config,
+    study: Study,
+    user: User,
+    *,
+    structured_text: str,
+    narrative_text: str,
+    amendment_reason: str = "",
+    now: dt.datetime | None = None,
+) -> SignedOutputs:
+    """Writes the signed SR and FHIR bundle and adds the signed (or amended) version; the
+    caller commits. Raises SignOffError when there is nothing to sign."""
+    analysis = latest_analysis(session, study.id)
+    if analysis is None:
+        raise SignOffError("this study has no analysed loop to report on")
+    versions = list(study.report_versions)
+    previous = versions[-1] if versions else None
+    amending = previous is not None and previous.status in ("signed", "amended")
+    if amending and not amendment_reason.strip():
+        raise SignOffError("a change to a signed report needs the reason for the amendment")
+    number = (previous.version if previous else 0) + 1
+    signed_at = now or utcnow()
+    instance = session.get(Instance, analysis.instance_fk)
+    if instance is None:
+        raise SignOffError("the analysed loop is no longer in the store")
+    source_ds: Dataset = dcmread(config.store_path / instance.file_path, stop_before_pixels=True)
+    previous_sr = _previous_sr(session, study.id, analysis)
+    previous_sr_ds = dcmread(artifact_path(config, previous_sr))
+    organisation = str(source_ds.get("InstitutionName", "") or "").strip()
+    signature = Signature(
+        observer_name=observer_name(user),
+        organisation=organisation or f"echo-agent node {config.dicom.ae_title.strip()}",
+        signed_at=signed_at,
+    )
+    report = DraftReport(
+        narrative_text=report_text(structured_text, narrative_text),
+        demo_models=analysis.demo_models,
+        status="amended" if amending else "final",
+        version=number,
+        signature=signature,
+        amendment_reason=amendment_reason.strip() if amending else "",
+    )
+    measurements = Measurements.from_json(analysis.measurements)
+    algorithms = analysis_algorithms(analysis)
+    folder = config.home_path / REPORTS_DIR_NAME / str(study.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    seed = f"{source_ds.SOPInstanceUID}/study-{study.id}/report-v{number}"
+    sr_path = folder / f"sr_v{number}.dcm"
+    sr = write_signed_sr(
+        previous_sr_ds,
+        source_ds,
+        measurements,
+        algorithms,
+        report,
+        sr_path,
+        sop_instance_uid=derived_uid(seed, "sr"),
+    )
+    bundle = build_fhir_bundle(
+        SourceLoop.from_dataset(source_ds),
+        measurements,
+        algorithms,
+        report,
+        node_system=node_identifier_system(config),
+        issued=signed_at,
+    )
+    fhir_path = folder / f"fhir_bundle_v{number}.json"
+    fhir_path.write_text(bundle_json(bundle), encoding="utf-8")
+
+    version = ReportVersion(
+        study_fk=study.id,
+        version=number,
+        status="amended" if amending else "signed",
+        structured_text=structured_text,
+        narrative_text=narrative_text,
+        grounding_verdict=previous.grounding_verdict if previous else "not_checked",
+        grounding_reasons=list(previous.grounding_reasons or []) if previous else [],
+        demo_models=analysis.demo_models,
+        author_fk=user.id,
+        signed_by_fk=user.id,
+        signed_at=signed_at,
+        amendment_reason=report.amendment_reason,
+    )
+    session.add(version)
+    session.flush()
+    sr_artifact = _artifact(config, study.id, version.id, "sr", sr_path, DICOM_MEDIA_TYPE,
+                            str(sr.SOPInstanceUID))
+    fhir_artifact = _artifact(config, study.id, version.id, "fhir", fhir_path, FHIR_MEDIA_TYPE,
+                              None)
+    session.add_all([sr_artifact, fhir_artifact])
+    study.status = "signed"
+    session.flush()
+    return SignedOutputs(version.id, number, sr_artifact.id, fhir_artifact.id)
+
+
+def _artifact(
+    config: Config,
+    study_id: int,
+    version_id: int,
+    kind: str,
+    path: Path,
+    media_type: str,
+    sop_instance_uid: str | None,
+) -> Artifact:
+    try:
+        stored = str(path.resolve().relative_to(config.home_path))
+    except ValueError:
+        stored = str(path.resolve())
+    return Artifact(
+        study_fk=study_id,
+        job_fk=None,
+        report_version_fk=version_id,
+        kind=kind,
+        sop_instance_uid=sop_instance_uid,
+        file_path=stored,
+        media_type=media_type,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+
+
+class ExportRunner:
+    """Runs exports in background threads and remembers, per study, whether one is running."""
+
+    def __init__(self, session_factory: sessionmaker[Session], config: Config) -> None:
+        self.session_factory = session_factory
+        self.config = config
+        self._running: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def running(self, study_id: int) -> bool:
+        with self._lock:
+            return self._running.get(study_id, 0) > 0
+
+    def start(
+        self, study_id: int, artifact_ids: list[int], user_id: int, username: str
+    ) -> threading.Thread | None:
+        if not self.config.destinations:
+            return None
+        with self._lock:
+            self._running[study_id] = self._running.get(study_id, 0) + 1
+        thread = threading.Thread(
+            target=self._run,
+            args=(study_id, artifact_ids, user_id, username),
+            name=f"export-study-{study_id}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def _run(self, study_id: int, artifact_ids: list[int], user_id: int, username: str) -> None:
+        try:
+            for artifact_id in artifact_ids:
+                try:
+                    statuses = export_to_all(self.session_factory, artifact_id, self.config)
+                    detail = {
+                        "artifact_id": artifact_id,
+                        "results": {s.destination: s.state for s in statuses},
+                    }
+                except Exception as exc:  # recorded and shown; the thread must not die silently
+                    log.exception("export of artifact %d failed", artifact_id)
+                    detail = {"artifact_id": artifact_id, "error": f"{type(exc).__name__}: {exc}"}
+                write_event(
+                    self.session_factory,
+                    action="export",
+                    user_id=user_id,
+                    username=username,
+                    study_id=study_id,
+                    target_type="artifact",
+                    target_id=str(artifact_id),
+                    detail=detail,
+                )
+        finally:
+            with self._lock:
+                self._running[study_id] -= 1
