@@ -151,6 +151,20 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class LlmConfig:
+    """The language model behind the chat. ``model_path`` empty: the embedded SmolLM2-135M,
+    converted once into ``cache_dir`` (empty: ``<home>/models``); otherwise any local Hugging
+    Face model directory. ``chat = false`` answers by quoting the measurements only."""
+
+    chat: bool = True
+    model_path: str = ""
+    cache_dir: str = ""
+    device: str = "auto"
+    max_new_tokens: int = 256
+    max_time_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -166,6 +180,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     destinations: list[DestinationConfig] = field(default_factory=list)
     source: str = field(default="defaults", compare=False)
@@ -196,6 +211,7 @@ _CHOICES: dict[tuple[str, str], frozenset[str]] = {
     ("queue", "backend"): frozenset({"local", "celery"}),
     ("models", "preset"): frozenset({"demo", "echonet"}),
     ("models", "device"): frozenset({"auto", "cpu", "cuda"}),
+    ("llm", "device"): frozenset({"auto", "cpu", "cuda"}),
     ("logging", "level"): frozenset({"DEBUG", "INFO", "WARNING", "ERROR"}),
 }
 
@@ -476,6 +492,8 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(
             f"models.all_clip_stride must be at least 1, got {models.all_clip_stride}"
         )
+    if config.llm.max_new_tokens < 1 or config.llm.max_time_s <= 0:
+        raise ConfigError("llm.max_new_tokens and llm.max_time_s must be positive")
     if config.export.max_attempts < 1:
         raise ConfigError(
             f"export.max_attempts must be at least 1, got {config.export.max_attempts}"

@@ -142,7 +142,7 @@ def start_node(config: Config, web_socket: socket.socket | None = None) -> Runni
         from web.app import create_app  # the web package imports pacs_agent, not the reverse
 
         web_server = waitress.create_server(
-            create_app(engine, config),
+            create_app(engine, config, chat_backend=chat_backend_for(config)),
             map=web_map,
             sockets=[web_socket],
             threads=8,
@@ -253,3 +253,26 @@ def _close_web(server: Any, web_map: dict[int, Any]) -> None:
         server.trigger.pull_trigger(lambda: wasyncore.close_all(web_map))
     except OSError:  # the loop is already gone
         wasyncore.close_all(web_map, ignore_all=True)
+
+
+def chat_backend_for(config: Config) -> Any:
+    """The language model behind the study chat, loaded on the first question (so the node
+    serves at once); None (the measurement-quoting fallback) when ``llm.chat`` is off."""
+    if not config.llm.chat:
+        return None
+    from inference.llm.backend import LlmSettings, open_text_model
+    from web.chat_backend import language_model_backend
+
+    settings = LlmSettings(
+        model_path=config.llm.model_path,
+        cache_dir=config.llm.cache_dir,
+        device=config.llm.device,
+        max_new_tokens=config.llm.max_new_tokens,
+        max_time_s=config.llm.max_time_s,
+    )
+
+    def load() -> Any:
+        log.info("loading the language model (the embedded one is converted once) ...")
+        return open_text_model(settings, config.home_path, progress=log.info)
+
+    return language_model_backend(load)

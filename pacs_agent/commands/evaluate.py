@@ -40,10 +40,14 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate", help="measurements against truth on a phantom test set (Dice, EF errors)"
     )
-    parser.add_argument("--data", type=Path, required=True, help="DICOM loops with truth JSON")
+    parser.add_argument("--data", type=Path, help="DICOM loops with truth JSON")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
     parser.add_argument("--limit", type=int, default=None, help="only the first N A4C loops")
     parser.set_defaults(func=cmd_evaluate)
+    from pacs_agent.commands.llm import add_llm_evaluate_parser
+
+    actions = parser.add_subparsers(dest="evaluate_command", metavar="WHAT")
+    add_llm_evaluate_parser(actions)  # echo-agent evaluate llm: drafts and answers, grounded
     return parser
 
 
@@ -52,6 +56,8 @@ def cmd_evaluate(args: argparse.Namespace, config: Any) -> int:
     from inference.plots import bland_altman_png
     from pacs_agent.analysis import analyze_file, load_models
 
+    if args.data is None:
+        raise ValueError("evaluate needs --data DIR (or: echo-agent evaluate llm --help)")
     cases = _a4c_cases(args.data)[: args.limit]
     if not cases:
         raise ValueError(f"{args.data}: no A4C loop with a truth file (NAME.dcm + NAME.json)")

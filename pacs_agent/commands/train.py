@@ -21,7 +21,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Adds ``train`` with the ``seg`` and ``ef`` actions to the top-level subparsers."""
+    """Adds ``train`` with the ``seg``, ``ef`` and ``llm`` actions to the top-level subparsers."""
     train = subparsers.add_parser("train", help="train the networks on an EchoNet-layout folder")
     actions = train.add_subparsers(dest="train_command", required=True, metavar="NETWORK")
     for name, what in (("seg", "LV segmentation (DeepLabV3)"), ("ef", "EF (R(2+1)D-18)")):
@@ -47,6 +47,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
             help="start from these weights (.safetensors of the same network and width)",
         )
         p.set_defaults(func=cmd_train, needs_config=False)
+    from pacs_agent.commands.llm import add_llm_train_parser
+
+    add_llm_train_parser(actions)  # needs the configuration: model cache and models preset
     return train
 
 
