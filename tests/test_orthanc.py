@@ -4,7 +4,6 @@ A4C loop and runs its job; the node's export sends an artifact back to Orthanc, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,13 +19,11 @@ from orthanc_helpers import (
     truth,
     wait_until,
 )
-from pydicom import dcmread
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from sqlalchemy import select
 
 from pacs_agent.config import load_config
 from pacs_agent.db.models import Artifact, Instance, Job, Series, Study
-from pacs_agent.export import export_artifact
+from pacs_agent.export import export_artifact, export_status
 from pacs_agent.node import start_node
 from pacs_agent.pipeline import read_log
 
@@ -83,7 +80,7 @@ def test_orthanc_routes_a_study_in_and_receives_an_artifact_back(setup, study_fi
         series = {r.series_instance_uid: r for r in s.scalars(select(Series))}
         study = s.scalars(select(Study)).one()
         assert len(s.scalars(select(Job)).all()) == 1, "one job: the PLAX loop gets none"
-    assert study.status == "analysing"
+    assert study.status == "drafted"
     assert series[truth(a4c)["series_instance_uid"]].eligibility == "eligible"
     rejected = series[truth(plax)["series_instance_uid"]]
     assert rejected.eligibility == "not_eligible"
@@ -92,38 +89,43 @@ def test_orthanc_routes_a_study_in_and_receives_an_artifact_back(setup, study_fi
     decoded = [e for e in log if e["event"] == "decoded"]
     assert [e["n_frames"] for e in decoded] == [truth(a4c)["n_frames"]]
 
-    # the node sends an artifact (here: the stored loop as a new object in the same study)
-    artifact_path = config.home_path / "artifacts" / "loop-copy.dcm"
-    artifact_path.parent.mkdir(parents=True)
-    ds = dcmread(config.store_path / instance.file_path)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesDescription = "echo-agent test artifact"
-    ds.save_as(artifact_path, enforce_file_format=True)
-    with sessions.begin() as s:
-        row = Artifact(
-            study_fk=study.id,
-            job_fk=job.id,
-            kind="secondary_capture",
-            sop_instance_uid=ds.SOPInstanceUID,
-            file_path="artifacts/loop-copy.dcm",
-            media_type="application/dicom",
-            sha256=hashlib.sha256(artifact_path.read_bytes()).hexdigest(),
-        )
-        s.add(row)
-        s.flush()
-        artifact_id = row.id
-    status = export_artifact(sessions, artifact_id, config.destinations[0], config)
-    assert (status.destination, status.state, status.attempts) == ("orthanc", "sent", 1)
-
-    orthanc_id = orthanc.find_instance(ds.SOPInstanceUID)
-    assert orthanc_id is not None
-    assert orthanc.get(f"/instances/{orthanc_id}/metadata/TransferSyntax") == JPEGBaseline8Bit
-    tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
-    assert tags["StudyInstanceUID"] == study.study_instance_uid
-    assert tags["SeriesDescription"] == "echo-agent test artifact"
+    # the pipeline sent its DICOM objects back: SEG, SR, secondary capture and PDF arrive in
+    # Orthanc in the source study, each exported once
+    with sessions() as s:
+        sent = {
+            a.kind: a.sop_instance_uid
+            for a in s.scalars(select(Artifact).where(Artifact.job_fk == job.id))
+            if a.kind in ("seg", "sr", "secondary_capture", "pdf")
+        }
+        for artifact in s.scalars(select(Artifact).where(Artifact.job_fk == job.id)):
+            (status,) = export_status(s, artifact.id, config)
+            expected = "sent" if artifact.kind in sent else "not_sent"
+            assert (status.state, status.attempts) == (expected, int(expected == "sent")), status
+    assert set(sent) == {"seg", "sr", "secondary_capture", "pdf"}
+    modalities = {}
+    for kind, uid in sent.items():
+        orthanc_id = orthanc.find_instance(uid)
+        assert orthanc_id is not None, f"{kind} did not reach Orthanc"
+        tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
+        assert tags["StudyInstanceUID"] == study.study_instance_uid
+        modalities[kind] = tags["Modality"]
+    assert modalities["seg"] == "SEG" and modalities["sr"] == "SR"
     assert orthanc.get("/studies") == [orthanc_study]
-    assert len(orthanc.get(f"/studies/{orthanc_study}/instances")) == len(study_files) + 1
+    assert len(orthanc.get(f"/studies/{orthanc_study}/instances")) == len(study_files) + 4
+
+    # a re-sent artifact is not sent twice: export_artifact resumes and finds it sent
+    status = export_artifact(
+        sessions, next(iter(_ids(sessions, job.id))), config.destinations[0], config
+    )
+    assert status.state == "sent"
+    assert len(orthanc.get(f"/studies/{orthanc_study}/instances")) == len(study_files) + 4
+
+
+def _ids(sessions, job_id: int) -> list[int]:
+    with sessions() as s:
+        return list(
+            s.scalars(select(Artifact.id).where(Artifact.job_fk == job_id, Artifact.kind == "seg"))
+        )
 
 
 def test_destinations_check_against_orthanc_and_a_closed_port(setup, echo_agent_exe, tmp_path):
