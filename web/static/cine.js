@@ -87,14 +87,18 @@ class CinePlayer {
     this.playing = true;
     this.startIndex = this.index;
     this.startTime = performance.now();
-    const tick = (now) => {
+    // A timer, not requestAnimationFrame: rAF is paused or throttled whenever the browser
+    // decides the page is not being painted (background tab, headless, busy machine), and a
+    // cine must keep its real frame rate. The frame shown comes from the elapsed time, so a
+    // late tick skips frames instead of slowing the loop down.
+    const tick = () => {
       if (!this.playing) return;
-      const elapsed = (now - this.startTime) * this.speed;
+      const elapsed = (performance.now() - this.startTime) * this.speed;
       const next = (this.startIndex + Math.floor(elapsed / this.frameTimeMs)) % this.n;
       if (next !== this.index) { this.index = next; this.draw(); }
-      requestAnimationFrame(tick);
+      setTimeout(tick, Math.max(4, this.frameTimeMs / this.speed / 2));
     };
-    requestAnimationFrame(tick);
+    setTimeout(tick, 0);
   }
 
   pause() { this.playing = false; }
