@@ -56,11 +56,17 @@ def storescp(port: int, outdir: Path) -> Iterator[Path]:
         proc.wait(timeout=10)
 
 
-def config_for(home: Path, port: int, max_attempts: int = 3) -> Config:
+def config_for(
+    home: Path, port: int, max_attempts: int = 3, backoff_initial_s: float = 0.05
+) -> Config:
     return Config(
         home=str(home),
         dicom=DicomConfig(ae_title="ECHOAGENT"),
-        export=ExportConfig(max_attempts=max_attempts, backoff_initial_s=0.05, backoff_max_s=1.0),
+        export=ExportConfig(
+            max_attempts=max_attempts,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=20 * backoff_initial_s,
+        ),
         destinations=[
             DestinationConfig(name="pacs", ae_title=PEER_AET, host="127.0.0.1", port=port)
         ],
@@ -130,7 +136,9 @@ def test_an_artifact_goes_out_byte_for_byte_in_its_own_syntax(sessions, tmp_path
 def test_failed_tries_back_off_then_the_export_fails_for_good(sessions, tmp_path, free_port):
     home = tmp_path / "home"
     artifact_id, _path, _ids = make_artifact(sessions, home)
-    config = config_for(home, free_port, max_attempts=3)  # nothing listens on free_port
+    # nothing listens on free_port; the waits are recorded, not slept, so the back-off can be
+    # long enough that a slow machine's failed try never eats a whole delay
+    config = config_for(home, free_port, max_attempts=3, backoff_initial_s=5.0)
     delays: list[float] = []
     status = export.export_artifact(
         sessions, artifact_id, config.destinations[0], config, wait=no_wait(delays)
@@ -139,8 +147,8 @@ def test_failed_tries_back_off_then_the_export_fails_for_good(sessions, tmp_path
     assert "connection refused or timed out" in status.last_error
     rows = attempts(sessions, artifact_id)
     assert [(r.attempt, r.state) for r in rows] == [(1, "failed"), (2, "failed"), (3, "failed")]
-    # the back-off doubles (0.05 s, then 0.1 s) less the time the failed try itself took
-    assert len(delays) == 2 and delays[0] <= 0.05 and 0.05 < delays[1] <= 0.1
+    # the back-off doubles (5 s, then 10 s) less the time the failed try itself took
+    assert len(delays) == 2 and 4.0 < delays[0] <= 5.0 and 9.0 < delays[1] <= 10.0
     assert export.export_artifact(sessions, artifact_id, config.destinations[0], config) == status
     assert len(attempts(sessions, artifact_id)) == 3, "a failed export is not retried by itself"
     with sessions() as s:
