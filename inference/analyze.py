@@ -201,12 +201,8 @@ class TorchSegmenter:
         device: str | torch.device = "cpu",
         channels_last: bool = True,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.eval().to(self.device, memory_format=self.memory_format)
-        self.batch_size = int(batch_size)
+        self.runner = _BatchRunner(model, batch_size, device, torch.channels_last, channels_last)
+        self.model = self.runner.model
 
     @classmethod
     def build(cls, width: float = 1.0, **kwargs: object) -> TorchSegmenter:
@@ -217,12 +213,7 @@ class TorchSegmenter:
         frames = np.asarray(batch_112, dtype=np.float32)
         if frames.ndim != 4 or frames.shape[1] != 3:
             raise ValueError(f"expected (frames, 3, S, S), got {frames.shape}")
-        out = []
-        with torch.inference_mode(), _autocast(self.device):
-            for i in range(0, len(frames), self.batch_size):
-                x = torch.from_numpy(frames[i : i + self.batch_size]).to(self.device)
-                logits = self.model(x.contiguous(memory_format=self.memory_format))[:, 0]
-                out.append(torch.sigmoid(logits.float()).cpu().numpy())
+        out = self.runner.run(frames, lambda logits: torch.sigmoid(logits[:, 0]))
         return np.concatenate(out) if out else np.zeros((0, *frames.shape[2:]), np.float32)
 
 
@@ -238,12 +229,8 @@ class TorchEFModel:
         device: str | torch.device = "cpu",
         channels_last: bool = True,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.model = model.eval().to(self.device, memory_format=self.memory_format)
-        self.batch_size = int(batch_size)
+        self.runner = _BatchRunner(model, batch_size, device, torch.channels_last_3d, channels_last)
+        self.model = self.runner.model
 
     @classmethod
     def build(cls, width: float = 1.0, **kwargs: object) -> TorchEFModel:
@@ -254,13 +241,39 @@ class TorchEFModel:
         data = np.asarray(clips, dtype=np.float32)
         if data.ndim != 5 or data.shape[1] != 3:
             raise ValueError(f"expected (clips, 3, frames, S, S), got {data.shape}")
+        out = self.runner.run(data, lambda y: y[:, 0])
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+class _BatchRunner:
+    """What both wrappers share: the network in eval mode on its device and memory format,
+    fed in batches without autograd (bf16 autocast on CUDA)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int,
+        device: str | torch.device,
+        fast_format: torch.memory_format,
+        channels_last: bool,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.memory_format = fast_format if channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
+        self.batch_size = int(batch_size)
+
+    def run(
+        self, data: np.ndarray, head: Callable[[torch.Tensor], torch.Tensor]
+    ) -> list[np.ndarray]:
         out = []
         with torch.inference_mode(), _autocast(self.device):
             for i in range(0, len(data), self.batch_size):
                 x = torch.from_numpy(data[i : i + self.batch_size]).to(self.device)
                 y = self.model(x.contiguous(memory_format=self.memory_format))
-                out.append(y[:, 0].float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+                out.append(head(y.float()).cpu().numpy())
+        return out
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
