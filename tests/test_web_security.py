@@ -27,7 +27,7 @@ from web.app import create_app
 from web.secret import SECRET_FILE_NAME, load_or_create_secret_key
 
 SCRIPT_NAME = "<script>alert(1)</script>"
-PUBLIC = {"healthz", "static", "auth.login"}
+PUBLIC = {"health.healthz", "health.readyz", "health.metrics", "static", "auth.login"}
 
 
 @pytest.fixture
@@ -69,6 +69,9 @@ def test_every_route_needs_a_session(app, study_id) -> None:
             if rule.rule.startswith("/api/"):
                 assert response.status_code == 401, (method, rule.rule)
                 assert response.get_json() == {"error": "authentication required"}
+            elif rule.rule.startswith("/fhir"):
+                assert response.status_code == 401, (method, rule.rule)
+                assert response.get_json()["resourceType"] == "OperationOutcome"
             else:
                 assert response.status_code == 302, (method, rule.rule)
                 assert response.headers["Location"].startswith("/login")

@@ -3,7 +3,8 @@
 Signing (or amending a signed report) writes a new ``ReportVersion`` (never editing one in
 place), a signed DICOM SR that names the previous SR as its predecessor, and a FHIR bundle whose
 DiagnosticReport is ``final`` (``amended`` after an amendment), then sends the SR to every PACS
-destination in a background thread so the request returns at once. The files go under
+destination and the bundle to the EHR (when one is configured) in a background thread, so the
+request returns at once. The files go under
 ``<home>/reports/<study>/`` and are recorded without a job, so a re-analysis of the loop (which
 replaces its job's artifacts) can never delete what was signed.
 """
@@ -14,6 +15,7 @@ import datetime as dt
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from inference.types import Measurements
 from pacs_agent.config import Config
 from pacs_agent.db.models import Analysis, Artifact, Instance, ReportVersion, Study, User, utcnow
 from pacs_agent.export import artifact_path, export_to_all
+from pacs_agent.fhir_delivery import deliver_artifact
 from pacs_agent.outputs import node_identifier_system
 from reporting.dicom_base import derived_uid
 from reporting.fhir import build_fhir_bundle, bundle_json
@@ -209,7 +212,8 @@ def _artifact(
 
 
 class ExportRunner:
-    """Runs exports in background threads and remembers, per study, whether one is running."""
+    """Runs exports in background threads and remembers, per study, whether one is running:
+    the DICOM artifacts to every PACS destination, then the FHIR bundle to the EHR."""
 
     def __init__(self, session_factory: sessionmaker[Session], config: Config) -> None:
         self.session_factory = session_factory
@@ -221,44 +225,80 @@ class ExportRunner:
         with self._lock:
             return self._running.get(study_id, 0) > 0
 
+    def will_send(self, artifact_ids: list[int], fhir_artifact_id: int | None) -> bool:
+        return bool(
+            (artifact_ids and self.config.destinations)
+            or (fhir_artifact_id is not None and self.config.ehr.fhir_base_url)
+        )
+
     def start(
-        self, study_id: int, artifact_ids: list[int], user_id: int, username: str
+        self,
+        study_id: int,
+        artifact_ids: list[int],
+        user_id: int,
+        username: str,
+        fhir_artifact_id: int | None = None,
     ) -> threading.Thread | None:
-        if not self.config.destinations:
+        """None when there is nowhere to send anything (no destination, no EHR)."""
+        if not self.will_send(artifact_ids, fhir_artifact_id):
             return None
         with self._lock:
             self._running[study_id] = self._running.get(study_id, 0) + 1
         thread = threading.Thread(
             target=self._run,
-            args=(study_id, artifact_ids, user_id, username),
+            args=(study_id, artifact_ids, user_id, username, fhir_artifact_id),
             name=f"export-study-{study_id}",
             daemon=True,
         )
         thread.start()
         return thread
 
-    def _run(self, study_id: int, artifact_ids: list[int], user_id: int, username: str) -> None:
+    def _run(
+        self,
+        study_id: int,
+        artifact_ids: list[int],
+        user_id: int,
+        username: str,
+        fhir_artifact_id: int | None,
+    ) -> None:
         try:
-            for artifact_id in artifact_ids:
-                try:
-                    statuses = export_to_all(self.session_factory, artifact_id, self.config)
-                    detail = {
-                        "artifact_id": artifact_id,
-                        "results": {s.destination: s.state for s in statuses},
-                    }
-                except Exception as exc:  # recorded and shown; the thread must not die silently
-                    log.exception("export of artifact %d failed", artifact_id)
-                    detail = {"artifact_id": artifact_id, "error": f"{type(exc).__name__}: {exc}"}
-                write_event(
-                    self.session_factory,
-                    action="export",
-                    user_id=user_id,
-                    username=username,
-                    study_id=study_id,
-                    target_type="artifact",
-                    target_id=str(artifact_id),
-                    detail=detail,
-                )
+            if self.config.destinations:
+                for artifact_id in artifact_ids:
+                    self._send(study_id, artifact_id, user_id, username, self._to_pacs)
+            if fhir_artifact_id is not None and self.config.ehr.fhir_base_url:
+                self._send(study_id, fhir_artifact_id, user_id, username, self._to_ehr)
         finally:
             with self._lock:
                 self._running[study_id] -= 1
+
+    def _to_pacs(self, artifact_id: int) -> dict[str, str]:
+        statuses = export_to_all(self.session_factory, artifact_id, self.config)
+        return {s.destination: s.state for s in statuses}
+
+    def _to_ehr(self, artifact_id: int) -> dict[str, str]:
+        status = deliver_artifact(self.session_factory, artifact_id, self.config)
+        return {status.destination: status.state}
+
+    def _send(
+        self,
+        study_id: int,
+        artifact_id: int,
+        user_id: int,
+        username: str,
+        send: Callable[[int], dict[str, str]],
+    ) -> None:
+        try:
+            detail: dict[str, object] = {"artifact_id": artifact_id, "results": send(artifact_id)}
+        except Exception as exc:  # recorded and shown; the thread must not die silently
+            log.exception("export of artifact %d failed", artifact_id)
+            detail = {"artifact_id": artifact_id, "error": f"{type(exc).__name__}: {exc}"}
+        write_event(
+            self.session_factory,
+            action="export",
+            user_id=user_id,
+            username=username,
+            study_id=study_id,
+            target_type="artifact",
+            target_id=str(artifact_id),
+            detail=detail,
+        )

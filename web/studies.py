@@ -7,10 +7,8 @@ display the way ``reporting.values`` does (one decimal).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import select
@@ -29,7 +27,8 @@ from pacs_agent.db.models import (
     Study,
     User,
 )
-from pacs_agent.export import artifact_path, export_status
+from pacs_agent.export import DestinationStatus, export_status
+from pacs_agent.fhir_delivery import delivery_status, destination_name, study_delivery
 from pacs_agent.outputs import algorithms_for
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
 from reporting.values import reported_values
@@ -261,25 +260,18 @@ def report_version_dict(session: Session, version: ReportVersion) -> dict[str, A
     }
 
 
-def fhir_report_status(config: Config, artifact: Artifact) -> str | None:
-    """The DiagnosticReport status inside a stored FHIR bundle (what the EHR receives)."""
-    try:
-        bundle = json.loads(Path(artifact_path(config, artifact)).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for entry in bundle.get("entry", []):
-        resource = entry.get("resource") or {}
-        if resource.get("resourceType") == "DiagnosticReport":
-            return resource.get("status")
-    return None
+def _ehr_status(session: Session, artifact: Artifact, config: Config) -> list[DestinationStatus]:
+    if not config.ehr.fhir_base_url:
+        return []
+    return [delivery_status(session, artifact.id, destination_name(config.ehr),
+                            config.ehr.max_attempts)]
 
 
 def export_summary(session: Session, config: Config, study_id: int) -> dict[str, Any]:
     artifacts = session.scalars(
         select(Artifact).where(Artifact.study_fk == study_id).order_by(Artifact.id)
     ).all()
-    fhir = [a for a in artifacts if a.kind == "fhir"]
-    latest_fhir = fhir[-1] if fhir else None
+    delivery = study_delivery(session, study_id, config)
     rows = []
     for artifact in artifacts:
         if artifact.kind not in ("sr", "seg", "secondary_capture", "pdf", "fhir"):
@@ -300,14 +292,26 @@ def export_summary(session: Session, config: Config, study_id: int) -> dict[str,
                         "attempts": s.attempts,
                         "last_error": s.last_error,
                     }
-                    for s in (export_status(session, artifact.id, config)
-                              if artifact.kind != "fhir" else [])
+                    for s in (
+                        export_status(session, artifact.id, config) if artifact.kind != "fhir"
+                        else _ehr_status(session, artifact, config)
+                    )
                 ],
             }
         )
     return {
-        "fhir_status": fhir_report_status(config, latest_fhir) if latest_fhir else None,
-        "fhir_artifact_id": latest_fhir.id if latest_fhir else None,
+        "fhir_status": delivery.report_status,
+        "fhir_artifact_id": delivery.artifact_id,
+        "fhir_delivery": {
+            "state": delivery.state,
+            "label": delivery.label,
+            "destination": delivery.destination,
+            "attempts": delivery.attempts,
+            "last_error": delivery.last_error,
+            "last_status_code": delivery.last_status_code,
+            "delivered_at": delivery.delivered_at.isoformat() if delivery.delivered_at else None,
+        },
+        "ehr_configured": bool(config.ehr.fhir_base_url),
         "destinations_configured": [d.name for d in config.destinations],
         "artifacts": rows,
     }

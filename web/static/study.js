@@ -114,7 +114,11 @@
     Echo.clear(g);
     if (r) {
       g.appendChild(Echo.el("span", "Grounding check: " + r.grounding_verdict, "verdict verdict-" + r.grounding_verdict));
-      for (const reason of r.grounding_reasons) g.appendChild(Echo.el("div", String(reason), "small"));
+      if (r.grounding_reasons.length) {
+        const reasons = Echo.el("ul", null, "grounding-reasons small");
+        for (const reason of r.grounding_reasons) reasons.appendChild(Echo.el("li", String(reason)));
+        g.appendChild(reasons);
+      }
     }
     const canEdit = role === "cardiologist" && r !== null;
     for (const id of ["structured-text", "narrative-text"]) $(id).readOnly = !canEdit;
@@ -149,8 +153,11 @@
 
   function fillExport(e) {
     $("fhir-status").textContent = e.fhir_status || "none";
+    const delivery = $("fhir-delivery");
+    delivery.textContent = e.fhir_delivery.label;
+    delivery.dataset.state = e.fhir_delivery.state;
     const state = $("export-state");
-    if (!e.destinations_configured.length) state.textContent = "no PACS destination configured: nothing is sent";
+    if (!e.destinations_configured.length) state.textContent = "no PACS destination configured: no DICOM is sent";
     else state.textContent = e.running ? "export running…" : "destinations: " + e.destinations_configured.join(", ");
     const list = $("export-list");
     Echo.clear(list);
@@ -160,7 +167,8 @@
       list.appendChild(Echo.el("li", a.kind.toUpperCase() + version + (parts.length ? " → " + parts.join("; ") : "")));
     }
     clearTimeout(exportTimer);
-    if (e.running) exportTimer = setTimeout(pollExport, 2000);
+    const busy = e.running || ["sending", "retrying"].includes(e.fhir_delivery.state);
+    if (busy) exportTimer = setTimeout(pollExport, 2000);
   }
 
   async function pollExport() {
