@@ -23,9 +23,10 @@ from pacs_agent import __version__
 from pacs_agent.analysis import Models
 from pacs_agent.config import Config
 from pacs_agent.db.models import Artifact, ReportVersion, Study
+from pacs_agent.drafting import report_parts, report_text
 from pacs_agent.export import export_to_all
+from reporting.drafting import Draft
 from reporting.outputs import WrittenObject, write_report_objects
-from reporting.report_text import structured_text
 from reporting.types import AlgorithmInfo, Algorithms, DraftReport
 
 log = logging.getLogger("echo_agent.outputs")
@@ -69,13 +70,17 @@ def write_and_record(
     masks: np.ndarray,
     measurements: Measurements,
     models: Models,
+    draft: Draft,
     session_factory: sessionmaker[Session],
     config: Config,
 ) -> RecordedOutputs:
+    """``draft`` (``pacs_agent.drafting.draft_for_job``) gives the report's words: the SR, PDF
+    and FHIR carry its structured text and guarded narrative, and the preliminary report
+    version stores both with the grounding verdict and reasons."""
     source_ds = dcmread(source_path, stop_before_pixels=True)
     algorithms = algorithms_for(models)
-    text = structured_text(measurements, algorithms, str(source_ds.get("PatientSex", "")) or None)
-    report = DraftReport(narrative_text=text, demo_models=models.demo)
+    structured, narrative = report_parts(draft)
+    report = DraftReport(narrative_text=report_text(structured, narrative), demo_models=models.demo)
     written = write_report_objects(
         output_dir,
         source_ds,
@@ -88,7 +93,7 @@ def write_and_record(
         uid_seed=f"{source_ds.SOPInstanceUID}/job-{job_id}",
     )
     with session_factory.begin() as session:
-        version_id = _upsert_preliminary_report(session, study_id, text, models.demo)
+        version_id = _upsert_preliminary_report(session, study_id, draft, models.demo)
         ids = _replace_artifacts(session, job_id, study_id, version_id, written, config)
         study = session.get(Study, study_id)
         if study is not None and study.status in ("receiving", "complete", "analysing"):
@@ -113,7 +118,7 @@ def export_to_pacs(
                 )
 
 
-def _upsert_preliminary_report(session: Session, study_id: int, text: str, demo: bool) -> int:
+def _upsert_preliminary_report(session: Session, study_id: int, draft: Draft, demo: bool) -> int:
     versions = session.scalars(
         select(ReportVersion)
         .where(ReportVersion.study_fk == study_id)
@@ -128,7 +133,9 @@ def _upsert_preliminary_report(session: Session, study_id: int, text: str, demo:
         latest = ReportVersion(study_fk=study_id, version=1)
         session.add(latest)
     latest.status = "preliminary"
-    latest.structured_text = text
+    latest.structured_text, latest.narrative_text = report_parts(draft)
+    latest.grounding_verdict = draft.verdict
+    latest.grounding_reasons = list(draft.reasons)
     latest.demo_models = demo
     session.flush()
     return latest.id
