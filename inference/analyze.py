@@ -86,6 +86,31 @@ def run_analysis(
         pre = preprocess_cine(cine, preprocess_params)
     with clock("segmentation_s"):
         probability = np.asarray(segmenter.segment(pre.frames), dtype=np.float32)
+    return finish_analysis(
+        cine,
+        pre,
+        probability,
+        ef_model,
+        clip_batch=clip_batch,
+        all_clip_stride=all_clip_stride,
+        timings_s=timings_s,
+    )
+
+
+def finish_analysis(
+    cine: Cine,
+    pre: Preprocessed,
+    probability: np.ndarray,
+    ef_model: EFModel | None,
+    *,
+    clip_batch: int = DEFAULT_CLIP_BATCH,
+    all_clip_stride: int = 1,
+    timings_s: dict[str, float] | None = None,
+) -> LoopAnalysis:
+    """What follows segmentation, once every frame has its LV probability: EF per clip and
+    the measurements. Shared by ``run_analysis`` and the overlapped ``inference.stream``, so
+    both paths measure the same way."""
+    clock = _StageClock(timings_s)
     expected = (pre.frames.shape[0], *pre.frames.shape[2:])
     if probability.shape != expected:
         raise ValueError(f"the segmenter returned shape {probability.shape}, expected {expected}")
@@ -203,6 +228,11 @@ class TorchSegmenter:
     ) -> None:
         self.runner = _BatchRunner(model, batch_size, device, torch.channels_last, channels_last)
         self.model = self.runner.model
+
+    @property
+    def batch_size(self) -> int:
+        """Frames per forward pass (callers that feed chunks align them to it)."""
+        return self.runner.batch_size
 
     @classmethod
     def build(cls, width: float = 1.0, **kwargs: object) -> TorchSegmenter:

@@ -8,7 +8,9 @@ everything is normalised here, once. Anything wrong with the pixel data becomes 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,7 +35,12 @@ class DecodeError(ValueError):
 def read_cine(source: str | Path | BinaryIO | Dataset) -> Cine:
     """Decodes a DICOM cine loop (or single frame) from a file, stream or dataset."""
     ds = source if isinstance(source, Dataset) else _read_dataset(source)
-    frames = _decode_frames(ds)
+    layout = _pixel_layout(ds)
+    return cine_from_header(ds, _decode_frames(ds, layout))
+
+
+def cine_from_header(ds: Dataset, frames: np.ndarray) -> Cine:
+    """The ``Cine`` of decoded ``frames`` with the timing and geometry that ``ds`` states."""
     notes: list[str] = []
     frame_time_ms, time_source = frame_time_from_header(ds)
     if frame_time_ms is None and frames.shape[0] > 1:
@@ -54,6 +61,50 @@ def read_cine(source: str | Path | BinaryIO | Dataset) -> Cine:
     )
 
 
+class FrameReader:
+    """One loop opened for decoding a frame at a time, so decoding can run beside analysis.
+
+    The header is read and checked here, once; ``decode`` turns one frame into the same RGB
+    pixels that ``read_cine`` gives for it (same decoder, same colour handling), and
+    ``cine`` wraps a full frame array with the header's timing and geometry. ``decode`` only
+    reads the dataset, so one thread may decode while another holds the header ``Cine``.
+    """
+
+    def __init__(self, source: str | Path | BinaryIO | Dataset) -> None:
+        self.dataset = source if isinstance(source, Dataset) else _read_dataset(source)
+        self.layout = _pixel_layout(self.dataset)
+        self.rows = int(self.dataset.get("Rows", 0) or 0)
+        self.cols = int(self.dataset.get("Columns", 0) or 0)
+        if self.rows < 1 or self.cols < 1:
+            raise DecodeError(f"the header gives no image size ({self.rows} x {self.cols})")
+        # an empty frame array carries the header's timing, geometry and notes
+        self.header = cine_from_header(self.dataset, np.zeros((self.n_frames, 0, 0, 3), np.uint8))
+
+    @property
+    def n_frames(self) -> int:
+        return self.layout.n_frames
+
+    def decode(self, index: int) -> np.ndarray:
+        """Frame ``index`` as (rows, cols, 3) uint8 RGB; ``DecodeError`` when it cannot be."""
+        if not 0 <= index < self.n_frames:
+            raise IndexError(f"frame {index} of a {self.n_frames}-frame loop")
+        array = _decode_array(self.dataset, self.layout, index)
+        return _normalise_frames(array[np.newaxis], self.dataset, self.layout)[0]
+
+    def cine(self, frames: np.ndarray) -> Cine:
+        """The loop's ``Cine`` around all its decoded frames."""
+        if frames.shape != (self.n_frames, self.rows, self.cols, 3):
+            raise ValueError(f"expected {self.n_frames} frames of {self.rows} x {self.cols}")
+        return dataclasses.replace(self.header, frames=frames)
+
+
+@dataclass(frozen=True)
+class _PixelLayout:
+    n_frames: int
+    samples: int
+    photometric: str
+
+
 def _read_dataset(source: str | Path | BinaryIO) -> Dataset:
     try:
         return pydicom.dcmread(source)
@@ -61,32 +112,49 @@ def _read_dataset(source: str | Path | BinaryIO) -> Dataset:
         raise DecodeError(f"not a readable DICOM file: {exc}") from exc
 
 
-def _decode_frames(ds: Dataset) -> np.ndarray:
+def _pixel_layout(ds: Dataset) -> _PixelLayout:
     if "PixelData" not in ds:
         raise DecodeError("the dataset has no pixel data")
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    return _PixelLayout(
+        n_frames=int(ds.get("NumberOfFrames", 1) or 1),
+        samples=int(ds.get("SamplesPerPixel", 1)),
+        photometric=str(ds.get("PhotometricInterpretation", "")).upper(),
+    )
+
+
+def _decode_array(ds: Dataset, layout: _PixelLayout, index: int | None = None) -> np.ndarray:
+    """The decoder's array for one frame (``index``) or all of them, in RGB for colour."""
     try:
         # raw=False converts YBR_FULL / YBR_FULL_422 to RGB as the decoder requires
-        array = pixel_array(ds, raw=False)
+        array = pixel_array(ds, raw=False, index=index)
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
         raise DecodeError(
-            f"cannot decode pixel data ({syntax_name}, {photometric}): "
+            f"cannot decode pixel data ({syntax_name}, {layout.photometric}): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1))
+    # put a whole loop in (frames, rows, cols[, samples]) whether it has one frame or many
+    frame_ndim = 2 if layout.samples == 1 else 3
+    if index is None and layout.n_frames == 1 and array.ndim == frame_ndim:
+        array = array[np.newaxis]
+    return array
+
+
+def _decode_frames(ds: Dataset, layout: _PixelLayout) -> np.ndarray:
+    return _normalise_frames(_decode_array(ds, layout), ds, layout)
+
+
+def _normalise_frames(array: np.ndarray, ds: Dataset, layout: _PixelLayout) -> np.ndarray:
+    """Decoder output (frames, rows, cols[, samples]) -> (frames, rows, cols, 3) uint8 RGB."""
+    photometric, samples = layout.photometric, layout.samples
     if photometric == "PALETTE COLOR":
         array = apply_color_lut(array, ds)
         samples = 3
         lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         if lut_bits > 8:  # 16-bit palette entries: keep the most significant byte
             array = (array >> (lut_bits - 8)).astype(np.uint8)
-    # put every loop in (frames, rows, cols[, samples]) whether it has one frame or many
     expected_ndim = 3 if samples == 1 else 4
-    if n_frames == 1 and array.ndim == expected_ndim - 1:
-        array = array[np.newaxis]
     if array.ndim != expected_ndim:
         raise DecodeError(f"unexpected pixel array shape {array.shape} for {photometric}")
     array = _to_uint8(array, ds, photometric)

@@ -27,25 +27,40 @@ from inference.decode import read_cine
 from inference.phantom import generate_phantoms
 from inference.preprocess import PreprocessParams
 from inference.presets import load_preset
+from inference.stream import analyze_stream
 
 BENCH_ROWS, BENCH_COLS, BENCH_FRAMES = 600, 800, 100
 STAGES = ("decode_s", "preprocess_s", "segmentation_s", "ef_s", "measurements_s")
+SEQUENTIAL, OVERLAPPED = "sequential", "overlapped"
 
 
 @dataclass(frozen=True)
 class InferenceTiming:
+    """One analysis of the bench loop. ``stages_s`` are each stage's wall time (for the
+    overlapped path ``decode_s`` is the decoding thread's, running beside the others, and
+    ``decode_wait_s`` the part of it the analysis waited for); ``wall_s`` is the whole call."""
+
     models: str
     device: str
+    path: str  # SEQUENTIAL (decode, then analyse) or OVERLAPPED (inference.stream)
     n_frames: int
     stages_s: dict[str, float]
+    wall_s: float
 
     @property
-    def total_s(self) -> float:
-        return sum(self.stages_s.values())
+    def stage_sum_s(self) -> float:
+        return sum(self.stages_s.get(stage, 0.0) for stage in STAGES)
+
+    @property
+    def decode_hidden_s(self) -> float:
+        """Decoding time that ran while the analysis had other work (0 when sequential)."""
+        if self.path == SEQUENTIAL:
+            return 0.0
+        return max(0.0, self.stages_s["decode_s"] - self.stages_s.get("decode_wait_s", 0.0))
 
     @property
     def frames_per_s(self) -> float:
-        return self.n_frames / self.total_s if self.total_s > 0 else float("nan")
+        return self.n_frames / self.wall_s if self.wall_s > 0 else float("nan")
 
 
 def make_bench_loop(path: Path, seed: int = 11) -> Path:
@@ -103,31 +118,71 @@ def time_loop(
     label: str,
     device: str,
     all_clip_stride: int = 1,
+    overlapped: bool = True,
 ) -> InferenceTiming:
+    """One analysis of ``path``: decode then analyse, or both at once (``analyze_stream``)."""
     stages: dict[str, float] = {}
     started = time.perf_counter()
-    cine = read_cine(path)
-    stages["decode_s"] = time.perf_counter() - started
-    run_analysis(
-        cine, segmenter, ef_model, params, all_clip_stride=all_clip_stride, timings_s=stages
-    )
-    return InferenceTiming(label, device, cine.n_frames, {k: stages.get(k, 0.0) for k in STAGES})
+    if overlapped:
+        n_frames = analyze_stream(
+            path, segmenter, ef_model, params, all_clip_stride=all_clip_stride, timings_s=stages
+        ).cine.n_frames
+    else:
+        cine = read_cine(path)
+        stages["decode_s"] = time.perf_counter() - started
+        run_analysis(
+            cine, segmenter, ef_model, params, all_clip_stride=all_clip_stride, timings_s=stages
+        )
+        n_frames = cine.n_frames
+    wall = time.perf_counter() - started
+    kind = OVERLAPPED if overlapped else SEQUENTIAL
+    return InferenceTiming(label, device, kind, n_frames, stages, wall)
+
+
+def best_of(
+    repeats: int,
+    path: Path,
+    segmenter: TorchSegmenter,
+    ef_model: TorchEFModel,
+    params: PreprocessParams,
+    label: str,
+    device: str,
+    all_clip_stride: int = 1,
+) -> list[InferenceTiming]:
+    """The fastest sequential and the fastest overlapped run of ``repeats`` each, taken in
+    turns so both see the same machine state (other processes share the CPU)."""
+    runs: dict[bool, list[InferenceTiming]] = {False: [], True: []}
+    for _ in range(repeats):
+        for overlapped in (False, True):
+            runs[overlapped].append(
+                time_loop(
+                    path, segmenter, ef_model, params, label, device, all_clip_stride, overlapped
+                )
+            )
+    return [min(runs[o], key=lambda r: r.wall_s) for o in (False, True)]
 
 
 def run_inference_bench(
-    workdir: Path, *, full_width: bool = True, device: str = "cpu", full_width_stride: int = 1
+    workdir: Path,
+    *,
+    full_width: bool = True,
+    device: str = "cpu",
+    full_width_stride: int = 1,
+    repeats: int = 3,
 ) -> list[InferenceTiming]:
-    """Times the demo preset, and optionally the width-1.0 networks, on the bench loop."""
+    """Times the demo preset, and optionally the width-1.0 networks, on the bench loop, each
+    decoded first and decoded while analysing (best of ``repeats``)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     loop = make_bench_loop(workdir / "bench_a4c_800x600_100f_jpeg.dcm")
     demo = load_preset("demo", device=device)
-    results = []
     demo_params = PreprocessParams(mean=demo.mean, std=demo.std)
     seg, ef = (
         TorchSegmenter(demo.segmenter, device=device),
         TorchEFModel(demo.ef_model, device=device),
     )
     time_loop(loop, seg, ef, demo_params, "warm-up", device)  # first call pays one-off costs
-    results.append(time_loop(loop, seg, ef, demo_params, "demo (phantom-trained)", device))
+    results = best_of(repeats, loop, seg, ef, demo_params, "demo (phantom-trained)", device)
     if full_width:
         torch.manual_seed(0)
         seg_full, ef_full = (
@@ -137,22 +192,36 @@ def run_inference_bench(
         label = "width 1.0 (EchoNet-Dynamic layout, random weights)"
         if full_width_stride > 1:
             label += f", EF every {full_width_stride}th clip"
-        results.append(
-            time_loop(loop, seg_full, ef_full, demo_params, label, device, full_width_stride)
+        results += best_of(
+            repeats, loop, seg_full, ef_full, demo_params, label, device, full_width_stride
         )
     return results
 
 
 def format_table(results: Sequence[InferenceTiming]) -> str:
+    """Markdown: each stage, the stage sum, the wall time and how much decoding was hidden."""
     header = (
-        "| models | device | frames | decode | preprocess | segmentation | EF | measurements "
-        "| total | frames/s |"
+        "| models | device | path | frames | decode | preprocess | segmentation | EF "
+        "| measurements | stage sum | wall | decode hidden | frames/s |"
     )
-    rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    rule = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     rows = [
-        f"| {r.models} | {r.device} | {r.n_frames} | "
-        + " | ".join(f"{r.stages_s[s]:.2f} s" for s in STAGES)
-        + f" | {r.total_s:.2f} s | {r.frames_per_s:.1f} |"
+        f"| {r.models} | {r.device} | {r.path} | {r.n_frames} | "
+        + " | ".join(f"{r.stages_s.get(s, 0.0):.2f} s" for s in STAGES)
+        + f" | {r.stage_sum_s:.2f} s | {r.wall_s:.2f} s | {r.decode_hidden_s:.2f} s"
+        + f" | {r.frames_per_s:.1f} |"
         for r in results
     ]
-    return "\n".join([header, rule, *rows])
+    notes = []
+    by_model: dict[str, dict[str, InferenceTiming]] = {}
+    for r in results:
+        by_model.setdefault(r.models, {})[r.path] = r
+    for model, pair in by_model.items():
+        if SEQUENTIAL in pair and OVERLAPPED in pair:
+            seq, ovl = pair[SEQUENTIAL], pair[OVERLAPPED]
+            notes.append(
+                f"{model}: overlapped {ovl.wall_s:.2f} s vs sequential {seq.wall_s:.2f} s "
+                f"({seq.wall_s - ovl.wall_s:+.2f} s saved); decoding {ovl.stages_s['decode_s']:.2f}"
+                f" s on its thread, {ovl.stages_s.get('decode_wait_s', 0.0):.2f} s of it waited for"
+            )
+    return "\n".join([header, rule, *rows, "", *notes])
