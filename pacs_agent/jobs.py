@@ -18,11 +18,13 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from pacs_agent.db.engine import retry_on_disconnect
 from pacs_agent.db.models import Job, Study
+from pacs_agent.logcontext import job_log_context
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ def enqueue(session: Session, job_ids: Iterable[int], now: dt.datetime) -> list[
     return moved
 
 
+@retry_on_disconnect("claiming a job")
 def claim_next(
     session_factory: sessionmaker[Session], worker_id: str, now: dt.datetime, batch: int = 8
 ) -> int | None:
@@ -157,6 +160,7 @@ def claim_next(
     return None
 
 
+@retry_on_disconnect("a job heartbeat")
 def heartbeat(
     session_factory: sessionmaker[Session], running: Iterable[tuple[int, str]], now: dt.datetime
 ) -> None:
@@ -171,6 +175,7 @@ def heartbeat(
             )
 
 
+@retry_on_disconnect("recording a finished job")
 def finish_job(
     session_factory: sessionmaker[Session], job_id: int, worker_id: str, now: dt.datetime
 ) -> bool:
@@ -185,6 +190,7 @@ def finish_job(
         return result.rowcount == 1
 
 
+@retry_on_disconnect("recording a failed attempt")
 def fail_attempt(
     session_factory: sessionmaker[Session],
     job_id: int,
@@ -243,11 +249,52 @@ def recover_interrupted(session: Session, now: dt.datetime) -> Recovery:
     (created, never queued) is queued. Must not run while another node's workers share the
     database: their running jobs would look interrupted too.
     """
+    requeued, failed = _put_back_running(session, now, stale_before=None)
+    received = session.scalars(select(Job.id).where(Job.state == "received")).all()
+    requeued.extend(enqueue(session, received, now))
+    return Recovery(requeued=tuple(requeued), failed=tuple(failed))
+
+
+def requeue_stale(session: Session, now: dt.datetime, stale_before: dt.datetime) -> Recovery:
+    """Recovery for workers on other machines (the Celery backend): a ``running`` job whose
+    heartbeat is older than ``stale_before`` lost its worker (killed, host gone) and goes back
+    to ``queued``, or to ``failed`` out of attempts. A job a live worker still stamps is left
+    alone, so any number of listeners may run this at once; the conditional UPDATEs decide.
+    A ``received`` job older than ``stale_before`` (its creator died before queueing it) is
+    queued too."""
+    requeued, failed = _put_back_running(session, now, stale_before=stale_before)
+    received = session.scalars(
+        select(Job.id).where(Job.state == "received", Job.created_at < stale_before)
+    ).all()
+    requeued.extend(enqueue(session, received, now))
+    return Recovery(requeued=tuple(requeued), failed=tuple(failed))
+
+
+def _put_back_running(
+    session: Session, now: dt.datetime, stale_before: dt.datetime | None
+) -> tuple[list[int], list[int]]:
+    """running -> queued (due now) or failed (no attempts left); every running job, or with
+    ``stale_before`` only those whose heartbeat (else start) is older. Returns (requeued,
+    failed)."""
     requeued: list[int] = []
     failed: list[int] = []
-    running = session.scalars(select(Job).where(Job.state == "running").order_by(Job.id)).all()
+    condition = [Job.state == "running"]
+    if stale_before is not None:
+        condition.append(
+            or_(
+                Job.heartbeat_at < stale_before,
+                and_(Job.heartbeat_at.is_(None), Job.started_at < stale_before),
+            )
+        )
+    running = session.scalars(select(Job).where(*condition).order_by(Job.id)).all()
     for job in running:
-        note = f"interrupted: the node stopped during attempt {job.attempts}"
+        if stale_before is None:
+            note = f"interrupted: the node stopped during attempt {job.attempts}"
+        else:
+            note = (
+                f"interrupted: worker {job.worker_id} stopped beating "
+                f"during attempt {job.attempts}"
+            )
         if job.attempts >= job.max_attempts:
             values: dict[str, object] = {
                 "state": "failed",
@@ -258,7 +305,7 @@ def recover_interrupted(session: Session, now: dt.datetime) -> Recovery:
             values = {"state": "queued", "next_attempt_at": now, "last_error": note}
         result = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.state == "running")
+            .where(Job.id == job.id, *condition)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -266,9 +313,76 @@ def recover_interrupted(session: Session, now: dt.datetime) -> Recovery:
             (failed if values["state"] == "failed" else requeued).append(job.id)
             if values["state"] == "failed":
                 _fail_study_if_nothing_left(session, job.study_fk, now)
-    received = session.scalars(select(Job.id).where(Job.state == "received")).all()
-    requeued.extend(enqueue(session, received, now))
-    return Recovery(requeued=tuple(requeued), failed=tuple(failed))
+    return requeued, failed
+
+
+@retry_on_disconnect("claiming a delivered job")
+def claim_job(
+    session_factory: sessionmaker[Session],
+    job_id: int,
+    worker_id: str,
+    now: dt.datetime,
+    stale_before: dt.datetime,
+) -> bool:
+    """Claims one named job for ``worker_id`` (a queue message delivered it); True when won.
+
+    Wins when the job is ``queued`` and due, or ``running`` with a heartbeat older than
+    ``stale_before`` and attempts left (its worker died; the broker delivered the message
+    again). Loses, changing nothing, when the job is done, failed, not yet due, or running
+    with a fresh heartbeat elsewhere: that is what makes a message delivered twice harmless.
+    """
+    due_queued = and_(
+        Job.state == "queued",
+        or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+    )
+    abandoned = and_(
+        Job.state == "running",
+        Job.attempts < Job.max_attempts,
+        or_(
+            Job.heartbeat_at < stale_before,
+            and_(Job.heartbeat_at.is_(None), Job.started_at < stale_before),
+        ),
+    )
+    with session_factory.begin() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, or_(due_queued, abandoned))
+            .values(
+                state="running",
+                worker_id=worker_id,
+                attempts=Job.attempts + 1,
+                started_at=now,
+                heartbeat_at=now,
+                finished_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def queued_waiting_since(session: Session, due_before: dt.datetime) -> list[int]:
+    """Queued jobs due since before ``due_before``: their message is late or was lost (a
+    broker that keeps nothing on disk restarted), so a sweeper publishes them again."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.state == "queued",
+                or_(Job.next_attempt_at.is_(None), Job.next_attempt_at < due_before),
+            )
+            .order_by(Job.next_attempt_at, Job.id)
+        )
+    )
+
+
+def seconds_until_due(session: Session, job_id: int, now: dt.datetime) -> float | None:
+    """Seconds until a queued job's next attempt (0 when due); None when it is not queued."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != "queued":
+        return None
+    if job.next_attempt_at is None:
+        return 0.0
+    return max(0.0, (utc(job.next_attempt_at) - now).total_seconds())
 
 
 def execute_job(
@@ -283,8 +397,20 @@ def execute_job(
 
     Any Exception is the job's failure, never the worker's: it is written to ``last_error``.
     BaseException (SystemExit, KeyboardInterrupt) passes through and leaves the job
-    ``running`` for start-up recovery.
+    ``running`` for start-up recovery. Log lines carry the job's, study's and instance's ids.
     """
+    with job_log_context(session_factory, job_id):
+        return _execute(session_factory, job_id, worker_id, runner, backoff, clock)
+
+
+def _execute(
+    session_factory: sessionmaker[Session],
+    job_id: int,
+    worker_id: str,
+    runner: Callable[[int], None],
+    backoff: Backoff,
+    clock: Callable[[], dt.datetime],
+) -> str | None:
     try:
         runner(job_id)
     except PermanentJobError as exc:

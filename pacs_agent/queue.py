@@ -2,8 +2,8 @@
 
 ``LocalThreadQueue`` (the default) runs worker threads inside the node that poll the table;
 ``submit`` only wakes one early. A job submitted just before the process dies is therefore not
-lost: it is still ``queued`` in the table, and the next start-up finds it. A Celery backend will
-sit behind the same ``JobQueue`` interface.
+lost: it is still ``queued`` in the table, and the next start-up finds it. The Celery backend
+(``pacs_agent.celery_queue``) sits behind the same ``JobQueue`` interface.
 """
 
 from __future__ import annotations
@@ -157,4 +157,5 @@ def make_queue(
     """The queue named by ``queue.backend``."""
     if backend == "local":
         return LocalThreadQueue(session_factory, runner, workers=workers, backoff=backoff)
-    raise ValueError(f"queue backend {backend!r} is not available yet (use 'local')")
+    # celery needs the whole configuration (broker, timings): see pacs_agent.celery_queue
+    raise ValueError(f"queue backend {backend!r} is not built here (make_queue runs 'local')")
