@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_agent import jobs
 from pacs_agent.config import Config
+from pacs_agent.db.engine import retry_on_disconnect
 from pacs_agent.db.models import Instance, Job, Series, Study
 from pacs_agent.selection import Selection, SelectionError, not_eligible, select_loop
 from pacs_agent.view_classifier import ViewClassifier
@@ -174,6 +175,7 @@ def _study_reason(verdicts: dict[LoopToJudge, Selection]) -> str:
     return f"no loop eligible for analysis ({len(verdicts)} not analysed; see the series)"
 
 
+@retry_on_disconnect("the study assembly pass")
 def assemble(
     session_factory: sessionmaker[Session],
     config: Config,
@@ -183,7 +185,8 @@ def assemble(
     """One assembler pass: complete stable studies, judge their new loops, queue the jobs.
 
     Every study still ``complete`` is judged, not only those completed in this pass: one that
-    a crash (or a database error) left between completion and its verdicts is picked up again.
+    a crash (or a database error) left between completion and its verdicts is picked up again;
+    that is also why a pass cut short by a lost connection is simply run again.
     """
     with session_factory.begin() as session:
         completed = [s.id for s in complete_stable_studies(session, now, config.dicom.stable_age_s)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -17,6 +19,7 @@ from pacs_agent.db import ensure_schema, make_engine, make_session_factory
 from pacs_agent.db.models import User
 from pacs_agent.export import c_store_file
 from pacs_agent.node import RunningNode
+from pacs_agent.readiness import ModelStatus
 from pacs_agent.users import add_user
 
 log = logging.getLogger("echo_agent.demo")
@@ -46,6 +49,27 @@ def send_studies(node: RunningNode, folder: Path) -> int:
         "demo: sent %d of %d phantom loops to %s", sent, len(files), node.config.dicom.ae_title
     )
     return sent
+
+
+def follow_model_status(
+    status: ModelStatus,
+    emit: Callable[[str], None] = print,
+    poll_s: float = 0.5,
+    stop: threading.Event | None = None,
+) -> str:
+    """Prints each new model-loading message ("Loading the segmentation and EF models...",
+    "Converting the embedded language model (first run only)...", "Ready") until the models
+    are ready or one failed; returns that final state. A first run converts the embedded
+    language model, so a newcomer sees why the first minute is slow."""
+    stop = stop or threading.Event()
+    last = ""
+    while True:
+        snapshot = status.snapshot()
+        if snapshot["message"] != last:
+            last = snapshot["message"]
+            emit(f"models: {last}")
+        if snapshot["state"] in ("ready", "failed") or stop.wait(poll_s):
+            return str(snapshot["state"])
 
 
 def _loopback_host(listen_host: str) -> str:

@@ -40,6 +40,7 @@ from pacs_agent.dicom.status import (
 from pacs_agent.dicom.tls import server_tls_context
 from pacs_agent.dicom.validate import InvalidInstanceError, inspect_dataset
 from pacs_agent.ingest import find_instance
+from pacs_agent.logcontext import log_context
 from pacs_agent.startup import StartupError, check_port_free, dicom_address
 from pacs_agent.store import (
     BYTES_PER_MB,
@@ -84,7 +85,8 @@ class StoreService:
         # the dataset exactly as received; a view, so a loop of hundreds of MB is not copied
         data = request.DataSet.getbuffer()
         try:
-            return self._store(data, syntax, sop_class, sop_instance, calling_ae, started)
+            with log_context(instance_uid=sop_instance):
+                return self._store(data, syntax, sop_class, sop_instance, calling_ae, started)
         finally:
             data.release()
 
