@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import getpass
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,7 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run the node: DICOM listener, study assembly, analysis workers, web"
     )
+    serve.add_argument(
+        "--role",
+        choices=("all", "listener", "web"),
+        default="all",
+        help="all: everything in one process (default); listener: DICOM, assembly, job "
+        "submission; web: the review app only (scale-out: see README)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser(
+        "worker", help="run a Celery worker that analyses jobs (queue.backend = 'celery')"
+    )
+    worker.set_defaults(func=cmd_worker)
 
     demo = sub.add_parser("demo", help="run the node and send it demo phantom studies over DICOM")
     demo.add_argument("--studies", type=int, default=2, help="number of phantom studies")
@@ -145,8 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="full width: EF on every Nth clip start (1 = all, as the node does by default)",
     )
     bench_inference.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    bench_inference.add_argument(
+        "--repeats", type=int, default=3, help="best of N runs of each path"
+    )
     bench_inference.add_argument("--out", type=Path, help="also write the table to this file")
     bench_inference.set_defaults(func=cmd_bench_inference, needs_config=False)
+
+    bench_pipeline = bench_sub.add_parser(
+        "pipeline",
+        help="seconds per study from the last C-STORE to the drafted report, by stage",
+    )
+    bench_pipeline.add_argument("--studies", type=int, default=3, help="phantom studies")
+    bench_pipeline.add_argument(
+        "--out", type=Path, help="also write the table to this file (.csv: CSV, else Markdown)"
+    )
+    bench_pipeline.set_defaults(func=cmd_bench_pipeline, needs_config=False)
+
+    bench_throughput = bench_sub.add_parser(
+        "throughput",
+        help="studies per hour through a listener and 1, then 2, Celery workers (Redis, PG)",
+    )
+    bench_throughput.add_argument("--studies", type=int, default=8, help="phantom studies")
+    bench_throughput.add_argument(
+        "--broker-url", default="redis://127.0.0.1:6379/14", help="Redis or RabbitMQ URL"
+    )
+    bench_throughput.add_argument(
+        "--postgres-admin-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="a fresh database is created (and dropped) through this URL for each run",
+    )
+    bench_throughput.add_argument("--out", type=Path, help="also write the table to this file")
+    bench_throughput.set_defaults(func=cmd_bench_throughput, needs_config=False)
 
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -164,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = None
         if getattr(args, "needs_config", True):
             config = load_config(args.config)
-            configure_logging(config.logging.level)
+            configure_logging(config.logging.level, config.logging.format)
         else:
             configure_logging("INFO")
         return func(args, config)
@@ -338,8 +381,27 @@ def cmd_bench_inference(args: argparse.Namespace, _config: Config | None) -> int
             full_width=not args.no_full_width,
             device=args.device,
             full_width_stride=args.full_width_stride,
+            repeats=args.repeats,
         )
     _print_table(format_table(results), args.out)
+    return 0
+
+
+def cmd_bench_pipeline(args: argparse.Namespace, _config: Config | None) -> int:
+    """A node on the embedded defaults in a temporary home; phantom studies timed end to end."""
+    import tempfile
+
+    from pacs_agent.bench.pipeline import format_table, run_pipeline_bench
+
+    if args.studies < 1:
+        raise ValueError("--studies must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="echo-agent-bench-") as workdir:
+        result = run_pipeline_bench(Path(workdir), studies=args.studies)
+    print(format_table(result))
+    if args.out:
+        fmt = "csv" if args.out.suffix.lower() == ".csv" else "markdown"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(format_table(result, fmt) + "\n")
     return 0
 
 
@@ -353,7 +415,12 @@ def _print_table(table: str, out: Path | None) -> None:
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     """Writes phantom studies once, runs the node, and sends the studies to it over DICOM."""
     from inference.phantom import generate_phantoms
-    from pacs_agent.demo import DEMO_USERNAME, ensure_demo_account, send_studies
+    from pacs_agent.demo import (
+        DEMO_USERNAME,
+        ensure_demo_account,
+        follow_model_status,
+        send_studies,
+    )
 
     config = _require(config)
     prepare_home(config)
@@ -365,6 +432,10 @@ def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     review_url = f"http://{config.web.host}:{config.web.port}/"
 
     def on_started(node: RunningNode) -> None:
+        progress = functools.partial(print, flush=True)
+        threading.Thread(
+            target=follow_model_status, args=(node.model_status, progress), daemon=True
+        ).start()
         send_studies(node, demo_dir)
         lines = [f"Review the demo studies at {review_url}"]
         if password is not None:
@@ -374,21 +445,56 @@ def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     return _serve(config, on_started=on_started)
 
 
-def cmd_serve(_args: argparse.Namespace, config: Config | None) -> int:
-    return _serve(_require(config))
+def cmd_serve(args: argparse.Namespace, config: Config | None) -> int:
+    return _serve(_require(config), role=args.role)
 
 
-def _serve(config: Config, on_started: Callable[[RunningNode], None] | None = None) -> int:
+def _serve(
+    config: Config,
+    on_started: Callable[[RunningNode], None] | None = None,
+    role: str = "all",
+) -> int:
     from pacs_agent.node import run_node  # pynetdicom, waitress, Flask: only when serving
 
     prepare_home(config)
-    web_socket = bind_listen_socket(web_address(config))
+    web_socket = None if role == "listener" else bind_listen_socket(web_address(config))
     try:
-        check_port_free(dicom_address(config))
+        if role != "web":
+            check_port_free(dicom_address(config))
     except StartupError:
-        web_socket.close()
+        if web_socket is not None:
+            web_socket.close()
         raise
-    run_node(config, web_socket=web_socket, on_started=on_started)
+    run_node(config, web_socket=web_socket, on_started=on_started, role=role)
+    return 0
+
+
+def cmd_worker(_args: argparse.Namespace, config: Config | None) -> int:
+    """A Celery worker: loads the models once, then runs the jobs the broker delivers."""
+    config = _require(config)
+    if config.queue.backend != "celery":
+        raise ConfigError(
+            "echo-agent worker needs queue.backend = 'celery' and queue.broker_url "
+            f"(got backend {config.queue.backend!r})"
+        )
+    from pacs_agent.celery_queue import run_worker  # celery only when asked for
+
+    prepare_home(config)
+    return run_worker(config)
+
+
+def cmd_bench_throughput(args: argparse.Namespace, _config: Config | None) -> int:
+    import tempfile
+
+    from pacs_agent.bench.throughput import format_table, run_throughput_bench
+
+    if args.studies < 1:
+        raise ValueError("--studies must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="echo-agent-bench-") as workdir:
+        result = run_throughput_bench(
+            Path(workdir), args.studies, args.broker_url, args.postgres_admin_url
+        )
+    _print_table(format_table(result), args.out)
     return 0
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "ECHO_AGENT_"
 CONFIG_FILE_ENV = "ECHO_AGENT_CONFIG"
@@ -82,6 +83,20 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class EhrConfig:
+    """FHIR delivery to the EHR. ``fhir_base_url`` empty: no delivery (the bundles are still
+    written and served read-only under ``/fhir``). ``bearer_token_env`` names the environment
+    variable that holds the token, so the secret never sits in the TOML file."""
+
+    fhir_base_url: str = ""
+    timeout_s: float = 30.0
+    max_attempts: int = 5
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 300.0
+    bearer_token_env: str = ""
+
+
+@dataclass(frozen=True)
 class SelectionConfig:
     """Which loops are analysed: metadata patterns for the A4C view, and a minimum length."""
 
@@ -106,6 +121,8 @@ class SelectionConfig:
 class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # /metrics: empty = answered to loopback clients only; set = "Authorization: Bearer <token>"
+    metrics_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,11 @@ class DatabaseConfig:
 
     url: str = ""
     echo_sql: bool = False
+    # PostgreSQL connection pool (SQLite ignores these): per process, so size it per role
+    pool_size: int = 5
+    max_overflow: int = 10
+    # connections older than this are replaced (firewalls and proxies drop idle ones silently)
+    pool_recycle_s: int = 1800
 
 
 @dataclass(frozen=True)
@@ -125,12 +147,24 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class QueueConfig:
+    """``local``: worker threads inside the node (``workers`` of them). ``celery``: the node
+    publishes job ids to ``broker_url`` (redis:// or amqp://) and ``echo-agent worker``
+    processes run them (``workers`` = each worker's concurrency); the jobs table stays the
+    truth, so a lost or repeated message loses or repeats no job."""
+
     backend: str = "local"
     workers: int = 1
     max_attempts: int = 3
     # a failed attempt waits backoff_initial_s, doubled per attempt, at most backoff_max_s
     backoff_initial_s: float = 5.0
     backoff_max_s: float = 300.0
+    broker_url: str = ""
+    # Redis: a message taken by a worker that died comes back after this long unacknowledged
+    visibility_timeout_s: float = 600.0
+    # a running job whose heartbeat is older than this lost its worker and is taken over
+    heartbeat_stale_s: float = 60.0
+    # a queued job due this long without a worker taking it is published again (lost message)
+    republish_after_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -152,10 +186,12 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class LlmConfig:
-    """The language model behind the chat. ``model_path`` empty: the embedded SmolLM2-135M,
-    converted once into ``cache_dir`` (empty: ``<home>/models``); otherwise any local Hugging
-    Face model directory. ``chat = false`` answers by quoting the measurements only."""
+    """The language model behind the report draft and the chat. ``model_path`` empty: the
+    embedded SmolLM2-135M, converted once into ``cache_dir`` (empty: ``<home>/models``);
+    otherwise any local Hugging Face model directory. ``draft = false`` reports the structured
+    text only (no narrative); ``chat = false`` answers by quoting the measurements only."""
 
+    draft: bool = True
     chat: bool = True
     model_path: str = ""
     cache_dir: str = ""
@@ -167,6 +203,8 @@ class LlmConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
+    # "text": one readable line per event; "json": one JSON object per line (for collectors)
+    format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -180,6 +218,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    ehr: EhrConfig = field(default_factory=EhrConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     destinations: list[DestinationConfig] = field(default_factory=list)
@@ -213,6 +252,7 @@ _CHOICES: dict[tuple[str, str], frozenset[str]] = {
     ("models", "device"): frozenset({"auto", "cpu", "cuda"}),
     ("llm", "device"): frozenset({"auto", "cpu", "cuda"}),
     ("logging", "level"): frozenset({"DEBUG", "INFO", "WARNING", "ERROR"}),
+    ("logging", "format"): frozenset({"text", "json"}),
 }
 
 
@@ -439,10 +479,13 @@ def _check_ranges(config: Config) -> None:
         "dicom.max_associations": config.dicom.max_associations,
         "queue.workers": config.queue.workers,
         "queue.max_attempts": config.queue.max_attempts,
+        "database.pool_size": config.database.pool_size,
     }
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if config.database.max_overflow < 0 or config.database.pool_recycle_s < 0:
+        raise ConfigError("database.max_overflow and database.pool_recycle_s must not be negative")
     if config.dicom.stable_age_s < 0 or config.dicom.min_free_disk_mb < 0:
         raise ConfigError("dicom.stable_age_s and dicom.min_free_disk_mb must not be negative")
     for (section, key), allowed in _CHOICES.items():
@@ -470,6 +513,7 @@ def _check_ranges(config: Config) -> None:
         _check_ae_title(f"{where}.ae_title", dest.ae_title)
         if not 1 <= dest.port <= 65535:
             raise ConfigError(f"{where}.port must be between 1 and 65535, got {dest.port}")
+    _check_queue(config.queue)
     for name, value in (
         ("queue.backoff_initial_s", config.queue.backoff_initial_s),
         ("queue.backoff_max_s", config.queue.backoff_max_s),
@@ -498,6 +542,62 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(
             f"export.max_attempts must be at least 1, got {config.export.max_attempts}"
         )
+    _check_ehr(config.ehr)
+
+
+def _check_ehr(ehr: EhrConfig) -> None:
+    """The EHR's FHIR base: an absolute http(s) URL without credentials, query or fragment
+    (credentials go in the bearer token; the URL is shown on pages and in the audit)."""
+    if ehr.fhir_base_url:
+        try:
+            parts = urlsplit(ehr.fhir_base_url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (
+                parts.port is None or parts.port > 0
+            )
+        except ValueError:  # a malformed host or port
+            usable = False
+        if not usable:
+            raise ConfigError(
+                f"ehr.fhir_base_url must be an http:// or https:// URL, got {ehr.fhir_base_url!r}"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError(
+                "ehr.fhir_base_url must not carry credentials, a query or a fragment "
+                "(use ehr.bearer_token_env for a token)"
+            )
+        if len(ehr.fhir_base_url) > 200:
+            raise ConfigError("ehr.fhir_base_url must be at most 200 characters")
+    if ehr.max_attempts < 1:
+        raise ConfigError(f"ehr.max_attempts must be at least 1, got {ehr.max_attempts}")
+    if ehr.timeout_s <= 0:
+        raise ConfigError(f"ehr.timeout_s must be positive, got {ehr.timeout_s}")
+    if ehr.backoff_initial_s < 0 or ehr.backoff_max_s < 0:
+        raise ConfigError("ehr.backoff_initial_s and ehr.backoff_max_s must not be negative")
+    if ehr.bearer_token_env and not ehr.bearer_token_env.replace("_", "").isalnum():
+        raise ConfigError(
+            f"ehr.bearer_token_env must be an environment variable name, "
+            f"got {ehr.bearer_token_env!r}"
+        )
+
+
+def _check_queue(queue: QueueConfig) -> None:
+    """The Celery settings: a broker URL the node can use, and timings whose order holds (a
+    heartbeat is stamped every third of ``heartbeat_stale_s``, so a live worker never looks
+    dead)."""
+    if queue.backend == "celery":
+        scheme = urlsplit(queue.broker_url).scheme if queue.broker_url else ""
+        if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+            raise ConfigError(
+                "queue.broker_url must be a redis:// or amqp:// URL when queue.backend is "
+                f"'celery', got {queue.broker_url!r}"
+            )
+    for name, value in (
+        ("queue.visibility_timeout_s", queue.visibility_timeout_s),
+        ("queue.heartbeat_stale_s", queue.heartbeat_stale_s),
+        ("queue.republish_after_s", queue.republish_after_s),
+    ):
+        if value < 3:
+            raise ConfigError(f"{name} must be at least 3 seconds, got {value}")
 
 
 def _check_ae_title(key: str, ae: str) -> None:

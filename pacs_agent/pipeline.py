@@ -1,14 +1,14 @@
 """What a job does: the stages between a stored loop and its results.
 
-Today the stages are the ones that exist: load the instance from the store, decode its pixel
-data, and record what was decoded (frames, timing) in the job's log. Segmentation, EF,
-measurements, the language-model draft and the reporting objects plug in at
-``analyse_and_report`` once the ``inference`` and ``reporting`` packages provide them; until
-then a job ends "done" with no measurements, and none are invented.
+Load the instance from the store; decode it on a background thread while the frames already
+decoded are preprocessed and segmented; EF and measurements; the language-model draft, checked
+by the grounding guard; the reporting objects (SEG, SR, overlay, secondary capture, PDF, FHIR)
+recorded as artifacts; C-STORE to the PACS destinations and the FHIR bundle to the EHR. Each
+stage's seconds go to the job log (``stages_s`` of the "analysed" line).
 
-A job may run more than once (a retry, or a crash and recovery after the outputs were written
-but before the job was marked done), so every output is written so that a second run replaces
-the first instead of adding to it.
+A job may run more than once (a retry, a redelivered Celery task, or a crash and recovery after
+the outputs were written but before the job was marked done), so every output is written so that
+a second run replaces the first instead of adding to it.
 """
 
 from __future__ import annotations
@@ -21,18 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inference.analyze import run_analysis
 from inference.decode import DecodeError, read_cine
 from inference.preprocess import PreprocessError
+from inference.stream import analyze_stream
 from inference.types import Cine
-from pacs_agent.analysis import LoopResult, ModelCache, measurements_document
+from pacs_agent.analysis import LoopResult, ModelCache, Models, measurements_document
 from pacs_agent.config import Config
 from pacs_agent.db.models import Analysis, Instance, Job, utcnow
+from pacs_agent.drafting import TextModelCache, draft_for_job, header_sex
+from pacs_agent.fhir_delivery import deliver_if_current
 from pacs_agent.jobs import KIND_ANALYZE, PermanentJobError
-from pacs_agent.outputs import OUTPUTS_DIR_NAME, export_to_pacs, write_and_record
+from pacs_agent.outputs import (
+    OUTPUTS_DIR_NAME,
+    algorithms_for,
+    export_to_pacs,
+    write_and_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +86,25 @@ def run_job(
     session_factory: sessionmaker[Session],
     config: Config,
     models: ModelCache | None = None,
+    text_models: TextModelCache | None = None,
 ) -> None:
     """Runs one job's stages. Raises PermanentJobError subclasses for what a retry cannot fix;
     any other exception is a failed attempt that the queue retries with back-off.
 
-    ``models`` None runs the stages that need no network (decode and record) only."""
+    ``models`` None runs the stages that need no network (decode and record) only;
+    ``text_models`` is the process's language model for the draft (see ``analyse_and_report``)."""
     context = load_context(job_id, session_factory, config)
     write_log(context, "attempt", attempt=context.attempt)
-    loop = decode_loop(context.path)
+    analysed = None if models is None else decode_and_analyse(context.path, config, models)
+    loop = decode_loop(context.path) if analysed is None else analysed.cine
     summary = loop_summary(loop)
     write_json_atomic(context.output_dir / DECODED_SUMMARY_NAME, summary)
     write_log(context, "decoded", **summary)
     _test_delay()
     if models is not None:
-        analyse_and_report(context, loop, session_factory, config, models)
+        analyse_and_report(
+            context, loop, session_factory, config, models, text_models, analysed=analysed
+        )
     else:
         write_log(context, "analysis", status="skipped", why="no models given to this run")
     write_log(context, "finished", attempt=context.attempt)
@@ -130,6 +144,56 @@ def decode_loop(path: Path) -> Cine:
         raise PixelDataError(str(exc)) from exc
 
 
+def decode_and_analyse(path: Path, config: Config, models: ModelCache) -> LoopResult:
+    """Decodes the loop on a background thread while the decoded frames are preprocessed and
+    segmented (``inference.stream``: the same result as decoding first, in less time). Corrupt
+    pixels are a PixelDataError, unusable weights or a loop without a fan an AnalysisError."""
+    loaded = _loaded_models(models, config)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        streamed = analyze_stream(
+            path,
+            loaded.segmenter,
+            loaded.ef_model,
+            loaded.params,
+            all_clip_stride=config.models.all_clip_stride,
+            timings_s=timings,
+        )
+    except DecodeError as exc:
+        raise PixelDataError(str(exc)) from exc
+    except PreprocessError as exc:
+        raise AnalysisError(f"cannot analyse the loop: {exc}") from exc
+    timings["decode_and_analysis_wall_s"] = time.perf_counter() - started
+    return LoopResult(streamed.cine, streamed.analysis, loaded, timings)
+
+
+def analyse_loop(loop: Cine, config: Config, models: ModelCache) -> LoopResult:
+    """The analysis of an already decoded loop (``run_analysis``), errors as in
+    ``decode_and_analyse``."""
+    loaded = _loaded_models(models, config)
+    timings: dict[str, float] = {}
+    try:
+        analysis = run_analysis(
+            loop,
+            loaded.segmenter,
+            loaded.ef_model,
+            loaded.params,
+            all_clip_stride=config.models.all_clip_stride,
+            timings_s=timings,
+        )
+    except PreprocessError as exc:
+        raise AnalysisError(f"cannot analyse the loop: {exc}") from exc
+    return LoopResult(loop, analysis, loaded, timings)
+
+
+def _loaded_models(models: ModelCache, config: Config) -> Models:
+    try:
+        return models.get()
+    except ValueError as exc:  # unusable weights: a retry cannot fix configuration
+        raise AnalysisError(f"cannot load the {config.models.preset} models: {exc}") from exc
+
+
 def loop_summary(cine: Cine) -> dict[str, Any]:
     """What the job log and ``decoded.json`` record of a decoded loop (no patient data)."""
     return {
@@ -152,29 +216,20 @@ def analyse_and_report(
     session_factory: sessionmaker[Session],
     config: Config,
     models: ModelCache,
+    text_models: TextModelCache | None = None,
+    *,
+    analysed: LoopResult | None = None,
 ) -> None:
-    """Segmentation, EF and measurements, then (as they land) the language-model draft and the
-    reporting objects (SEG, SR, overlay, FHIR).
+    """Segmentation, EF and measurements, the language-model draft (``llm.draft``; the model
+    from ``text_models``, loaded for this job alone when None), then the reporting objects
+    (SEG, SR, overlay, PDF, FHIR) and their export.
 
     A re-run replaces instead of adding: ``measurements.json`` is written then renamed, and the
     one ``Analysis`` row per job (``job_fk`` is unique) is updated in place.
     """
-    try:
-        loaded = models.get()
-    except ValueError as exc:  # unusable weights: a retry cannot fix configuration
-        raise AnalysisError(f"cannot load the {config.models.preset} models: {exc}") from exc
-    timings: dict[str, float] = {}
-    try:
-        analysis = run_analysis(
-            loop,
-            loaded.segmenter,
-            loaded.ef_model,
-            loaded.params,
-            all_clip_stride=config.models.all_clip_stride,
-            timings_s=timings,
-        )
-    except PreprocessError as exc:
-        raise AnalysisError(f"cannot analyse the loop: {exc}") from exc
+    if analysed is None:  # ``run_job`` passes the overlapped decode + analysis of ``loop``
+        analysed = analyse_loop(loop, config, models)
+    loaded, analysis, timings = analysed.models, analysed.analysis, dict(analysed.timings_s)
     document = measurements_document(LoopResult(loop, analysis, loaded, timings))
     write_json_atomic(context.output_dir / MEASUREMENTS_NAME, document)
     measurements = analysis.measurements
@@ -187,6 +242,27 @@ def analyse_and_report(
         row.demo_models = loaded.demo
         row.ef_percent = measurements.ef_percent
         row.measurements = document
+    # the patient's sex (M/F) is the only header value the draft uses: no header text is prompt
+    sex = header_sex(dcmread(context.path, stop_before_pixels=True).get("PatientSex"))
+    timed = draft_for_job(
+        measurements,
+        sex=sex,
+        algorithms=algorithms_for(loaded),
+        config=config,
+        text_models=text_models,
+    )
+    timings["draft_s"] = timed.seconds
+    draft = timed.draft
+    write_log(
+        context,
+        "drafted",
+        seconds=round(timed.seconds, 3),
+        verdict=draft.verdict,
+        attempts=draft.attempts,
+        model=timed.model_name or None,
+        reasons=list(draft.reasons),
+    )
+    writing_started = time.perf_counter()
     outputs = write_and_record(
         job_id=context.job_id,
         study_id=context.study_id,
@@ -196,11 +272,21 @@ def analyse_and_report(
         masks=analysis.lv_masks_source(),
         measurements=measurements,
         models=loaded,
+        draft=draft,
         session_factory=session_factory,
         config=config,
     )
-    write_log(context, "reported", artifacts=sorted(outputs.artifact_ids))
+    timings["write_outputs_s"] = time.perf_counter() - writing_started
+    write_log(
+        context,
+        "reported",
+        artifacts=sorted(outputs.artifact_ids),
+        seconds=round(timings["write_outputs_s"], 3),
+    )
+    exporting_started = time.perf_counter()
     export_to_pacs(outputs, session_factory, config)
+    deliver_if_current(session_factory, outputs.artifact_ids.get("fhir"), config)
+    timings["export_s"] = time.perf_counter() - exporting_started
     write_log(
         context,
         "analysed",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import socket
 import struct
 import subprocess
@@ -33,7 +32,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
-from support import require_or_skip
+from support import need_tool
 
 STORESCU = "storescu"
 ECHOSCU = "echoscu"
@@ -56,10 +55,8 @@ STORESCU_PROPOSE = {
 
 
 def require_tool(name: str) -> str:
-    found = shutil.which(name)
-    if not found:
-        require_or_skip(f"{name} (dcmtk/openssl) is not installed")
-    return str(found)
+    """dcmtk's (or openssl's) binary, never pynetdicom's same-named script in the venv."""
+    return need_tool(name, "dcmtk")
 
 
 # --- instances -------------------------------------------------------------------------------

@@ -239,6 +239,8 @@ def node_config_text(
         f"max_attempts = {export_max_attempts}",
         f"backoff_initial_s = {export_backoff_initial_s}",
         "backoff_max_s = 1.0",
+        "[llm]",
+        "draft = false",  # the language-model draft has its own test
     ]
     for name, aet, host, port in destinations:
         lines += [

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,15 @@ def require_or_skip(reason: str) -> None:
 
 
 def need_tool(name: str, package: str) -> str:
-    """The path of a command-line peer (dcmtk, dicom3tools, Orthanc, chromium)."""
-    path = shutil.which(name) or (
+    """The path of a command-line peer (dcmtk, dicom3tools, Orthanc, chromium).
+
+    The virtual environment's ``bin`` is left out of the search: pynetdicom 3 installs its own
+    ``storescp``/``storescu``/``echoscu`` there, which would silently replace dcmtk's."""
+    venv_bin = Path(sys.prefix) / "bin"
+    search = os.pathsep.join(
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d) != venv_bin
+    )
+    path = shutil.which(name, path=search) or (
         f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
     )
     if path is None:

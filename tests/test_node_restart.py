@@ -54,6 +54,7 @@ class Node:
             ECHO_AGENT_DICOM_STABLE_AGE_S="1",
             ECHO_AGENT_DICOM_MIN_FREE_DISK_MB="0",
             ECHO_AGENT_SELECTION_VIEW_CLASSIFIER="phantom",
+            ECHO_AGENT_LLM_DRAFT="false",  # drafting has its own test (test_pipeline_drafting)
             **extra_env,
         )
         self.runs += 1

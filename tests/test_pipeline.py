@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from support import need_tool, phantom_truth
 
 from pacs_agent.analysis import ModelCache
-from pacs_agent.config import Config
+from pacs_agent.config import Config, LlmConfig
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import (
     Analysis,
@@ -39,7 +39,8 @@ def a4c_loop(phantom_studies):
 @pytest.fixture
 def stored_job(database_url, tmp_path, a4c_loop):
     """A study with the phantom loop copied into the store and one queued job for it."""
-    config = Config(home=str(tmp_path / "home"))
+    # the language-model draft has its own test (test_pipeline_drafting.py)
+    config = Config(home=str(tmp_path / "home"), llm=LlmConfig(draft=False))
     upgrade(database_url)
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)

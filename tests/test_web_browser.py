@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import waitress
 from dicom_helpers import free_tcp_port
+from fhir_receiver import FhirReceiver
 from sqlalchemy import select
 from support import need_tool, require_or_skip
 from waitress import wasyncore
@@ -29,7 +30,7 @@ from web_helpers import (
     storescp,
 )
 
-from pacs_agent.config import DestinationConfig, DicomConfig, ExportConfig
+from pacs_agent.config import DestinationConfig, DicomConfig, EhrConfig, ExportConfig
 from pacs_agent.db.models import Analysis, AuditEvent
 from web.app import create_app
 
@@ -44,7 +45,14 @@ SCRIPT_NAME = "<script>alert(1)</script>"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, phantom_studies) -> Iterator[dict]:
+def ehr() -> Iterator[FhirReceiver]:
+    """The EHR (a loopback FHIR server), up before the pipeline delivers to it."""
+    with FhirReceiver().serve() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, phantom_studies, ehr) -> Iterator[dict]:
     chromium = need_tool("chromium", "chromium")
     models = demo_models_or_skip()
     tmp = tmp_path_factory.mktemp("web_browser")
@@ -53,8 +61,10 @@ def server(tmp_path_factory, phantom_studies) -> Iterator[dict]:
     node.config = node.config.__class__(
         home=node.config.home,
         database=node.config.database,
+        llm=node.config.llm,
         dicom=DicomConfig(ae_title="ECHOAGENT"),
         export=ExportConfig(max_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.5),
+        ehr=EhrConfig(fhir_base_url=ehr.base_url, max_attempts=2, backoff_initial_s=0.05),
         destinations=[DestinationConfig(name="pacs", ae_title=PEER_AET, host="127.0.0.1",
                                         port=port)],
     )
@@ -78,6 +88,7 @@ def server(tmp_path_factory, phantom_studies) -> Iterator[dict]:
             "node": node,
             "chromium": chromium,
             "shots": tmp / "screenshots",
+            "ehr": ehr,
         }
         web.task_dispatcher.shutdown(timeout=5)  # then close from inside the server's loop
         web.trigger.pull_trigger(lambda: wasyncore.close_all(web_map))
@@ -183,6 +194,8 @@ def test_review_sign_and_chat_in_chromium(browser, server) -> None:
     table_ef = page.locator("#measurement-table tr[data-key='lvef_regression'] td.value")
     assert table_ef.inner_text() == ef_text
     assert page.locator("#fhir-status").inner_text() == "preliminary"
+    delivery = page.locator("#fhir-delivery")
+    assert delivery.inner_text().startswith("preliminary - delivered to EHR")
     _shot(page, server, "study.png")
 
     page.fill("#narrative-text", "LV size and systolic function reviewed on the loop.")
@@ -191,6 +204,10 @@ def test_review_sign_and_chat_in_chromium(browser, server) -> None:
         "() => document.getElementById('report-status').textContent.startsWith('signed')")
     _wait_until(page,
         "() => document.getElementById('fhir-status').textContent === 'final'", timeout=30_000)
+    _wait_until(page, "() => document.getElementById('fhir-delivery').textContent"
+                      ".startsWith('final - delivered to EHR')", timeout=30_000)
+    (report,) = server["ehr"].all("DiagnosticReport")  # the same report, now final
+    assert report["status"] == "final" and report["meta"]["versionId"] == "2"
     _wait_until(page,
         "() => document.getElementById('export-list').textContent.includes('SR v2 → pacs: sent')",
         timeout=60_000)

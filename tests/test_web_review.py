@@ -41,6 +41,7 @@ def reviewed(tmp_path_factory, phantom_studies) -> Iterator[tuple[Node, object, 
     node.config = node.config.__class__(
         home=node.config.home,
         database=node.config.database,
+        llm=node.config.llm,
         dicom=DicomConfig(ae_title="ECHOAGENT"),
         export=ExportConfig(max_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.5),
         destinations=[DestinationConfig(name="pacs", ae_title=PEER_AET, host="127.0.0.1",

@@ -31,7 +31,7 @@ from inference.decode import read_cine
 from inference.preprocess import PreprocessParams, preprocess_cine
 from inference.presets import DEMO_DIR, DEMO_EF_FILE, DEMO_SEG_FILE, load_preset
 from pacs_agent.analysis import Models
-from pacs_agent.config import Config, DatabaseConfig
+from pacs_agent.config import Config, DatabaseConfig, LlmConfig
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import Instance, Job, Patient, Series, Study
 from pacs_agent.pipeline import JobContext, analyse_and_report, job_output_dir
@@ -56,7 +56,10 @@ class Node:
 
 
 def make_node(home: Path, database_url: str) -> Node:
-    config = Config(home=str(home), database=DatabaseConfig(url=database_url))
+    # no language-model draft: these tests look at the review app (drafting has its own test)
+    config = Config(
+        home=str(home), database=DatabaseConfig(url=database_url), llm=LlmConfig(draft=False)
+    )
     upgrade(database_url)
     engine = make_engine(database_url)
     factory = make_session_factory(engine)

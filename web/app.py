@@ -2,7 +2,8 @@
 
 ``create_app(engine)`` keeps working as before (defaults for everything else); the node passes
 its configuration so that the secret key, the outputs and the export destinations are its own.
-Every route needs a login except ``/healthz`` (which reports nothing about patients), the
+Every route needs a login except ``/healthz``, ``/readyz`` and ``/metrics`` (``web.health``:
+they report nothing about patients; ``/metrics`` has its own token or loopback rule), the
 login page and the static assets.
 """
 
@@ -12,12 +13,14 @@ import secrets
 from typing import Any
 
 from flask import Flask, jsonify, render_template
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from pacs_agent import __version__
 from pacs_agent.config import Config
-from pacs_agent.db import current_revision, head_revision, make_session_factory
-from web import api, audit, auth, chat, media, openapi, pages
+from pacs_agent.db import make_session_factory
+from pacs_agent.metrics import node_registry
+from pacs_agent.readiness import ModelStatus
+from web import api, audit, auth, chat, fhir_api, health, media, openapi, pages
 from web.chat_backend import ChatBackend, measurements_backend
 from web.csrf import csrf_token
 from web.db import close_db
@@ -35,11 +38,14 @@ def create_app(
     *,
     chat_backend: ChatBackend | None = None,
     secret_key: bytes | None = None,
+    model_status: ModelStatus | None = None,
 ) -> Flask:
     """``config`` None: the defaults (home ``./var``) with a random in-memory session key, so
     a caller that passes no configuration writes nothing to disk (sessions then end with the
     process); with a configuration, the key stored under its home (created on first start).
-    ``chat_backend`` None: the measurements-only fallback."""
+    ``chat_backend`` None: the measurements-only fallback. ``model_status``: the models this
+    process loads (the node's; None in a web-only process), for the banner, ``/readyz`` and
+    ``/metrics``."""
     if secret_key is None:
         secret_key = (
             secrets.token_bytes(32) if config is None
@@ -57,6 +63,8 @@ def create_app(
         ECHO_AGENT_MEDIA_CACHE=media.MediaCache(),
         ECHO_AGENT_RECENT_VIEWS=audit.RecentViews(),
         ECHO_AGENT_EXPORTS=ExportRunner(session_factory, config),
+        ECHO_AGENT_MODEL_STATUS=model_status,
+        ECHO_AGENT_METRICS=node_registry(session_factory, config.home_path, model_status),
         SECRET_KEY=secret_key,
         SESSION_COOKIE_NAME=SESSION_COOKIE_NAME,
         SESSION_COOKIE_HTTPONLY=True,
@@ -68,28 +76,13 @@ def create_app(
     app.jinja_env.autoescape = True
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["app_version"] = __version__
+    app.before_request(fhir_api.require_login)  # OperationOutcome, not a redirect
     app.before_request(auth.guard)
     app.after_request(add_security_headers)
     app.teardown_appcontext(close_db)
-    for blueprint in (auth.bp, pages.bp, api.bp, media.bp, chat.bp, openapi.bp):
+    for blueprint in (auth.bp, pages.bp, api.bp, media.bp, chat.bp, openapi.bp, health.bp,
+                      fhir_api.bp):
         app.register_blueprint(blueprint)
-
-    @app.get("/healthz")
-    def healthz() -> tuple[Any, int]:
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            revision = current_revision(engine)
-        except Exception as exc:  # any driver error means "not healthy", reported, not raised
-            return jsonify(status="error", database=type(exc).__name__, version=__version__), 503
-        schema_ok = revision == head_revision()
-        body = {
-            "status": "ok" if schema_ok else "error",
-            "database": "ok",
-            "schema": revision,
-            "version": __version__,
-        }
-        return jsonify(body), 200 if schema_ok else 503
 
     @app.errorhandler(404)
     def not_found(_error: Exception) -> Any:

@@ -42,7 +42,9 @@ bp = Blueprint("auth", __name__)
 IDLE_TIMEOUT_S = 30 * 60
 ABSOLUTE_TIMEOUT_S = 12 * 3600
 BACKGROUND_HEADER = "X-Echo-Background"
-PUBLIC_ENDPOINTS = frozenset({"healthz", "static", "auth.login"})
+PUBLIC_ENDPOINTS = frozenset(
+    {"health.healthz", "health.readyz", "health.metrics", "static", "auth.login"}
+)
 _revoked: dict[str, float] = {}
 _revoked_lock = threading.Lock()
 

@@ -1,4 +1,5 @@
-"""The OpenAPI 3 description of the JSON API, served at ``/api/openapi.json``.
+"""The OpenAPI 3 description of the JSON API and the read-only FHIR endpoints, served at
+``/api/openapi.json``.
 
 Written by hand next to the routes it describes (a test checks every API route is in it), so
 an integrator reads one document rather than the page scripts.
@@ -67,6 +68,10 @@ def document() -> dict[str, Any]:
                 "StudySummary": obj,
                 "StudyDetail": obj,
                 "ReportVersion": obj,
+                "FhirResource": {"type": "object", "additionalProperties": True,
+                                 "description": "FHIR R4 JSON (http://hl7.org/fhir/R4/)",
+                                 "required": ["resourceType"],
+                                 "properties": {"resourceType": {"type": "string"}}},
             },
         },
         "security": [{"session": []}],
@@ -174,8 +179,58 @@ def document() -> dict[str, Any]:
             }},
             "/api/openapi.json": {"get": {
                 "summary": "This document", "responses": {"200": _json(obj)}}},
+            "/api/status/models": {"get": {
+                "summary": "Model loading state for the banner: state (loading, ready, failed, "
+                           "none), message, and each model's state and load time",
+                "responses": {"200": _json(obj), **_errors(401)},
+            }},
+            **_fhir_paths(),
         },
     }
+
+
+def _fhir(description: str, *codes: int) -> dict[str, Any]:
+    """Answers of the read-only FHIR endpoints: FHIR JSON, errors as OperationOutcome."""
+    text = {400: "Unsupported or missing search parameter", 401: "Not logged in",
+            404: "Unknown id or resource type"}
+    outcome = {"$ref": "#/components/schemas/FhirResource"}
+    answers = {"200": {"description": description,
+                       "content": {"application/fhir+json": {"schema": outcome}}}}
+    for code in codes:
+        answers[str(code)] = {"description": f"{text[code]} (OperationOutcome)",
+                              "content": {"application/fhir+json": {"schema": outcome}}}
+    return answers
+
+
+def _fhir_paths() -> dict[str, Any]:
+    """``web.fhir_api``: DiagnosticReport and Observation, read and search (FHIR R4)."""
+    token = {"type": "string"}
+    search = [
+        {"name": "patient", "in": "query", "schema": token,
+         "description": "the patient's ID (DICOM Patient ID / MRN; Patient/<id> accepted)"},
+        {"name": "subject:identifier", "in": "query", "schema": token,
+         "description": "the subject's identifier as a FHIR token: value, system|value"},
+        {"name": "identifier", "in": "query", "schema": token,
+         "description": "the resource's business identifier: value or system|value"},
+        {"name": "study", "in": "query", "schema": token,
+         "description": "the Study Instance UID (urn:oid: prefix optional)"},
+    ]
+    paths: dict[str, Any] = {}
+    for kind in ("DiagnosticReport", "Observation"):
+        paths[f"/fhir/{kind}/{{id}}"] = {"get": {
+            "summary": f"Read one {kind} (the current version: final or amended supersedes "
+                       "preliminary; audited view)",
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": _fhir(kind, 401, 404),
+        }}
+        paths[f"/fhir/{kind}"] = {"get": {
+            "summary": f"Search {kind} resources (parameters are ANDed, at least one; "
+                       "audited view); a searchset Bundle",
+            "parameters": search,
+            "responses": _fhir("searchset Bundle", 400, 401),
+        }}
+    return paths
 
 
 @bp.get("/api/openapi.json")
