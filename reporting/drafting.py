@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from inference.types import Measurements
-from reporting.grounding import VERDICT_PASS, lv_grade, measured_facts
+from reporting.grounding import (
+    VERDICT_FAIL,
+    VERDICT_PASS,
+    GroundingResult,
+    lv_grade,
+    measured_facts,
+)
 from reporting.grounding import check_grounding as _check
 from reporting.report_text import structured_text as _structured_text
 from reporting.types import AlgorithmInfo, Algorithms
@@ -33,6 +39,7 @@ DRAFT_MAX_NEW_TOKENS = 160
 DRAFT_MAX_TIME_S = 60.0
 MAX_NARRATIVE_SENTENCES = 4
 NO_SENTENCE = "the model wrote no complete sentence"
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
 SYSTEM_PROMPT = (
     "You write the narrative paragraph of an adult transthoracic echocardiography report "
@@ -107,6 +114,26 @@ def tidy_narrative(text: str, max_sentences: int = MAX_NARRATIVE_SENTENCES) -> s
     return " ".join(kept)
 
 
+def missing_essentials(
+    matched: Sequence[str], measurements: Measurements, sex: str | None
+) -> tuple[str, ...]:
+    """What a narrative must say beyond being true: the LVEF and, when one applies, the LV
+    systolic function grade. The guard checks every statement a text makes; a small model can
+    also write true-but-empty text ("the measurements are not available", praise of the
+    heart's performance) that states nothing wrong and nothing useful, and a reviewer should
+    not sign that as a report. ``matched`` is what the guard found true in the text."""
+    grade = lv_grade(measurements, sex)
+    if grade.ef is None:
+        return ()
+    numbers = [float(n) for quoted in matched for n in _DIGITS.findall(quoted)]
+    missing = []
+    if not any(grade.ef.matches(n) for n in numbers):
+        missing.append(f"the narrative does not state the LVEF ({grade.ef.text})")
+    if grade.grade is not None and not any(not _DIGITS.search(q) for q in matched):
+        missing.append(f"the narrative does not state the LV systolic function ({grade.phrase})")
+    return tuple(missing)
+
+
 def _placeholder_algorithms(demo_models: bool) -> Algorithms:
     """For callers without algorithm identification: the template text uses only the demo
     flag from it (labels and method texts come from the measurements)."""
@@ -141,6 +168,10 @@ def draft_report(
         raw = backend.generate(draft_messages(measurements, sex, feedback), limits).text
         text = tidy_narrative(raw)
         result = _check(text, measurements, sex) if text else None
+        if result is not None and result.verdict == VERDICT_PASS:
+            missing = missing_essentials(result.matched, measurements, sex)
+            if missing:
+                result = GroundingResult(VERDICT_FAIL, missing, result.matched)
         if result is not None and result.verdict == VERDICT_PASS:
             return Draft(structured, text, VERDICT_PASS, tuple(reasons), demo_models, attempt,
                          backend.name)  # fmt: skip

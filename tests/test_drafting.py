@@ -54,6 +54,16 @@ def test_two_failures_put_the_structured_text_in_the_narrative() -> None:
     assert draft.grounding_json()["verdict"] == "replaced"
 
 
+def test_a_true_but_empty_narrative_is_not_a_report() -> None:
+    empty = "The left ventricle was reviewed carefully. The heart performed remarkably well."
+    no_grade = "The LVEF is 55.2 %."
+    for text, missing in ((empty, "LVEF"), (no_grade, "LV systolic function")):
+        assert check_grounding(text, M, "M").passed  # nothing in it is false...
+        draft = draft_report(M, ScriptedTextModel([text]), "M", demo_models=False)
+        assert draft.verdict == "replaced"  # ...but it does not say what a report must
+        assert any(f"does not state the {missing}" in r for r in draft.reasons), draft.reasons
+
+
 def test_no_model_means_no_narrative() -> None:
     draft = draft_report(M, None, "M", demo_models=False)
     assert (draft.verdict, draft.narrative_text) == ("not_checked", "")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pacs_agent.bench.dcmtk import find_dcmtk_tool
 from pacs_agent.config import Config, DatabaseConfig, DicomConfig
 from pacs_agent.db import make_engine, upgrade
 from pacs_agent.dicom import contexts
@@ -99,8 +100,7 @@ def run_ingest_bench(
     returns the best time of each. Needs dcmtk's ``storescu`` and ``storescp`` on PATH.
     """
     for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
-            raise FileNotFoundError(f"{tool} (Debian package dcmtk) is needed for the ingest bench")
+        find_dcmtk_tool(tool)  # before writing any file, not after
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     workdir = Path(workdir)
@@ -251,7 +251,7 @@ def _time_node(home: Path, groups: dict[str, list[Path]]) -> float:
 def _time_storescp(folder: Path, groups: dict[str, list[Path]]) -> float:
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    command = ["storescp", "-aet", "STORESCP", "-od", str(folder), "+xa", "+B"]
+    command = [find_dcmtk_tool("storescp"), "-aet", "STORESCP", "-od", str(folder), "+xa", "+B"]
     command += ["-pdu", "131072", str(port)]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=log)
@@ -265,8 +265,9 @@ def _time_storescp(folder: Path, groups: dict[str, list[Path]]) -> float:
 
 def _send_all(port: int, called_ae: str, groups: dict[str, list[Path]]) -> float:
     started = time.perf_counter()
+    storescu = find_dcmtk_tool("storescu")
     for syntax, files in groups.items():
-        command = ["storescu", "-aet", "BENCH", "-aec", called_ae, STORESCU_PROPOSE[syntax], "-R"]
+        command = [storescu, "-aet", "BENCH", "-aec", called_ae, STORESCU_PROPOSE[syntax], "-R"]
         command += ["127.0.0.1", str(port), *(str(f) for f in files)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=SEND_TIMEOUT_S)
         if done.returncode != 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from pacs_agent.bench.dcmtk import find_dcmtk_tool
 from pacs_agent.bench.ingest import SEND_TIMEOUT_S, STORESCU_PROPOSE, _free_port, _group_by_syntax
 from pacs_agent.config import Config
 from pacs_agent.db.models import Instance, Job, Series, Study
@@ -145,15 +145,7 @@ def _wait_for_models(node: object) -> None:
 
 
 def dcmtk_storescu() -> str:
-    """dcmtk's ``storescu`` (pynetdicom installs a Python one of the same name, with other
-    options, in the virtual environment's bin folder, which may come first on PATH)."""
-    for candidate in (shutil.which("storescu"), "/usr/bin/storescu", "/usr/local/bin/storescu"):
-        if candidate is None or not Path(candidate).is_file():
-            continue
-        done = subprocess.run([candidate, "--version"], capture_output=True, text=True)
-        if "dcmtk" in (done.stdout + done.stderr).lower():
-            return candidate
-    raise FileNotFoundError("storescu (Debian package dcmtk) is needed for the pipeline bench")
+    return find_dcmtk_tool("storescu")
 
 
 def _time_study(

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from pacs_agent.bench.dcmtk import find_dcmtk_tool
 from pacs_agent.bench.ingest import STORESCU_PROPOSE, _free_port, _group_by_syntax
 
 SECONDS_PER_HOUR = 3600.0
@@ -208,15 +209,7 @@ def _wait_for_log(proc: subprocess.Popen[bytes], log_path: Path, marker: str) ->
 
 
 def dcmtk_storescu() -> str:
-    """dcmtk's ``storescu`` on PATH, passing over pynetdicom's script of the same name (which
-    an activated virtual environment puts first and which lacks dcmtk's options)."""
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = Path(folder) / "storescu"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            with candidate.open("rb") as fh:
-                if fh.read(2) != b"#!":
-                    return str(candidate)
-    raise FileNotFoundError("dcmtk's storescu is not installed (apt-get install dcmtk)")
+    return find_dcmtk_tool("storescu")
 
 
 def _send(port: int, groups: dict[str, list[Path]]) -> None:
