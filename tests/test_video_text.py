@@ -70,7 +70,13 @@ def test_training_answers_pass_the_grounding_guard(ef: float) -> None:
 def test_the_three_question_kinds_include_echogpts_prompts() -> None:
     samples = samples_for("c", "v.avi", "avi", {"ef_percent": 35.0}, 2)
     assert [s.kind for s in samples] == ["descriptive", "explanatory", "advisory"]
-    assert samples[0].instruction == DESCRIBE_QUESTION and samples[2].instruction == ADVICE_QUESTION
+    # the instruction is the node's chat prompt: the measured values, then the question
+    assert samples[0].instruction.endswith(f"\n\n{DESCRIBE_QUESTION}")
+    assert samples[2].instruction.endswith(f"\n\n{ADVICE_QUESTION}")
+    assert "- LVEF (AI regression): 35.0 %" in samples[0].instruction
+    (report,) = samples_for("c", "v.avi", "avi", {"ef_percent": 35.0}, 1)
+    assert "- LVEF (AI regression): 35.0 %" in report.instruction
+    assert report.instruction.endswith("Write the narrative paragraph now.")
     assert "moderately reduced" in samples[2].answer and "cardiologist" in samples[2].answer
 
 

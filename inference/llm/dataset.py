@@ -1,11 +1,16 @@
 """Training data for the video-text model, generated from measurements.
 
 Stage 1 pairs each loop with a short report; stage 2 asks descriptive, explanatory and advisory
-questions about it (EchoGPT's three kinds). The wording grades LVEF by ASE/EACVI 2015
-(``reporting.interpretation``, the same code the reports use) and states only the loop's own
-values, so every answer passes the grounding guard: the model is never taught to write a number
-the guard would reject. Sex is unknown for phantoms and EchoNet-Dynamic; where the two sexes'
-grades differ the answer says the grade depends on sex rather than picking one.
+questions about it (EchoGPT's three kinds). Each instruction is the prompt the node itself gives
+a language model for that task -- the drafting prompt (``reporting.drafting.draft_messages``)
+for a report, the chat prompt with the study data and report (``reporting.chat.chat_messages``)
+for a question -- flattened as the video-text backend flattens it, so the model learns to copy
+the measured values it is given rather than to guess numbers from pixels. The wording grades
+LVEF by ASE/EACVI 2015 (``reporting.interpretation``, the same code the reports use) and states
+only the loop's own values, so every answer passes the grounding guard: the model is never
+taught to write a number the guard would reject. Sex is unknown for phantoms and
+EchoNet-Dynamic; where the two sexes' grades differ the answer says the grade depends on sex
+rather than picking one.
 
 File format (JSON, UTF-8)::
 
@@ -15,7 +20,7 @@ File format (JSON, UTF-8)::
                   "video_format": "dicom",          # "dicom" | "avi" (EchoNet layout, 112x112)
                   "kind": "report",                 # stage 1: "report"; stage 2: "descriptive",
                                                     #   "explanatory", "advisory"
-                  "instruction": "Write the echocardiography report for this video.",
+                  "instruction": "You write the narrative paragraph ... Measurements: ...",
                   "answer": "...",
                   "measurements": {"ef_percent": 55.2, "edv_ml": 120.3, "esv_ml": 54.1,
                                    "heart_rate_bpm": 72.0}}]}
@@ -28,7 +33,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reporting.interpretation import (
     GRADE_ABOVE,
@@ -39,11 +44,13 @@ from reporting.interpretation import (
     lvef_grade,
 )
 
+if TYPE_CHECKING:
+    from inference.types import Measurements
+
 FORMAT = "echo-agent-llm-dataset"
 VERSION = 1
 STAGES = (1, 2)
 KINDS = {1: ("report",), 2: ("descriptive", "explanatory", "advisory")}
-REPORT_INSTRUCTION = "Write the echocardiography report for this video."
 DESCRIBE_QUESTION = "Could you describe this echocardiogram video for me?"
 ADVICE_QUESTION = "My LVEF is not in the normal range, what should I do for this case?"
 
@@ -149,14 +156,51 @@ def qa_pairs(values: Mapping[str, float | None]) -> list[tuple[str, str, str]]:
     ]
 
 
+def values_measurements(values: Mapping[str, float | None]) -> Measurements:
+    """A loop's values as the node's measurements (no beats, no flags; sex unknown): what the
+    prompts are built from. Both EFs are the one EF, as for phantom truth."""
+    from inference.types import Measurements
+
+    ef = values.get("ef_percent")
+    return Measurements(
+        ef_percent=ef, ef_sd_percent=None, ef_source="beats" if ef is not None else "none",
+        ef_clips_mean_percent=None, ef_disks_percent=ef, edv_ml=values.get("edv_ml"),
+        esv_ml=values.get("esv_ml"), heart_rate_bpm=values.get("heart_rate_bpm"),
+        heart_rate_source="beats" if values.get("heart_rate_bpm") is not None else "none",
+        beats=(), flags=(), n_frames=0, frame_time_ms=None, spacing_cm=None, ed_frames=(),
+        es_frames=(), lv_area_px=(), lv_area_cm2=None,
+    )  # fmt: skip
+
+
+def report_instruction(values: Mapping[str, float | None]) -> str:
+    """Stage 1 instruction: the drafting prompt for these values."""
+    from inference.llm.video_text import instruction_from_messages
+    from reporting.drafting import draft_messages
+
+    return instruction_from_messages(draft_messages(values_measurements(values), None))
+
+
+def question_instruction(question: str, values: Mapping[str, float | None]) -> str:
+    """Stage 2 instruction: the chat prompt with the stage 1 report as the study's report
+    (the node's chat also passes its structured text, which repeats the measurement lines with
+    method and beat counts that these values do not carry)."""
+    from inference.llm.video_text import instruction_from_messages
+    from reporting.chat import StudyContext, chat_messages
+
+    context = StudyContext(values_measurements(values), None, report_text(values))
+    return instruction_from_messages(chat_messages(question, context))
+
+
 def samples_for(
     case_id: str, video: str, video_format: str, values: Mapping[str, float | None], stage: int
 ) -> list[LlmSample]:
     if stage == 1:
-        return [LlmSample(f"{case_id}/report", video, video_format, "report",
-                          REPORT_INSTRUCTION, report_text(values), dict(values))]  # fmt: skip
+        instruction = report_instruction(values)
+        return [LlmSample(f"{case_id}/report", video, video_format, "report", instruction,
+                          report_text(values), dict(values))]  # fmt: skip
     if stage == 2:
-        return [LlmSample(f"{case_id}/{kind}", video, video_format, kind, q, a, dict(values))
+        return [LlmSample(f"{case_id}/{kind}", video, video_format, kind,
+                          question_instruction(q, values), a, dict(values))
                 for kind, q, a in qa_pairs(values)]  # fmt: skip
     raise ValueError(f"stage must be 1 or 2, got {stage}")
 

@@ -29,6 +29,7 @@ from inference.llm.video_text import (
     load_video_text,
     save_adapters,
 )
+from inference.types import Cine
 
 LR = 1e-4
 BATCH_SIZE = 2
@@ -74,6 +75,7 @@ class LlmTrainOptions:
     fit: FitOptions = FitOptions()
     init_adapter: Path | None = None  # stage 2 continues from stage 1's adapters
     max_frames: int = MAX_FRAMES
+    save_dtype: str = "float32"  # "float16" for adapters shipped in the repository
 
 
 @dataclass(frozen=True)
@@ -160,11 +162,8 @@ def load_frames(
         path = dataset_dir / path
     if sample.video_format == "dicom":
         from inference.decode import read_cine
-        from inference.preprocess import PreprocessParams, preprocess_cine
 
-        params = PreprocessParams(mean=tuple(mean), std=tuple(std))  # type: ignore[arg-type]
-        frames = preprocess_cine(read_cine(path), params).frames
-        return torch.from_numpy(np.ascontiguousarray(frames))
+        return cine_frames(read_cine(path), mean, std)
     if sample.video_format == "avi":
         from inference.training.echonet_data import load_video
 
@@ -172,6 +171,16 @@ def load_frames(
         frames = (frames - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(frames, -1, 1)))
     raise ValueError(f"{sample.id}: unknown video_format {sample.video_format!r}")
+
+
+def cine_frames(cine: Cine, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A decoded loop as normalised ``(F, 3, 112, 112)`` frames, preprocessed as for the
+    segmentation network (training and the video-text backend share this)."""
+    from inference.preprocess import PreprocessParams, preprocess_cine
+
+    params = PreprocessParams(mean=tuple(mean), std=tuple(std))  # type: ignore[arg-type]
+    frames = preprocess_cine(cine, params).frames
+    return torch.from_numpy(np.ascontiguousarray(frames))
 
 
 def encode_samples(
@@ -219,6 +228,6 @@ def train_video_text(
             f"{encoder.dim}"
         )
     losses = fit(model, features, options.fit, progress)
-    save_adapters(model, options.out_dir, stage)
+    save_adapters(model, options.out_dir, stage, options.save_dtype)
     progress(f"saved adapters and projector to {options.out_dir}")
     return LlmTrainResult(Path(options.out_dir), stage, tuple(losses), len(samples))

@@ -11,8 +11,13 @@ projector -> causal language model with LoRA on the query and value projections.
   projected visual tokens replace the placeholder in embedding space (for a Llama-2 chat model
   the template yields exactly ``<s>[INST] <Img><FrameFeature_1>...<FrameFeature_N>
   <Instruction> [/INST]``).
+* The instruction is what a text model would read: the system text, any earlier turns, then
+  the user's message (``instruction_from_messages``), so drafting and chat prompt both models
+  with the same content and the measurements travel in the instruction.
 * Only the LoRA adapters and the projector train; they are saved apart from the base model
-  (``lora/`` in peft's layout, ``projector.safetensors`` with its configuration as metadata).
+  (``lora/`` in peft's layout, ``projector.safetensors`` with its configuration as metadata),
+  in float32 or float16 (shipped adapters: half the bytes); loading upcasts to the base
+  model's dtype.
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference.llm.backend import Generation, GenerationLimits, HFTextModel, stream_generation
+from inference.llm.backend import (
+    Generation,
+    GenerationLimits,
+    HFTextModel,
+    Message,
+    stream_generation,
+)
 
 MAX_FRAMES = 45
 TOKEN_GROUP = 2  # frames concatenated into one visual token
@@ -41,6 +52,21 @@ PROJECTOR_FILE = "projector.safetensors"
 LORA_DIR = "lora"
 IGNORE_INDEX = -100
 VIDEO_TEXT_LIMITS = GenerationLimits(128, 60.0)
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_TURN_LABELS = {"user": "User", "assistant": "Assistant"}
+
+
+def instruction_from_messages(messages: Sequence[Message]) -> str:
+    """Chat messages -> the one instruction the model reads after the visual tokens: the
+    system text, earlier turns labelled by role, then the last user message unlabelled. The
+    training data is built with this same function, so the model meets at inference the
+    instruction layout it was trained on."""
+    if not messages or messages[-1].role != "user":
+        raise ValueError("the last message must be the user's")
+    system = [m.content.strip() for m in messages[:-1] if m.role == "system"]
+    turns = [f"{_TURN_LABELS[m.role]}: {m.content.strip()}"
+             for m in messages[:-1] if m.role != "system"]  # fmt: skip
+    return "\n\n".join([*system, *turns, messages[-1].content.strip()])
 
 
 def sample_frame_indices(n_frames: int, max_frames: int = MAX_FRAMES) -> list[int]:
@@ -258,15 +284,25 @@ def build_video_text(
     return VideoTextModel(lm, base.tokenizer, projector, config)
 
 
-def save_adapters(model: VideoTextModel, out_dir: Path, stage: int) -> Path:
-    """LoRA weights (peft layout) and the projector, never the base model's weights."""
-    from safetensors.torch import save_file
+def save_adapters(
+    model: VideoTextModel, out_dir: Path, stage: int, dtype: str = "float32"
+) -> Path:
+    """LoRA weights (peft layout) and the projector, never the base model's weights;
+    ``dtype`` "float16" halves the files (for the adapter shipped in the repository)."""
+    from safetensors.torch import load_file, save_file
 
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, got {dtype!r}")
+    torch_dtype = SAVE_DTYPES[dtype]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.lm.save_pretrained(str(out_dir / LORA_DIR))
+    lora_file = out_dir / LORA_DIR / "adapter_model.safetensors"
+    if torch_dtype != torch.float32 and lora_file.is_file():
+        lora = {k: v.to(torch_dtype).contiguous() for k, v in load_file(str(lora_file)).items()}
+        save_file(lora, str(lora_file), metadata={"format": "pt"})
     config = VideoTextConfig(**{**model.config.to_json(), "stage": stage})
-    tensors = {k: v.detach().float().cpu().contiguous()
+    tensors = {k: v.detach().cpu().to(torch_dtype).contiguous()
                for k, v in model.projector.state_dict().items()}  # fmt: skip
     save_file(tensors, str(out_dir / PROJECTOR_FILE), metadata={"config": json.dumps(
         config.to_json())})  # fmt: skip
@@ -290,7 +326,8 @@ def load_video_text(
     base: HFTextModel, adapter_dir: Path, trainable: bool = False
 ) -> VideoTextModel:
     """Base model + saved adapters and projector (``trainable``: to continue training, e.g.
-    stage 2 from stage 1)."""
+    stage 2 from stage 1). Half-precision files are upcast to the base model's dtype (float32
+    on the CPU). The base model is wrapped in place: load adapters on a base of their own."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -309,4 +346,7 @@ def load_video_text(
     dtype = next(base.model.parameters()).dtype
     projector.to(device=base.device, dtype=dtype)
     projector.requires_grad_(trainable)
+    for name, p in lm.named_parameters():  # fp16 files: LoRA weights in the base's dtype
+        if "lora_" in name and p.dtype != dtype:
+            p.data = p.data.to(dtype)
     return VideoTextModel(lm, base.tokenizer, projector, config)

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from inference.llm.backend import Generation, GenerationLimits, HFTextModel, Message
+    from inference.llm.backend import (
+        Generation,
+        GenerationLimits,
+        HFTextModel,
+        Message,
+        TextModel,
+    )
     from inference.types import Measurements
 
 EVALUATION_PROMPTS = (
@@ -71,6 +77,8 @@ def add_llm_train_parser(train_actions: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (cosine)")
     p.add_argument("--max-frames", type=int, default=45, help="frames sampled per loop")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32",
+                   help="adapters and projector saved in this dtype (float16: half the size)")
     _add_model_options(p)
     p.set_defaults(func=cmd_train_llm)
     return p
@@ -83,8 +91,15 @@ def add_llm_evaluate_parser(evaluate_actions: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, required=True,
                    help="phantom folder (echo-agent phantom DIR): the truth JSON gives the "
-                   "measurements")  # fmt: skip
+                   "measurements, the DICOM loop the video-text model's frames")  # fmt: skip
     p.add_argument("--n", type=int, default=20, help="studies to evaluate")
+    p.add_argument(
+        "--adapter",
+        default="",
+        help="video-text adapter folder (train llm --out) that drafts and answers from the "
+        "loop's frames and the measurements; default: the shipped demo adapter with the "
+        "embedded model, none with --model; 'none': the plain text model",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-time-s", type=float, default=60.0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -150,7 +165,9 @@ def cmd_train_llm(args: argparse.Namespace, config: Any) -> int:
         lr=args.lr,
         seed=args.seed,
     )
-    options = LlmTrainOptions(dataset, args.out, fit, args.init_adapter, args.max_frames)
+    options = LlmTrainOptions(
+        dataset, args.out, fit, args.init_adapter, args.max_frames, args.save_dtype
+    )
     result = train_video_text(
         options, base, encoder, loaded.mean, loaded.std, encoder_name=loaded.description
     )
@@ -168,9 +185,10 @@ def cmd_train_llm(args: argparse.Namespace, config: Any) -> int:
 
 @dataclass
 class _Recorder:
-    """Delegates to a text model and keeps every generation's timings."""
+    """Delegates to a text model (for the video-text model: the current study's backend) and
+    keeps every generation's timings."""
 
-    inner: HFTextModel
+    inner: TextModel
     generations: list[Generation] = field(default_factory=list)
 
     @property
@@ -243,6 +261,61 @@ def _phantom_truths(folder: Path, n: int) -> list[tuple[str, dict[str, Any]]]:
     return out[:n]
 
 
+def _adapter_dir(args: argparse.Namespace) -> Path | None:
+    """``--adapter``: a folder, ``none``, or empty for the default (the shipped demo adapter
+    belongs to the embedded model only)."""
+    from inference.llm.video_backend import DEMO_ADAPTER_DIR
+
+    if args.adapter.lower() == "none":
+        return None
+    if not args.adapter:
+        return None if args.model else DEMO_ADAPTER_DIR
+    path = Path(args.adapter)
+    if not path.is_dir():
+        raise ValueError(f"--adapter {path}: not a folder")
+    return path
+
+
+@dataclass
+class _VideoText:
+    """What the video-text evaluation needs besides the model: the frame encoder."""
+
+    model: Any  # VideoTextModel
+    encoder: Any  # FrameEncoder
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _open_video_text(args: argparse.Namespace, config: Any, adapter: Path) -> _VideoText:
+    """The base model with the adapter, and the segmentation backbone the adapter was trained
+    with as the frame encoder (the configured preset, as ``train llm`` uses)."""
+    from inference.llm.video_backend import load_adapter
+    from inference.llm.video_text import encoder_from_segmenter
+    from inference.presets import load_preset
+
+    m = config.models if config is not None else None
+    loaded = load_preset(
+        m.preset if m else "demo",
+        seg_weights=(m.seg_weights or None) if m else None,
+        mean=(m.mean or None) if m else None,
+        std=(m.std or None) if m else None,
+    )
+    base = _open_model(args, config)
+    model = load_adapter(base, adapter)
+    encoder = encoder_from_segmenter(loaded.segmenter.to(base.device))
+    return _VideoText(model, encoder, loaded.mean, loaded.std)
+
+
+def _study_backend(video: _VideoText, dicom: Path) -> TextModel:
+    from inference.decode import read_cine
+    from inference.llm.video_backend import VideoTextBackend, loop_features
+
+    features = loop_features(
+        read_cine(dicom), video.encoder, video.mean, video.std, video.model.config
+    )
+    return VideoTextBackend(video.model, features)
+
+
 def cmd_evaluate_llm(args: argparse.Namespace, config: Any) -> int:
     from inference.llm.backend import GenerationLimits
     from reporting.chat import StudyContext, answer_question
@@ -252,11 +325,23 @@ def cmd_evaluate_llm(args: argparse.Namespace, config: Any) -> int:
     if args.n < 1:
         raise ValueError("--n must be at least 1")
     studies = _phantom_truths(args.data, args.n)
-    model = _Recorder(_open_model(args, config))
+    adapter = _adapter_dir(args)
+    started = time.perf_counter()
+    features_s: list[float] = []
+    if adapter is None:
+        backends: list[TextModel] = [_open_model(args, config)] * len(studies)
+    else:  # one backend per loop, bound to its frame features
+        video = _open_video_text(args, config, adapter)
+        backends = []
+        for name, _ in studies:
+            t0 = time.perf_counter()
+            backends.append(_study_backend(video, args.data / f"{name}.dcm"))
+            features_s.append(time.perf_counter() - t0)
+    model = _Recorder(backends[0])
     limits = GenerationLimits(args.max_new_tokens, args.max_time_s)
     rows = []
-    started = time.perf_counter()
-    for name, truth in studies:
+    for (name, truth), backend in zip(studies, backends, strict=True):
+        model.inner = backend
         m = truth_measurements(truth)
         sex = truth.get("sex") if truth.get("sex") in ("M", "F") else None
         draft = draft_report(m, model, sex, demo_models=False, limits=limits)
@@ -272,7 +357,7 @@ def cmd_evaluate_llm(args: argparse.Namespace, config: Any) -> int:
             answer = answer_question(prompt, context, model, limits=limits)
             guarded = check_grounding(answer.text, m, sex).passed
             answers.append({"prompt": prompt, "answer": answer.text, "verdict": answer.verdict,
-                            "guarded_pass": guarded})  # fmt: skip
+                            "guarded_pass": guarded, "model_text": answer.model_text})  # fmt: skip
         rows.append({"study": name, "draft_verdict": draft.verdict, "raw_pass": raw_pass,
                      "guarded_pass": final_pass, "narrative": draft.narrative_text,
                      "reasons": list(draft.reasons), "answers": answers})  # fmt: skip
@@ -282,6 +367,9 @@ def cmd_evaluate_llm(args: argparse.Namespace, config: Any) -> int:
         for a in answers:
             print(f"   Q: {a['prompt']}\n   A ({a['verdict']}): {a['answer']}")
     summary = _summary(rows, model.generations, model.name, time.perf_counter() - started)
+    summary["adapter"] = None if adapter is None else str(adapter)
+    summary["measurements"] = "phantom truth"
+    summary["frame_features_s_median"] = statistics.median(features_s) if features_s else None
     print(format_llm_summary(summary))
     if args.json is not None:
         args.json.write_text(json.dumps({"summary": summary, "studies": rows}, indent=1) + "\n")
@@ -314,8 +402,12 @@ def format_llm_summary(s: dict[str, Any]) -> str:
         return f"{100 * v:.0f} %"
 
     ttft, tps = s["time_to_first_token_s_median"], s["tokens_per_s_median"]
+    features = s.get("frame_features_s_median")
     return "\n".join([
         f"model: {s['model']}; studies: {s['studies']}; generations: {s['generations']}",
+        f"adapter: {s.get('adapter') or 'none'}; measurements: "
+        f"{s.get('measurements', 'phantom truth')}"
+        + ("" if features is None else f"; frame features {features:.1f} s per loop (median)"),
         f"drafts: raw grounding pass rate {pct(s['raw_draft_pass_rate'])}, after the guard "
         f"{pct(s['guarded_pass_rate'])}",
         f"answers: raw {pct(s['raw_answer_pass_rate'])}, after the guard "
