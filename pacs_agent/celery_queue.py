@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacs_agent import jobs
 from pacs_agent.config import Config, QueueConfig
 from pacs_agent.db.models import utcnow
+from pacs_agent.readiness import CNN, ModelStatus
 
 if TYPE_CHECKING:
     from pacs_agent.analysis import ModelCache
@@ -280,6 +281,7 @@ class WorkerRuntime:
         self._session_factory: sessionmaker[Session] | None = None
         self._runner: Callable[[int], None] | None = None
         self._models: ModelCache | None = None
+        self.model_status = ModelStatus()  # what this process's /metrics reports
 
     @property
     def worker_id(self) -> str:
@@ -290,7 +292,7 @@ class WorkerRuntime:
         self._ensure()
         assert self._models is not None
         try:
-            self._models.get()
+            self.model_status.track(CNN, self._models.get)
         except ValueError as exc:
             log.error("models not usable: %s (jobs will fail until fixed)", exc)
 
@@ -351,10 +353,14 @@ def register_worker_task(app: Celery, runtime: WorkerRuntime) -> Any:
     return run_job_task
 
 
-def run_worker(config: Config) -> int:
+def run_worker(config: Config, metrics_address: tuple[str, int] | None = None) -> int:
     """``echo-agent worker``: a Celery worker on ``queue.broker_url``. One job at a time per
     process: the ``solo`` pool when ``queue.workers`` is 1 (a SIGKILL ends exactly the
-    process that runs the job), else ``prefork`` with that many children."""
+    process that runs the job), else ``prefork`` with that many children.
+
+    ``metrics_address`` (host, port): serve this process's own metrics (its models' load time
+    and readiness, GPU memory); counts of studies and jobs come from the web role's
+    ``/metrics``, which reads the shared database, so nothing is counted twice."""
     from celery.signals import worker_process_init
 
     from pacs_agent.db import ensure_schema, make_engine
@@ -368,6 +374,13 @@ def run_worker(config: Config) -> int:
     app = make_celery_app(config)
     runtime = WorkerRuntime(config)
     register_worker_task(app, runtime)
+    if metrics_address is not None:
+        from pacs_agent.metrics import process_registry, serve_metrics
+
+        if config.queue.workers > 1:  # prefork: the models load in the children, not here
+            log.warning("worker metrics show the parent process only (no model states)")
+        serve_metrics(process_registry(runtime.model_status), *metrics_address)
+        log.info("worker metrics at http://%s:%d/metrics", *metrics_address)
     pool = "solo" if config.queue.workers == 1 else "prefork"
     if pool == "solo":
         runtime.preload()

@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker", help="run a Celery worker that analyses jobs (queue.backend = 'celery')"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve this worker's own metrics (model load time, GPU memory) at "
+        "http://127.0.0.1:PORT/metrics (0: off; the web role serves the shared counts)",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     worker.set_defaults(func=cmd_worker)
 
     demo = sub.add_parser("demo", help="run the node and send it demo phantom studies over DICOM")
@@ -469,7 +477,7 @@ def _serve(
     return 0
 
 
-def cmd_worker(_args: argparse.Namespace, config: Config | None) -> int:
+def cmd_worker(args: argparse.Namespace, config: Config | None) -> int:
     """A Celery worker: loads the models once, then runs the jobs the broker delivers."""
     config = _require(config)
     if config.queue.backend != "celery":
@@ -479,8 +487,11 @@ def cmd_worker(_args: argparse.Namespace, config: Config | None) -> int:
         )
     from pacs_agent.celery_queue import run_worker  # celery only when asked for
 
+    if not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port must be 0..65535, got {args.metrics_port}")
     prepare_home(config)
-    return run_worker(config)
+    metrics = (args.metrics_host, args.metrics_port) if args.metrics_port else None
+    return run_worker(config, metrics_address=metrics)
 
 
 def cmd_bench_throughput(args: argparse.Namespace, _config: Config | None) -> int:

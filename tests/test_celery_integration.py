@@ -227,7 +227,8 @@ def test_listener_two_workers_and_web_process_every_study_exactly_once(
     cluster.start("web", ["serve", "--role", "web"])
     # worker A holds every job it takes after decoding, so the test can kill it mid-job
     worker_a = cluster.start("worker-a", ["worker"], **{TEST_DELAY_ENV: "600"})
-    cluster.start("worker-b", ["worker"])
+    metrics_port = free_tcp_port()
+    cluster.start("worker-b", ["worker", "--metrics-port", str(metrics_port)])
     cluster.wait_log("listener", "echo-agent is running (listener)")
     cluster.wait_log("web", "echo-agent is running (web)")
     for name in ("worker-a", "worker-b"):
@@ -331,6 +332,15 @@ def test_listener_two_workers_and_web_process_every_study_exactly_once(
         # the web role reads the same database
         with urllib.request.urlopen(f"http://127.0.0.1:{cluster.web_port}/healthz") as resp:
             assert resp.status == 200
+        # the web role's /metrics counts from the shared database; a worker's, its own models
+        with urllib.request.urlopen(f"http://127.0.0.1:{cluster.web_port}/metrics") as resp:
+            shared = resp.read().decode()
+        assert f'echo_agent_studies{{state="drafted"}} {float(N_STUDIES)}' in shared
+        assert 'echo_agent_jobs{state="running"} 0.0' in shared
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+            own = resp.read().decode()
+        assert 'echo_agent_model_ready{model="cnn"} 1.0' in own
+        assert "echo_agent_model_load_seconds" in own and "echo_agent_studies" not in own
     finally:
         engine.dispose()
 
