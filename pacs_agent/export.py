@@ -27,12 +27,19 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pacs_agent.attempts import (
+    DestinationStatus,
+    RetryPolicy,
+    Wait,
+    send_with_retries,
+    sleep_wait,
+    standing,
+)
 from pacs_agent.config import Config, DestinationConfig
-from pacs_agent.db.models import Artifact, ExportAttempt, utcnow
-from pacs_agent.jobs import Backoff, utc
+from pacs_agent.db.models import Artifact, utcnow
+from pacs_agent.jobs import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +49,6 @@ NETWORK_TIMEOUT_S = 10.0
 DIMSE_TIMEOUT_S = 120.0
 SUCCESS = 0x0000
 WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
-
-# Stops a back-off wait early; returns True when the caller should give up (shutdown).
-Wait = Callable[[float], bool]
-
-
-def sleep_wait(seconds: float) -> bool:
-    time.sleep(seconds)
-    return False
-
 
 @dataclass(frozen=True)
 class EchoResult:
@@ -72,22 +70,6 @@ class StoreOutcome:
     ok: bool
     status_code: str
     error: str
-
-
-@dataclass(frozen=True)
-class DestinationStatus:
-    """Where one artifact stands with one destination.
-
-    state: "not_sent" (never tried), "pending" (a try is running, or the next one is due
-    later), "sent", or "failed" (out of attempts).
-    """
-
-    destination: str
-    state: str
-    attempts: int
-    last_error: str
-    last_status_code: str
-    last_attempt_at: dt.datetime | None
 
 
 def _client_ae(calling_ae: str, timeout_s: float) -> AE:
@@ -218,34 +200,10 @@ def artifact_path(config: Config, artifact: Artifact) -> Path:
     return path if path.is_absolute() else config.home_path / path
 
 
-def _attempts(session: Session, artifact_id: int, destination: str) -> list[ExportAttempt]:
-    return list(
-        session.scalars(
-            select(ExportAttempt)
-            .where(
-                ExportAttempt.artifact_fk == artifact_id, ExportAttempt.destination == destination
-            )
-            .order_by(ExportAttempt.attempt, ExportAttempt.id)
-        )
-    )
-
-
 def destination_status(
     session: Session, artifact_id: int, destination: str, max_attempts: int
 ) -> DestinationStatus:
-    rows = _attempts(session, artifact_id, destination)
-    if not rows:
-        return DestinationStatus(destination, "not_sent", 0, "", "", None)
-    last = rows[-1]
-    if any(r.state == "sent" for r in rows):
-        state = "sent"
-    elif last.state == "failed" and len(rows) >= max_attempts:
-        state = "failed"
-    else:
-        state = "pending"
-    return DestinationStatus(
-        destination, state, len(rows), last.error, last.status_code, last.started_at
-    )
+    return standing(session, artifact_id, destination, max_attempts)
 
 
 def export_status(session: Session, artifact_id: int, config: Config) -> list[DestinationStatus]:
@@ -267,75 +225,22 @@ def export_artifact(
     """Sends the artifact to ``dest``, retrying with back-off; blocks until sent, out of
     attempts, or ``wait`` says stop. Safe to call again: resumes, never resends a sent one."""
     limits = config.export
-    backoff = Backoff(limits.backoff_initial_s, limits.backoff_max_s)
-    with session_factory.begin() as session:
+    with session_factory() as session:
         artifact = session.get(Artifact, artifact_id)
         if artifact is None:
             raise ValueError(f"artifact {artifact_id} does not exist")
         path = artifact_path(config, artifact)
-        for row in _attempts(session, artifact_id, dest.name):
-            if row.state == "pending":  # a try a crash cut short
-                row.state, row.finished_at = "failed", clock()
-                row.error = row.error or "interrupted: the node stopped during this try"
-    while True:
-        with session_factory() as session:
-            status = destination_status(session, artifact_id, dest.name, limits.max_attempts)
-            rows = _attempts(session, artifact_id, dest.name)
-        if status.state in ("sent", "failed"):
-            return status
-        if rows:
-            last_end = utc(rows[-1].finished_at or rows[-1].started_at)
-            due = last_end + dt.timedelta(seconds=backoff.delay_s(len(rows)))
-            delay_s = (due - clock()).total_seconds()
-            if delay_s > 0 and wait(delay_s):
-                return status
-        attempt_id = _start_attempt(session_factory, artifact_id, dest.name, len(rows) + 1, clock())
-        outcome = c_store_file(path, dest, config.dicom.ae_title)
-        _finish_attempt(session_factory, attempt_id, outcome, clock())
-        if outcome.ok:
-            log.info("artifact %d sent to %s (%s)", artifact_id, dest.name, outcome.status_code)
-        else:
-            log.warning(
-                "artifact %d to %s, try %d of %d: %s",
-                artifact_id,
-                dest.name,
-                len(rows) + 1,
-                limits.max_attempts,
-                outcome.error,
-            )
-
-
-def _start_attempt(
-    session_factory: sessionmaker[Session],
-    artifact_id: int,
-    destination: str,
-    attempt: int,
-    now: dt.datetime,
-) -> int:
-    with session_factory.begin() as session:
-        row = ExportAttempt(
-            artifact_fk=artifact_id,
-            destination=destination,
-            state="pending",
-            attempt=attempt,
-            started_at=now,
-        )
-        session.add(row)
-        session.flush()
-        return row.id
-
-
-def _finish_attempt(
-    session_factory: sessionmaker[Session], attempt_id: int, outcome: StoreOutcome, now: dt.datetime
-) -> None:
-    with session_factory.begin() as session:
-        row = session.get(ExportAttempt, attempt_id)
-        if row is None:
-            return
-        row.state = "sent" if outcome.ok else "failed"
-        row.status_code = outcome.status_code
-        row.error = outcome.error[:2000]
-        row.finished_at = now
+    backoff = Backoff(limits.backoff_initial_s, limits.backoff_max_s)
+    policy = RetryPolicy(limits.max_attempts, backoff)
+    return send_with_retries(
+        session_factory,
+        artifact_id,
+        dest.name,
+        lambda: c_store_file(path, dest, config.dicom.ae_title),
+        policy,
+        wait,
+        clock,
+    )
 
 
 def export_to_all(

@@ -30,9 +30,18 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pacs_agent.attempts import (
+    DestinationStatus,
+    RetryPolicy,
+    Wait,
+    attempt_rows,
+    send_with_retries,
+    sleep_wait,
+    standing,
+)
 from pacs_agent.config import Config, EhrConfig
-from pacs_agent.db.models import Artifact, ExportAttempt, utcnow
-from pacs_agent.export import DestinationStatus, Wait, artifact_path, sleep_wait
+from pacs_agent.db.models import Artifact, utcnow
+from pacs_agent.export import artifact_path
 from pacs_agent.jobs import Backoff, utc
 
 log = logging.getLogger("echo_agent.fhir_delivery")
@@ -41,7 +50,6 @@ FHIR_JSON = "application/fhir+json"
 DESTINATION_PREFIX = "fhir:"
 # a transaction-response for one report is a few kB; a runaway answer is cut here
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-ERROR_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -174,38 +182,16 @@ def _outcome_text(payload: bytes) -> str:
     return text[:300] or "no details"
 
 
-def _attempts(session: Session, artifact_id: int, destination: str) -> list[ExportAttempt]:
-    return list(
-        session.scalars(
-            select(ExportAttempt)
-            .where(
-                ExportAttempt.artifact_fk == artifact_id, ExportAttempt.destination == destination
-            )
-            .order_by(ExportAttempt.attempt, ExportAttempt.id)
-        )
-    )
-
-
 def delivery_status(
     session: Session, artifact_id: int, destination: str, max_attempts: int
 ) -> DestinationStatus:
     """Like ``export.destination_status``, and also "failed" after one try whose answer a
     retry cannot change."""
-    rows = _attempts(session, artifact_id, destination)
-    if not rows:
-        return DestinationStatus(destination, "not_sent", 0, "", "", None)
-    last = rows[-1]
-    if any(r.state == "sent" for r in rows):
-        state = "sent"
-    elif last.state == "failed" and (
-        len(rows) >= max_attempts or not retryable(last.status_code)
-    ):
-        state = "failed"
-    else:
-        state = "pending"
-    return DestinationStatus(
-        destination, state, len(rows), last.error, last.status_code, last.started_at
-    )
+    return standing(session, artifact_id, destination, max_attempts, _permanent)
+
+
+def _permanent(status_code: str) -> bool:
+    return not retryable(status_code)
 
 
 def _bundle_body(config: Config, artifact: Artifact) -> tuple[bytes, int]:
@@ -247,10 +233,6 @@ def deliver_artifact(
             raise ValueError(f"artifact {artifact_id} does not exist")
         if artifact.kind != "fhir":
             raise ValueError(f"artifact {artifact_id} is a {artifact.kind}, not a FHIR bundle")
-        for row in _attempts(session, artifact_id, destination):
-            if row.state == "pending":  # a try a crash cut short
-                row.state, row.finished_at = "failed", clock()
-                row.error = row.error or "interrupted: the node stopped during this try"
         try:
             body, n_entries = _bundle_body(config, artifact)
             token = _bearer_token(ehr)
@@ -258,59 +240,16 @@ def deliver_artifact(
         except (OSError, ValueError) as exc:
             body, n_entries, token = b"", 0, ""
             local_problem = f"cannot send: {exc}"
-    while True:
-        with session_factory() as session:
-            status = delivery_status(session, artifact_id, destination, ehr.max_attempts)
-            rows = _attempts(session, artifact_id, destination)
-        if status.state in ("sent", "failed"):
-            return status
-        if rows:
-            last_end = utc(rows[-1].finished_at or rows[-1].started_at)
-            due = last_end + dt.timedelta(seconds=backoff.delay_s(len(rows)))
-            delay_s = (due - clock()).total_seconds()
-            if delay_s > 0 and wait(delay_s):
-                return status
-        attempt_id = _start_attempt(session_factory, artifact_id, destination, len(rows) + 1,
-                                    clock())
+
+    def send() -> PostOutcome:
         if local_problem:  # recorded as a try that no retry can fix ("local" status)
-            outcome = PostOutcome(False, "local", local_problem)
-        else:
-            outcome = post_transaction(ehr.fhir_base_url, body, n_entries,
-                                       timeout_s=ehr.timeout_s, bearer_token=token)
-        _finish_attempt(session_factory, attempt_id, outcome, clock())
-        if outcome.ok:
-            log.info("FHIR bundle %d delivered to %s", artifact_id, destination)
-        else:
-            log.warning("FHIR bundle %d to %s, try %d of %d: %s", artifact_id, destination,
-                        len(rows) + 1, ehr.max_attempts, outcome.error)
+            return PostOutcome(False, "local", local_problem)
+        return post_transaction(
+            ehr.fhir_base_url, body, n_entries, timeout_s=ehr.timeout_s, bearer_token=token
+        )
 
-
-def _start_attempt(
-    session_factory: sessionmaker[Session],
-    artifact_id: int,
-    destination: str,
-    attempt: int,
-    now: dt.datetime,
-) -> int:
-    with session_factory.begin() as session:
-        row = ExportAttempt(artifact_fk=artifact_id, destination=destination, state="pending",
-                            attempt=attempt, started_at=now)
-        session.add(row)
-        session.flush()
-        return row.id
-
-
-def _finish_attempt(
-    session_factory: sessionmaker[Session], attempt_id: int, outcome: PostOutcome, now: dt.datetime
-) -> None:
-    with session_factory.begin() as session:
-        row = session.get(ExportAttempt, attempt_id)
-        if row is None:  # the artifact was replaced meanwhile (re-analysis): nothing to record
-            return
-        row.state = "sent" if outcome.ok else "failed"
-        row.status_code = outcome.status_code
-        row.error = outcome.error[:ERROR_CHARS]
-        row.finished_at = now
+    policy = RetryPolicy(ehr.max_attempts, backoff, _permanent)
+    return send_with_retries(session_factory, artifact_id, destination, send, policy, wait, clock)
 
 
 def current_bundles(
@@ -378,7 +317,7 @@ def study_delivery(session: Session, study_id: int, config: Config) -> FhirDeliv
     if not ehr.fhir_base_url:
         return FhirDelivery("not_configured", prefix + "EHR not configured", report_status,
                             artifact.id, "", 0, "", "", None)
-    rows = _attempts(session, artifact.id, destination)
+    rows = attempt_rows(session, artifact.id, destination)
     status = delivery_status(session, artifact.id, destination, ehr.max_attempts)
     delivered_at = next(
         (utc(r.finished_at) for r in rows if r.state == "sent" and r.finished_at), None

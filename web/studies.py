@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from inference.types import Measurements
+from pacs_agent.attempts import DestinationStatus
 from pacs_agent.config import Config
 from pacs_agent.db.models import (
     Analysis,
@@ -27,7 +28,7 @@ from pacs_agent.db.models import (
     Study,
     User,
 )
-from pacs_agent.export import DestinationStatus, export_status
+from pacs_agent.export import export_status
 from pacs_agent.fhir_delivery import delivery_status, destination_name, study_delivery
 from pacs_agent.outputs import algorithms_for
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
