@@ -206,30 +206,61 @@ class Preprocessed:
 
 def preprocess_cine(cine: Cine, params: PreprocessParams) -> Preprocessed:
     """Finds the fan, masks, crops, pads, resizes and normalises every frame."""
-    fan = find_sector(cine)
-    rows, cols = cine.frames.shape[1:3]
-    fan_mask = fan.mask((rows, cols))
-    # the crop is the whole fan's box (apex row included), as the EchoNet layout frames it
-    transform = sector_transform(cine, fan.mask((rows, cols), margin_px=0.0), fan, params.size_px)
-    mean = np.asarray(params.mean, np.float32)
-    std = np.asarray(params.std, np.float32)
-    c = transform.crop
-    keep = fan_mask[c.y0 : c.y1 + 1, c.x0 : c.x1 + 1].astype(np.uint8)
-    square = np.zeros((transform.side_px, transform.side_px, 3), np.uint8)
-    inner = square[
-        transform.pad_top_px : transform.pad_top_px + c.height_px,
-        transform.pad_left_px : transform.pad_left_px + c.width_px,
-    ]
-    size = (params.size_px, params.size_px)
-    small = np.empty((cine.n_frames, params.size_px, params.size_px, 3), np.uint8)
-    for i, frame in enumerate(cine.frames):
-        crop = frame[c.y0 : c.y1 + 1, c.x0 : c.x1 + 1]
-        inner[...] = cv2.bitwise_and(crop, crop, mask=keep)
-        small[i] = cv2.resize(square, size, interpolation=cv2.INTER_AREA)
-    out = (small.astype(np.float32) - mean) / std
-    frames = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-    sector_grid = transform.mask_to_grid(fan_mask) >= 0.5
-    return Preprocessed(frames=frames, transform=transform, sector_mask=sector_grid, fan=fan)
+    shaper = SectorShaper.fit(cine, params)
+    return shaper.preprocessed(shaper.network_input(cine.frames))
+
+
+@dataclass(frozen=True)
+class SectorShaper:
+    """Preprocessing in two steps: the fan and transform, fitted once on frames that show the
+    fan, then the per-frame mask / crop / pad / resize / normalise, applied to any batch of
+    frames. ``inference.stream`` fits on a sample while the rest of the loop still decodes."""
+
+    fan: FanGeometry
+    transform: SectorTransform
+    fan_mask: np.ndarray  # (rows, cols) bool, source pixels inside the fan
+    keep: np.ndarray  # the fan mask inside the crop, uint8 for cv2.bitwise_and
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, sample: Cine, params: PreprocessParams) -> SectorShaper:
+        fan = find_sector(sample)
+        rows, cols = sample.frames.shape[1:3]
+        fan_mask = fan.mask((rows, cols))
+        full = fan.mask((rows, cols), margin_px=0.0)
+        transform = sector_transform(sample, full, fan, params.size_px)
+        c = transform.crop
+        return cls(
+            fan=fan,
+            transform=transform,
+            fan_mask=fan_mask,
+            keep=fan_mask[c.y0 : c.y1 + 1, c.x0 : c.x1 + 1].astype(np.uint8),
+            mean=np.asarray(params.mean, np.float32),
+            std=np.asarray(params.std, np.float32),
+        )
+
+    def network_input(self, frames: np.ndarray) -> np.ndarray:
+        """(frames, rows, cols, 3) uint8 -> (frames, 3, size, size) float32, normalised."""
+        t, c = self.transform, self.transform.crop
+        square = np.zeros((t.side_px, t.side_px, 3), np.uint8)
+        inner = square[
+            t.pad_top_px : t.pad_top_px + c.height_px, t.pad_left_px : t.pad_left_px + c.width_px
+        ]
+        size = (t.size_px, t.size_px)
+        small = np.empty((len(frames), t.size_px, t.size_px, 3), np.uint8)
+        for i, frame in enumerate(frames):
+            crop = frame[c.y0 : c.y1 + 1, c.x0 : c.x1 + 1]
+            inner[...] = cv2.bitwise_and(crop, crop, mask=self.keep)
+            small[i] = cv2.resize(square, size, interpolation=cv2.INTER_AREA)
+        out = (small.astype(np.float32) - self.mean) / self.std
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def preprocessed(self, network_input: np.ndarray) -> Preprocessed:
+        sector_grid = self.transform.mask_to_grid(self.fan_mask) >= 0.5
+        return Preprocessed(
+            frames=network_input, transform=self.transform, sector_mask=sector_grid, fan=self.fan
+        )
 
 
 def sector_transform(

@@ -28,7 +28,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
@@ -43,12 +42,8 @@ from inference.analyze import (
 from inference.decode import FrameReader
 from inference.preprocess import (
     MAX_STAT_FRAMES,
-    FanGeometry,
-    Preprocessed,
     PreprocessParams,
-    SectorTransform,
-    find_sector,
-    sector_transform,
+    SectorShaper,
 )
 from inference.types import Cine
 
@@ -112,7 +107,7 @@ def analyze_stream(
         sample = fan_sample_indices(n)
         decoder.wait_for(sample, sink)
         with _stage(sink, "preprocess_s"):
-            shaper = _SectorShaper.fit(
+            shaper = SectorShaper.fit(
                 dataclasses.replace(reader.header, frames=decoder.frames[sample]),
                 preprocess_params,
             )
@@ -207,55 +202,3 @@ class _BackgroundDecoder:
             with self._changed:
                 self._error = exc
                 self._changed.notify_all()
-
-
-@dataclass(frozen=True)
-class _SectorShaper:
-    """``preprocess_cine`` split in two: the fan and transform (fitted once, on the fan-search
-    sample), and the per-frame mask / crop / pad / resize / normalise applied to any batch."""
-
-    fan: FanGeometry
-    transform: SectorTransform
-    fan_mask: np.ndarray  # (rows, cols) bool, source pixels inside the fan
-    keep: np.ndarray  # the fan mask inside the crop, uint8 for cv2.bitwise_and
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, sample: Cine, params: PreprocessParams) -> _SectorShaper:
-        fan = find_sector(sample)
-        rows, cols = sample.frames.shape[1:3]
-        fan_mask = fan.mask((rows, cols))
-        full = fan.mask((rows, cols), margin_px=0.0)
-        transform = sector_transform(sample, full, fan, params.size_px)
-        c = transform.crop
-        return cls(
-            fan=fan,
-            transform=transform,
-            fan_mask=fan_mask,
-            keep=fan_mask[c.y0 : c.y1 + 1, c.x0 : c.x1 + 1].astype(np.uint8),
-            mean=np.asarray(params.mean, np.float32),
-            std=np.asarray(params.std, np.float32),
-        )
-
-    def network_input(self, frames: np.ndarray) -> np.ndarray:
-        """(frames, rows, cols, 3) uint8 -> (frames, 3, size, size) float32, normalised."""
-        t, c = self.transform, self.transform.crop
-        square = np.zeros((t.side_px, t.side_px, 3), np.uint8)
-        inner = square[
-            t.pad_top_px : t.pad_top_px + c.height_px, t.pad_left_px : t.pad_left_px + c.width_px
-        ]
-        size = (t.size_px, t.size_px)
-        small = np.empty((len(frames), t.size_px, t.size_px, 3), np.uint8)
-        for i, frame in enumerate(frames):
-            crop = frame[c.y0 : c.y1 + 1, c.x0 : c.x1 + 1]
-            inner[...] = cv2.bitwise_and(crop, crop, mask=self.keep)
-            small[i] = cv2.resize(square, size, interpolation=cv2.INTER_AREA)
-        out = (small.astype(np.float32) - self.mean) / self.std
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-
-    def preprocessed(self, network_input: np.ndarray) -> Preprocessed:
-        sector_grid = self.transform.mask_to_grid(self.fan_mask) >= 0.5
-        return Preprocessed(
-            frames=network_input, transform=self.transform, sector_mask=sector_grid, fan=self.fan
-        )
