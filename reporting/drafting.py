@@ -40,6 +40,11 @@ DRAFT_MAX_TIME_S = 60.0
 MAX_NARRATIVE_SENTENCES = 4
 NO_SENTENCE = "the model wrote no complete sentence"
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
+_PROMPT_ECHO = re.compile(
+    r"previous paragraph|rejected because|write the narrative|quote only|measurements:|"
+    r"LV systolic function \(ASE/EACVI|^\s*-\s",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 SYSTEM_PROMPT = (
     "You write the narrative paragraph of an adult transthoracic echocardiography report "
@@ -114,6 +119,15 @@ def tidy_narrative(text: str, max_sentences: int = MAX_NARRATIVE_SENTENCES) -> s
     return " ".join(kept)
 
 
+def prompt_echo(text: str) -> tuple[str, ...]:
+    """A narrative that repeats the instructions (small models copy the regeneration feedback,
+    which quotes the measured values, so it would pass the number checks) is not a report."""
+    found = _PROMPT_ECHO.search(text)
+    if found is None:
+        return ()
+    return (f"the narrative repeats the instructions ({found.group(0)!r})",)
+
+
 def missing_essentials(
     matched: Sequence[str], measurements: Measurements, sex: str | None
 ) -> tuple[str, ...]:
@@ -169,7 +183,7 @@ def draft_report(
         text = tidy_narrative(raw)
         result = _check(text, measurements, sex) if text else None
         if result is not None and result.verdict == VERDICT_PASS:
-            missing = missing_essentials(result.matched, measurements, sex)
+            missing = prompt_echo(text) + missing_essentials(result.matched, measurements, sex)
             if missing:
                 result = GroundingResult(VERDICT_FAIL, missing, result.matched)
         if result is not None and result.verdict == VERDICT_PASS:

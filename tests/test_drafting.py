@@ -64,6 +64,16 @@ def test_a_true_but_empty_narrative_is_not_a_report() -> None:
         assert any(f"does not state the {missing}" in r for r in draft.reasons), draft.reasons
 
 
+def test_a_narrative_that_repeats_the_feedback_is_not_a_report() -> None:
+    echo = (
+        "Your previous paragraph was rejected because: the narrative does not state the LVEF "
+        "(55.2 %). Normal LV systolic function."
+    )
+    draft = draft_report(M, ScriptedTextModel([BAD, echo]), "M", demo_models=False)
+    assert draft.verdict == "replaced"
+    assert any("repeats the instructions" in r for r in draft.reasons), draft.reasons
+
+
 def test_no_model_means_no_narrative() -> None:
     draft = draft_report(M, None, "M", demo_models=False)
     assert (draft.verdict, draft.narrative_text) == ("not_checked", "")
