@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -145,19 +146,24 @@ def claim_next(
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == "queued")
-                .values(
-                    state="running",
-                    worker_id=worker_id,
-                    attempts=Job.attempts + 1,
-                    started_at=now,
-                    heartbeat_at=now,
-                    finished_at=None,
-                )
+                .values(**_claimed(worker_id, now))
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount == 1:
                 return job_id
     return None
+
+
+def _claimed(worker_id: str, now: dt.datetime) -> dict[str, Any]:
+    """The columns a claim sets, whichever path (polling thread or queue message) wins it."""
+    return {
+        "state": "running",
+        "worker_id": worker_id,
+        "attempts": Job.attempts + 1,
+        "started_at": now,
+        "heartbeat_at": now,
+        "finished_at": None,
+    }
 
 
 @retry_on_disconnect("a job heartbeat")
@@ -347,14 +353,7 @@ def claim_job(
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, or_(due_queued, abandoned))
-            .values(
-                state="running",
-                worker_id=worker_id,
-                attempts=Job.attempts + 1,
-                started_at=now,
-                heartbeat_at=now,
-                finished_at=None,
-            )
+            .values(**_claimed(worker_id, now))
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
