@@ -157,13 +157,14 @@ def start_node(
         if web_socket is not None:
             from web.app import create_app  # the web package imports pacs_agent, not the reverse
 
+            app = create_app(
+                engine,
+                config,
+                chat_backend=chat_backend_for(config, text_models),
+                model_status=model_status,
+            )
             web_server = waitress.create_server(
-                create_app(
-                    engine,
-                    config,
-                    chat_backend=chat_backend_for(config, text_models),
-                    model_status=model_status,
-                ),
+                app,
                 map=web_map,
                 sockets=[web_socket],
                 threads=8,
@@ -173,6 +174,7 @@ def start_node(
                 target=_serve_web, args=(web_server, stopping), name="web", daemon=True
             )
             web_thread.start()
+            _resume_signoff_exports(app)
     except BaseException:
         for undo in started:
             try:
@@ -194,6 +196,15 @@ def start_node(
         _web_server=web_server,
         model_status=model_status,
     )
+
+
+def _resume_signoff_exports(app: Any) -> None:
+    """Sign-off sends a stop cut short go on (``web.export_resume``). A failure here is
+    logged, never fatal: the study pages still show where each send stands."""
+    try:
+        app.config["ECHO_AGENT_EXPORTS"].resume_unfinished()
+    except Exception:
+        log.exception("could not look for sign-off exports to resume")
 
 
 def _start_queue(

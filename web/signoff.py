@@ -4,7 +4,8 @@ Signing (or amending a signed report) writes a new ``ReportVersion`` (never edit
 place), a signed DICOM SR that names the previous SR as its predecessor, and a FHIR bundle whose
 DiagnosticReport is ``final`` (``amended`` after an amendment), then sends the SR to every PACS
 destination and the bundle to the EHR (when one is configured) in a background thread, so the
-request returns at once. The files go under
+request returns at once (a send that a stop cuts short is taken up at the next start:
+``web.export_resume``). The files go under
 ``<home>/reports/<study>/`` and are recorded without a job, so a re-analysis of the loop (which
 replaces its job's artifacts) can never delete what was signed.
 """
@@ -12,10 +13,11 @@ replaces its job's artifacts) can never delete what was signed.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from inference.types import Measurements
 from pacs_agent.config import Config
 from pacs_agent.db.models import Analysis, Artifact, Instance, ReportVersion, Study, User, utcnow
-from pacs_agent.export import artifact_path, export_to_all
+from pacs_agent.export import artifact_path, export_artifact, export_to_all
 from pacs_agent.fhir_delivery import deliver_artifact
 from pacs_agent.outputs import node_identifier_system
 from reporting.dicom_base import derived_uid
@@ -36,11 +38,14 @@ from reporting.outputs import DICOM_MEDIA_TYPE, FHIR_MEDIA_TYPE
 from reporting.sr import write_signed_sr
 from reporting.types import DraftReport, Signature, SourceLoop
 from web.audit import write_event
+from web.export_resume import UnfinishedExport, unfinished_signoff_exports
 from web.studies import analysis_algorithms, latest_analysis
 
 log = logging.getLogger("echo_agent.web.signoff")
 
 REPORTS_DIR_NAME = "reports"
+# who the audit log names for sends the node takes up again on its own after a restart
+RESUMING_USER = "echo-agent (resumed after restart)"
 
 
 class SignOffError(ValueError):
@@ -253,6 +258,50 @@ class ExportRunner:
         thread.start()
         return thread
 
+    def resume_unfinished(self) -> list[threading.Thread]:
+        """Takes up the sign-off sends a stop cut short (``web.export_resume``); called once
+        when the review app starts serving. Each runs in its own thread, as at sign-off."""
+        with self.session_factory() as session:
+            items = unfinished_signoff_exports(session, self.config)
+        return self.resume(items)
+
+    def resume(self, items: Sequence[UnfinishedExport]) -> list[threading.Thread]:
+        threads = []
+        for item in items:
+            log.info(
+                "study %d: resuming sign-off exports cut short by a stop (SR %s, FHIR %s)",
+                item.study_id,
+                ", ".join(f"{a} -> {'/'.join(names)}" for a, names in item.sr_destinations) or "-",
+                item.fhir_artifact_id if item.fhir_artifact_id is not None else "-",
+            )
+            with self._lock:
+                self._running[item.study_id] = self._running.get(item.study_id, 0) + 1
+            thread = threading.Thread(
+                target=self._resume_one,
+                args=(item,),
+                name=f"export-resume-study-{item.study_id}",
+                daemon=True,
+            )
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _resume_one(self, item: UnfinishedExport) -> None:
+        try:
+            for artifact_id, names in item.sr_destinations:
+                self._send(
+                    item.study_id, artifact_id, None, RESUMING_USER,
+                    functools.partial(self._to_named_pacs, names=names), resumed=True,
+                )  # fmt: skip
+            if item.fhir_artifact_id is not None:
+                self._send(
+                    item.study_id, item.fhir_artifact_id, None, RESUMING_USER, self._to_ehr,
+                    resumed=True,
+                )  # fmt: skip
+        finally:
+            with self._lock:
+                self._running[item.study_id] -= 1
+
     def _run(
         self,
         study_id: int,
@@ -275,6 +324,14 @@ class ExportRunner:
         statuses = export_to_all(self.session_factory, artifact_id, self.config)
         return {s.destination: s.state for s in statuses}
 
+    def _to_named_pacs(self, artifact_id: int, names: tuple[str, ...]) -> dict[str, str]:
+        results = {}
+        for dest in self.config.destinations:
+            if dest.name in names:
+                status = export_artifact(self.session_factory, artifact_id, dest, self.config)
+                results[status.destination] = status.state
+        return results
+
     def _to_ehr(self, artifact_id: int) -> dict[str, str]:
         status = deliver_artifact(self.session_factory, artifact_id, self.config)
         return {status.destination: status.state}
@@ -283,15 +340,18 @@ class ExportRunner:
         self,
         study_id: int,
         artifact_id: int,
-        user_id: int,
+        user_id: int | None,
         username: str,
         send: Callable[[int], dict[str, str]],
+        resumed: bool = False,
     ) -> None:
         try:
             detail: dict[str, object] = {"artifact_id": artifact_id, "results": send(artifact_id)}
         except Exception as exc:  # recorded and shown; the thread must not die silently
             log.exception("export of artifact %d failed", artifact_id)
             detail = {"artifact_id": artifact_id, "error": f"{type(exc).__name__}: {exc}"}
+        if resumed:
+            detail["resumed"] = True
         write_event(
             self.session_factory,
             action="export",
