@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 CHECKPOINT_NAME = "checkpoint.pt"
 WARMUP_FRACTION = 0.05
@@ -321,3 +322,84 @@ def autocast(runtime: Runtime) -> Any:
 def make_scaler(runtime: Runtime) -> torch.amp.GradScaler:
     """fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler is a no-op)."""
     return torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+
+
+def epoch_shape(n_items: int, batch_size: int) -> tuple[bool, int]:
+    """(drop_last, optimizer steps per epoch): the last short batch is dropped unless it is
+    the only one, because BatchNorm cannot train on a batch of one."""
+    drop_last = n_items > batch_size
+    return drop_last, max(1, n_items // batch_size if drop_last else 1)
+
+
+@dataclass
+class EpochRun:
+    """What differs between the segmentation and EF runs; the epochs around it are shared
+    (``run_epochs``) so that seeding, resuming and checkpoints behave the same for both.
+
+    ``dataset`` draws its augmentation from ``set_epoch``; ``batch_loss`` maps one loader
+    batch to the loss (forward pass under autocast included); ``validate`` measures the model
+    after an epoch (an empty dict when there is no validation split); ``loss_key`` names the
+    mean training loss in the history."""
+
+    label: str
+    model: nn.Module
+    dataset: Dataset[Any]
+    batch_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+    validate: Callable[[], dict[str, float]]
+    loss_key: str
+
+
+def run_epochs(
+    run: EpochRun,
+    options: TrainOptions,
+    runtime: Runtime,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    out_dir: Path,
+    log: Progress,
+) -> list[dict[str, float]]:
+    """Trains from the first epoch not done (``options.resume``: from the checkpoint in
+    ``out_dir``) to ``last_epoch``, saving a checkpoint after each; returns the history."""
+    drop_last, steps_per_epoch = epoch_shape(len(run.dataset), options.batch_size)  # type: ignore[arg-type]
+    scaler = make_scaler(runtime)
+    start_epoch, history = 0, []
+    if options.resume:
+        start_epoch, history = load_checkpoint(out_dir, run.model, optimizer, schedule)
+        log.note(f"resumed after epoch {start_epoch}")
+    progress = Progress(
+        run.label,
+        options.epochs * steps_per_epoch,
+        start_epoch * steps_per_epoch,
+        options.progress_every,
+        options.log,
+    )
+    for epoch in range(start_epoch, last_epoch(options)):
+        torch.manual_seed(options.seed * 1_000_003 + epoch)
+        run.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        order = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
+        loader = DataLoader(
+            run.dataset,
+            batch_size=options.batch_size,
+            shuffle=True,
+            generator=order,
+            drop_last=drop_last,
+            num_workers=runtime.loader_workers,
+            pin_memory=runtime.cuda,
+        )
+        run.model.train()
+        losses = []
+        for step, batch in enumerate(loader, start=1):
+            loss = run.batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            losses.append(loss.item())
+            progress.step(epoch, options.epochs, step, len(loader), losses[-1])
+        record = {"epoch": epoch + 1, run.loss_key: float(np.mean(losses))}
+        record.update(run.validate())
+        history.append(record)
+        progress.note(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
+        save_checkpoint(out_dir, run.model, optimizer, schedule, epoch + 1, history)
+    return history

@@ -19,25 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 -- conventional alias
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from inference.beats import CLIP_LENGTH_FRAMES, CLIP_PERIOD_FRAMES
 from inference.checkpoints import save_safetensors_fp16
 from inference.networks import build_r2plus1d_18
 from inference.training.common import (
+    EpochRun,
     Progress,
     TrainOptions,
     autocast,
     data_fingerprint,
+    epoch_shape,
     init_from,
     item_generator,
-    last_epoch,
-    load_checkpoint,
     make_optimizer,
     make_runtime,
-    make_scaler,
     random_shift,
-    save_checkpoint,
+    run_epochs,
 )
 from inference.training.echonet_data import (
     GRID_SIZE_PX,
@@ -122,8 +121,7 @@ def train_ef(options: TrainOptions) -> TrainResult:
     val_videos = _load_videos(val, log)
     log.note(f"{len(train)} train / {len(val)} val videos; mean {mean} std {std}")
     dataset = RandomClips(videos, [r.ef_percent for r in train], options.seed, MAX_SHIFT_PX)
-    drop_last = len(dataset) > options.batch_size
-    steps_per_epoch = max(1, len(dataset) // options.batch_size if drop_last else 1)
+    _, steps_per_epoch = epoch_shape(len(dataset), options.batch_size)
 
     torch.manual_seed(options.seed)
     model = build_r2plus1d_18(options.width, num_outputs=1)
@@ -132,64 +130,33 @@ def train_ef(options: TrainOptions) -> TrainResult:
     init = init_from(model, options, ARCHITECTURE)
     model = model.to(runtime.device, memory_format=torch.channels_last_3d)
     optimizer, schedule = make_optimizer(model, options, steps_per_epoch)
-    scaler = make_scaler(runtime)
     mean_t = torch.tensor(mean, device=runtime.device)
     std_t = torch.tensor(std, device=runtime.device)
 
+    def batch_loss(batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        clips, valid, ef = batch
+        x = clip_batch(
+            np.moveaxis(clips.numpy(), 1, -1), valid.numpy(), mean_t, std_t, runtime.device
+        )
+        y = ef.to(runtime.device)
+        with autocast(runtime):
+            pred = model(x)[:, 0]
+        return F.mse_loss(pred.float(), y)
+
+    def validate() -> dict[str, float]:
+        if not val:
+            return {}
+        predicted = [
+            predict_video_ef(model, v, mean_t, std_t, start_stride=VAL_START_STRIDE)
+            for v in val_videos
+        ]
+        errors = ef_errors(predicted, [r.ef_percent for r in val])
+        return {f"val_{k}": v for k, v in errors.items()}
+
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch, history = 0, []
-    if options.resume:
-        start_epoch, history = load_checkpoint(out_dir, model, optimizer, schedule)
-        log.note(f"resumed after epoch {start_epoch}")
-    progress = Progress(
-        "ef",
-        options.epochs * steps_per_epoch,
-        start_epoch * steps_per_epoch,
-        options.progress_every,
-        options.log,
-    )
-    for epoch in range(start_epoch, last_epoch(options)):
-        torch.manual_seed(options.seed * 1_000_003 + epoch)
-        dataset.set_epoch(epoch)
-        order = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=options.batch_size,
-            shuffle=True,
-            generator=order,
-            drop_last=drop_last,
-            num_workers=runtime.loader_workers,
-            pin_memory=runtime.cuda,
-        )
-        model.train()
-        losses = []
-        for step, (clips, valid, ef) in enumerate(loader, start=1):
-            x = clip_batch(
-                np.moveaxis(clips.numpy(), 1, -1), valid.numpy(), mean_t, std_t, runtime.device
-            )
-            y = ef.to(runtime.device)
-            with autocast(runtime):
-                pred = model(x)[:, 0]
-            loss = F.mse_loss(pred.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            losses.append(loss.item())
-            progress.step(epoch, options.epochs, step, len(loader), losses[-1])
-        record = {"epoch": epoch + 1, "train_mse": float(np.mean(losses))}
-        if val:
-            predicted = [
-                predict_video_ef(model, v, mean_t, std_t, start_stride=VAL_START_STRIDE)
-                for v in val_videos
-            ]
-            errors = ef_errors(predicted, [r.ef_percent for r in val])
-            record.update({f"val_{k}": v for k, v in errors.items()})
-        history.append(record)
-        progress.note(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
-        save_checkpoint(out_dir, model, optimizer, schedule, epoch + 1, history)
+    run = EpochRun("ef", model, dataset, batch_loss, validate, "train_mse")
+    history = run_epochs(run, options, runtime, optimizer, schedule, out_dir, log)
 
     weights = out_dir / WEIGHTS_NAME
     config = {
@@ -216,7 +183,7 @@ def train_ef(options: TrainOptions) -> TrainResult:
         "init_weights": init or None,
     }
     save_safetensors_fp16(model.to(memory_format=torch.contiguous_format), weights, config)
-    progress.note(f"wrote {weights}")
+    log.note(f"wrote {weights}")
     return TrainResult(weights, len(history), tuple(history), mean, std)
 
 

@@ -9,31 +9,31 @@ up to ``MAX_SHIFT_PX`` so the model does not learn one fixed fan position.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 -- conventional alias
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from inference.checkpoints import save_safetensors_fp16
 from inference.networks import build_deeplabv3_resnet50
 from inference.training.common import (
+    EpochRun,
     Progress,
     TrainOptions,
     autocast,
     data_fingerprint,
+    epoch_shape,
     init_from,
     item_generator,
-    last_epoch,
-    load_checkpoint,
     make_optimizer,
     make_runtime,
-    make_scaler,
     normalise,
     random_shift,
-    save_checkpoint,
+    run_epochs,
     shift_array,
 )
 from inference.training.echonet_data import (
@@ -104,68 +104,35 @@ def train_segmentation(options: TrainOptions) -> TrainResult:
         options.seed,
         MAX_SHIFT_PX,
     )
-    drop_last = len(dataset) > options.batch_size  # BatchNorm cannot train on a batch of one
-    steps_per_epoch = max(1, len(dataset) // options.batch_size if drop_last else 1)
+    _, steps_per_epoch = epoch_shape(len(dataset), options.batch_size)
 
     torch.manual_seed(options.seed)
     model = build_deeplabv3_resnet50(options.width, num_classes=1)
     init = init_from(model, options, ARCHITECTURE)
     model = model.to(runtime.device, memory_format=torch.channels_last)
     optimizer, schedule = make_optimizer(model, options, steps_per_epoch)
-    scaler = make_scaler(runtime)
     mean_t = torch.tensor(mean, device=runtime.device)
     std_t = torch.tensor(std, device=runtime.device)
 
+    def batch_loss(batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        images, masks = batch
+        x = normalise(images.to(runtime.device, non_blocking=True), mean_t, std_t)
+        y = masks.to(runtime.device, non_blocking=True)
+        with autocast(runtime):
+            logits = model(x.contiguous(memory_format=torch.channels_last))[:, 0]
+        return F.binary_cross_entropy_with_logits(logits.float(), y)
+
+    def validate() -> dict[str, float]:
+        if not val_samples:
+            return {}
+        pred = predict_masks(model, np.stack([s.image for s in val_samples]), mean_t, std_t)
+        scores = dice_scores(pred, np.stack([s.mask for s in val_samples]))
+        return {"val_dice": scores.mean_per_frame, "val_dice_pooled": scores.pooled}
+
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch, history = 0, []
-    if options.resume:
-        start_epoch, history = load_checkpoint(out_dir, model, optimizer, schedule)
-        log.note(f"resumed after epoch {start_epoch}")
-    progress = Progress(
-        "seg",
-        options.epochs * steps_per_epoch,
-        start_epoch * steps_per_epoch,
-        options.progress_every,
-        options.log,
-    )
-    for epoch in range(start_epoch, last_epoch(options)):
-        torch.manual_seed(options.seed * 1_000_003 + epoch)
-        dataset.set_epoch(epoch)
-        order = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=options.batch_size,
-            shuffle=True,
-            generator=order,
-            drop_last=drop_last,
-            num_workers=runtime.loader_workers,
-            pin_memory=runtime.cuda,
-        )
-        model.train()
-        losses = []
-        for step, (images, masks) in enumerate(loader, start=1):
-            x = normalise(images.to(runtime.device, non_blocking=True), mean_t, std_t)
-            y = masks.to(runtime.device, non_blocking=True)
-            with autocast(runtime):
-                logits = model(x.contiguous(memory_format=torch.channels_last))[:, 0]
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            losses.append(loss.item())
-            progress.step(epoch, options.epochs, step, len(loader), losses[-1])
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
-        if val_samples:
-            pred = predict_masks(model, np.stack([s.image for s in val_samples]), mean_t, std_t)
-            scores = dice_scores(pred, np.stack([s.mask for s in val_samples]))
-            record["val_dice"] = scores.mean_per_frame
-            record["val_dice_pooled"] = scores.pooled
-        history.append(record)
-        progress.note(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
-        save_checkpoint(out_dir, model, optimizer, schedule, epoch + 1, history)
+    run = EpochRun("seg", model, dataset, batch_loss, validate, "train_loss")
+    history = run_epochs(run, options, runtime, optimizer, schedule, out_dir, log)
 
     weights = out_dir / WEIGHTS_NAME
     config = {
@@ -189,7 +156,7 @@ def train_segmentation(options: TrainOptions) -> TrainResult:
         "init_weights": init or None,
     }
     save_safetensors_fp16(model.to(memory_format=torch.contiguous_format), weights, config)
-    progress.note(f"wrote {weights}")
+    log.note(f"wrote {weights}")
     return TrainResult(weights, len(history), tuple(history), mean, std)
 
 
