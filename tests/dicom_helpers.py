@@ -37,6 +37,7 @@ from support import need_tool
 STORESCU = "storescu"
 ECHOSCU = "echoscu"
 STORESCP = "storescp"
+PEER_AET = "PEERSCP"  # the AE title of the storescp peer tests export to
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
 # dcmtk storescu option that proposes a file's own (compressed) syntax besides the uncompressed
@@ -477,3 +478,21 @@ def make_pki(folder: Path) -> Pki:
         client_cert=folder / "client.pem",
         client_key=folder / "client.key",
     )
+
+
+@contextlib.contextmanager
+def storescp(port: int, outdir: Path) -> Iterator[Path]:
+    """dcmtk's storage SCP as the PACS the node exports to: AE ``PEER_AET``, every syntax it
+    knows, what it receives written to ``outdir``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [require_tool(STORESCP), "-aet", PEER_AET, "+xa", "-od", str(outdir), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield outdir
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

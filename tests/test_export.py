@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dicom_helpers import (
+    PEER_AET,
     Ids,
     dataset_bytes,
     file_transfer_syntax,
     free_tcp_port,
-    require_tool,
+    storescp,
     us_loop_dataset,
-    wait_for_port,
     write_instance,
 )
 from pydicom.uid import JPEGBaseline8Bit
@@ -28,8 +26,6 @@ from pacs_agent.config import Config, DestinationConfig, DicomConfig, ExportConf
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import Artifact, ExportAttempt, Patient, Study
 
-PEER_AET = "PEERSCP"
-
 
 @pytest.fixture
 def sessions(database_url: str):
@@ -37,23 +33,6 @@ def sessions(database_url: str):
     engine = make_engine(database_url)
     yield make_session_factory(engine)
     engine.dispose()
-
-
-@contextlib.contextmanager
-def storescp(port: int, outdir: Path) -> Iterator[Path]:
-    """dcmtk's storage SCP accepting every syntax it knows, writing what it gets to outdir."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [require_tool("storescp"), "-aet", PEER_AET, "+xa", "-od", str(outdir), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port("127.0.0.1", port)
-        yield outdir
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def config_for(

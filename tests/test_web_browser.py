@@ -15,19 +15,17 @@ from pathlib import Path
 
 import pytest
 import waitress
-from dicom_helpers import free_tcp_port
+from dicom_helpers import PEER_AET, free_tcp_port, storescp
 from fhir_receiver import FhirReceiver
 from sqlalchemy import select
 from support import need_tool, require_or_skip
 from waitress import wasyncore
 from web_helpers import (
     PASSWORD,
-    PEER_AET,
     a4c_loops,
     demo_models_or_skip,
     make_node,
     seed_study,
-    storescp,
 )
 
 from pacs_agent.config import DestinationConfig, DicomConfig, EhrConfig, ExportConfig

@@ -13,17 +13,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicom_helpers import free_tcp_port
+from dicom_helpers import PEER_AET, free_tcp_port, storescp
 from sqlalchemy import select
 from web_helpers import (
-    PEER_AET,
     Node,
     a4c_loops,
     login,
     make_node,
     oracle_models,
     seed_study,
-    storescp,
 )
 
 from pacs_agent.config import DestinationConfig, DicomConfig, ExportConfig

@@ -8,19 +8,15 @@ web app reads exactly the rows and files a node writes.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import re
 import shutil
-import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from dicom_helpers import require_tool, wait_for_port
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,7 +36,6 @@ from pacs_agent.users import add_user
 PASSWORD = "correct-horse-battery"
 USERS = {"cardio": "cardiologist", "sono": "sonographer", "admin": "admin"}
 DISPLAY_NAMES = {"cardio": "Ada Okafor", "sono": "Sam Sonographer", "admin": "Alex Admin"}
-PEER_AET = "PEERSCP"
 # other demo weights (retrained ones, say) for the browser test; default: the shipped ones
 DEMO_DIR_ENV = "ECHO_AGENT_TEST_DEMO_DIR"
 ORACLE_PARAMS = PreprocessParams(mean=(30.0, 30.0, 30.0), std=(45.0, 45.0, 45.0))
@@ -131,23 +126,6 @@ def demo_models_or_skip() -> FixedModels:
             load_time_s=0.0,
         )
     )
-
-
-@contextlib.contextmanager
-def storescp(port: int, outdir: Path) -> Iterator[Path]:
-    """dcmtk's storage SCP as the PACS the node exports to; writes what it gets to outdir."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [require_tool("storescp"), "-aet", PEER_AET, "+xa", "-od", str(outdir), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port("127.0.0.1", port)
-        yield outdir
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def a4c_loops(paths: list[Path]) -> list[Path]:

@@ -125,6 +125,16 @@ def _edit_body() -> tuple[dict[str, Any], Any]:
     return body, None
 
 
+def _edit_request(study_id: int) -> tuple[Study, dict[str, Any], Any]:
+    """The study (404 if unknown), the checked body of an edit or sign-off, and the answer
+    that refuses it (bad body: 400; edited an older version: 409), else None."""
+    study = _study_or_404(study_id)
+    body, error = _edit_body()
+    if error:
+        return study, body, error
+    return study, body, _check_base(study, body)
+
+
 def _check_base(study: Study, body: dict[str, Any]) -> Any:
     versions = list(study.report_versions)
     latest = versions[-1].version if versions else 0
@@ -139,13 +149,9 @@ def _check_base(study: Study, body: dict[str, Any]) -> Any:
 @require_role("cardiologist")
 def save_report(study_id: int) -> Any:
     """An edit: a new draft version while unsigned; after sign-off, an amendment (signed)."""
-    study = _study_or_404(study_id)
-    body, error = _edit_body()
-    if error:
-        return error
-    conflict = _check_base(study, body)
-    if conflict:
-        return conflict
+    study, body, refusal = _edit_request(study_id)
+    if refusal is not None:
+        return refusal
     versions = list(study.report_versions)
     previous = versions[-1] if versions else None
     if previous is not None and previous.status in ("signed", "amended"):
@@ -175,13 +181,9 @@ def save_report(study_id: int) -> Any:
 @bp.post("/studies/<int:study_id>/report/sign")
 @require_role("cardiologist")
 def sign_report(study_id: int) -> Any:
-    study = _study_or_404(study_id)
-    body, error = _edit_body()
-    if error:
-        return error
-    conflict = _check_base(study, body)
-    if conflict:
-        return conflict
+    study, body, refusal = _edit_request(study_id)
+    if refusal is not None:
+        return refusal
     versions = list(study.report_versions)
     if versions and versions[-1].status in ("signed", "amended"):
         return jsonify(error="already signed; an edit now makes an amendment (give a reason)"), 409
