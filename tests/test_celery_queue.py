@@ -221,6 +221,7 @@ def role_config(tmp_path, **env: str):
             "ECHO_AGENT_DICOM_PORT": str(free_tcp_port()),
             "ECHO_AGENT_WEB_PORT": str(free_tcp_port()),
             "ECHO_AGENT_LLM_CHAT": "false",
+            "ECHO_AGENT_LLM_DRAFT": "false",  # no model warm-up thread outliving the test
             **env,
         }
     )

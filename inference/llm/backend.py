@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from inference.llm.embedded import EMBEDDED_NAME, default_cache_dir, ensure_embedded_model
+from inference.llm.hf_imports import transformers_module
 
 ROLES = ("system", "user", "assistant")
 # the consumer waits this long beyond the wall-clock limit before it calls the worker stuck
@@ -143,14 +144,15 @@ def load_text_model(model_dir: Path, device: str = "auto", name: str | None = No
     """A local Hugging Face causal LM: bf16 on CUDA, float32 on the CPU (where bf16 matmuls are
     slower on most processors)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers = transformers_module()
 
     resolved = resolve_device(device)
     dtype = torch.bfloat16 if resolved == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.chat_template is None:
         raise ValueError(f"{model_dir}: the tokenizer has no chat template (an instruct model?)")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     model.to(resolved).eval()
     label = name or (EMBEDDED_NAME if model_dir.name == EMBEDDED_NAME else model_dir.name)
     return HFTextModel(model=model, tokenizer=tokenizer, device=resolved, name=label)
@@ -218,7 +220,8 @@ def stream_generation(
     """Greedy generation from ``model_inputs`` (``input_ids`` or ``inputs_embeds``) in a worker
     thread, yielding text chunks. Shared by the text backend and the video-text model."""
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    transformers = transformers_module()
 
     started = time.perf_counter()
     first_token_at: list[float] = []
@@ -226,7 +229,7 @@ def stream_generation(
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    class _Streamer(TextIteratorStreamer):
+    class _Streamer(transformers.TextIteratorStreamer):
         def put(self, value: Any) -> None:
             if not self.next_tokens_are_prompt and value.numel():
                 if not first_token_at:
@@ -234,7 +237,7 @@ def stream_generation(
                 n_tokens[0] += int(value.numel())
             super().put(value)
 
-    class _StopWhenAsked(StoppingCriteria):
+    class _StopWhenAsked(transformers.StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
 
@@ -254,7 +257,7 @@ def stream_generation(
         max_time=limits.max_time_s,
         do_sample=False,
         pad_token_id=pad_id if pad_id is not None else tokenizer.eos_token_id,
-        stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+        stopping_criteria=transformers.StoppingCriteriaList([_StopWhenAsked()]),
     )
 
     def work() -> None:

@@ -20,6 +20,7 @@ import torch
 
 from inference.llm.backend import HFTextModel
 from inference.llm.dataset import LlmSample, read_dataset
+from inference.llm.hf_imports import transformers_module
 from inference.llm.video_text import (
     MAX_FRAMES,
     FrameEncoder,
@@ -100,7 +101,7 @@ def fit(
 ) -> list[float]:
     """Trains what requires grad in ``model`` (adapters, projector); returns the loss of every
     optimizer step (mean over its micro-batches)."""
-    from transformers import get_cosine_schedule_with_warmup
+    transformers = transformers_module()
 
     if not samples:
         raise ValueError("no training samples")
@@ -110,7 +111,7 @@ def fit(
     per_epoch = math.ceil(math.ceil(len(samples) / options.batch_size) / options.grad_accum)
     total = options.max_steps or per_epoch * options.epochs
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=WEIGHT_DECAY)
-    schedule = get_cosine_schedule_with_warmup(
+    schedule = transformers.get_cosine_schedule_with_warmup(
         optimizer, int(options.warmup_fraction * total), total
     )
     rng = random.Random(options.seed)

@@ -39,6 +39,7 @@ from inference.llm.backend import (
     Message,
     stream_generation,
 )
+from inference.llm.hf_imports import peft_module
 
 MAX_FRAMES = 45
 TOKEN_GROUP = 2  # frames concatenated into one visual token
@@ -153,9 +154,7 @@ class VideoTextConfig:
 
 
 def lora_config() -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
+    return peft_module().LoraConfig(
         r=LORA_R,
         lora_alpha=LORA_ALPHA,
         lora_dropout=LORA_DROPOUT,
@@ -266,11 +265,11 @@ def build_video_text(
 ) -> VideoTextModel:
     """A fresh model: new LoRA adapters (B = 0, so it starts as the base model) and a new
     projector; everything else frozen."""
-    from peft import get_peft_model
+    peft = peft_module()
 
     for p in base.model.parameters():
         p.requires_grad_(False)
-    lm = get_peft_model(base.model, lora_config())
+    lm = peft.get_peft_model(base.model, lora_config())
     hidden = int(base.model.config.hidden_size)
     config = VideoTextConfig(feature_dim, hidden, base_model=base.name, encoder=encoder_name)
     generator = torch.Generator().manual_seed(seed)
@@ -284,9 +283,7 @@ def build_video_text(
     return VideoTextModel(lm, base.tokenizer, projector, config)
 
 
-def save_adapters(
-    model: VideoTextModel, out_dir: Path, stage: int, dtype: str = "float32"
-) -> Path:
+def save_adapters(model: VideoTextModel, out_dir: Path, stage: int, dtype: str = "float32") -> Path:
     """LoRA weights (peft layout) and the projector, never the base model's weights;
     ``dtype`` "float16" halves the files (for the adapter shipped in the repository)."""
     from safetensors.torch import load_file, save_file
@@ -328,7 +325,7 @@ def load_video_text(
     """Base model + saved adapters and projector (``trainable``: to continue training, e.g.
     stage 2 from stage 1). Half-precision files are upcast to the base model's dtype (float32
     on the CPU). The base model is wrapped in place: load adapters on a base of their own."""
-    from peft import PeftModel
+    peft = peft_module()
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
@@ -340,7 +337,9 @@ def load_video_text(
         )
     for p in base.model.parameters():
         p.requires_grad_(False)
-    lm = PeftModel.from_pretrained(base.model, str(adapter_dir / LORA_DIR), is_trainable=trainable)
+    lm = peft.PeftModel.from_pretrained(
+        base.model, str(adapter_dir / LORA_DIR), is_trainable=trainable
+    )
     projector = nn.Linear(config.feature_dim * config.token_group, hidden)
     projector.load_state_dict(load_file(str(adapter_dir / PROJECTOR_FILE)))
     dtype = next(base.model.parameters()).dtype
