@@ -5,8 +5,11 @@ measurement of the same kind: an EF within 0.5 points of the regression or the m
 EF, a volume within 0.5 mL of the EDV, ESV or stroke volume (the one named, when one is named),
 a heart rate within 1 /min. Every word that grades LV systolic function ("normal", "mildly
 reduced", "hyperdynamic", negations included) must agree with the ASE/EACVI 2015 grade of the
-primary EF (``reporting.interpretation``). A grade about something the node does not measure
-(valves, rhythm, the right heart) fails too. Anything the guard cannot tie to a measurement
+primary EF (``reporting.interpretation``); one about the heart rate or an LV volume ("normal",
+"reduced", "elevated", "tachycardic") must agree with that value's reference range, the one the
+EHR's interpretation flag uses, and a severity ("severely") of either fails: the node grades
+neither by severity. A grade about something the node does not measure (valves, rhythm, the
+right heart) fails too. Anything the guard cannot tie to a measurement
 fails, and so does naming another view or modality than the 2D apical four-chamber loop: a
 false alarm costs a regenerated draft, a miss puts an invented number before a reader.
 """
@@ -19,12 +22,15 @@ from dataclasses import dataclass
 from inference.types import Measurements
 from reporting.interpretation import (
     GRADE_ABOVE,
+    GRADE_BELOW,
     GRADE_MILD,
     GRADE_MODERATE,
     GRADE_NORMAL,
     GRADE_SEVERE,
     lvef_grade,
+    range_grade,
 )
+from reporting.values import KEY_HEART_RATE, KEY_LV_EDV, KEY_LV_ESV
 
 VERDICT_PASS = "pass"
 VERDICT_FAIL = "fail"
@@ -40,6 +46,9 @@ _KIND_WORDS = {KIND_EF: "EF", KIND_VOLUME: "LV volume", KIND_HEART_RATE: "heart 
 
 ALL_GRADES = frozenset({GRADE_NORMAL, GRADE_ABOVE, GRADE_MILD, GRADE_MODERATE, GRADE_SEVERE})
 REDUCED = frozenset({GRADE_MILD, GRADE_MODERATE, GRADE_SEVERE})
+SEVERITIES = (frozenset({GRADE_MILD}), frozenset({GRADE_MODERATE}), frozenset({GRADE_SEVERE}))
+# the facts that have a reference range, and their keys in ``reporting.values``
+_RANGE_KEYS = {"edv": KEY_LV_EDV, "esv": KEY_LV_ESV, "heart_rate": KEY_HEART_RATE}
 
 
 @dataclass(frozen=True)
@@ -194,7 +203,8 @@ _LABELS = (
                                     re.I)),
     (KIND_VOLUME, "sv", re.compile(r"stroke volume|\bSV\b", re.I)),
     (KIND_VOLUME, None, re.compile(r"\bvolumes?\b", re.I)),
-    (KIND_HEART_RATE, None, re.compile(r"heart rate|\bHR\b|pulse", re.I)),
+    (KIND_HEART_RATE, None, re.compile(
+        r"heart rate|\bHR\b|pulse|tachycardi\w*|bradycardi\w*", re.I)),
     (KIND_EF, None, re.compile(
         r"\bLVEF\b|\bEF\b|ejection fraction|systolic function|systolic dysfunction|"
         r"(?:LV|left ventricular|ventricular) function|contractil\w*|pump function", re.I)),
@@ -202,6 +212,8 @@ _LABELS = (
 
 # grade words; the phrases come first and mask what they cover
 _GRADE_WORDS = (
+    (frozenset({GRADE_ABOVE}), re.compile(r"\btachycardi\w*|\belevated\b", re.I)),
+    (REDUCED, re.compile(r"\bbradycardi\w*", re.I)),
     (REDUCED, re.compile(r"below (?:the )?(?:lower limit of )?normal(?: range| limits?)?", re.I)),
     (frozenset({GRADE_ABOVE}), re.compile(
         r"above (?:the )?(?:upper limit of )?(?:normal|reference)(?: range| limits?)?|"
@@ -257,6 +269,8 @@ def check_grounding(text: str, m: Measurements, sex: str | None = None) -> Groun
     facts = measured_facts(m)
     sd = _sd_fact(m)
     grade = lv_grade(m, sex)
+    ranges = {f.key: range_grade(_RANGE_KEYS[f.key], f.value, sex)
+              for f in facts if f.key in _RANGE_KEYS}  # fmt: skip
     reasons: list[str] = []
     matched: list[str] = []
     subject: str | None = None  # what the previous sentences were about
@@ -276,7 +290,7 @@ def check_grounding(text: str, m: Measurements, sex: str | None = None) -> Groun
                 f"(in: {sentence.strip()!r})"
             )
         _check_numbers(sentence, labels, facts, sd, m, reasons, matched)
-        _check_grades(sentence, labels, subject, grade, reasons, matched)
+        _check_grades(sentence, labels, subject, grade, ranges, reasons, matched)
         if labels:
             subject = labels[-1].kind
     verdict = VERDICT_FAIL if reasons else VERDICT_PASS
@@ -371,6 +385,7 @@ def _check_grades(
     labels: list[_Label],
     subject: str | None,
     grade: LvGrade,
+    ranges: dict[str, str | None],
     reasons: list[str],
     matched: list[str],
 ) -> None:
@@ -378,14 +393,19 @@ def _check_grades(
     for claim, pattern in _GRADE_WORDS:
         for mt in pattern.finditer(masked):
             about = _subject_of(mt.start(), labels, subject)
-            if about in (KIND_HEART_RATE, KIND_VOLUME):
-                continue  # graded against their own ranges elsewhere, not LV function words
             words = mt.group(0)
             before = masked[: mt.start()].split()[-3:]
             negated = any(_NEGATION.search(w) for w in before)
             said = (ALL_GRADES - claim) if negated else claim
             phrase = f"{'not ' if negated else ''}{words}"
-            if about == KIND_UNMEASURED:
+            if about in (KIND_HEART_RATE, KIND_VOLUME):
+                keys = _range_subject(mt.start(), labels, about)
+                problem = _range_problem(claim, said, keys, ranges)
+                if problem is None:
+                    matched.append(phrase)
+                else:
+                    reasons.append(f"{phrase!r}: {problem} (in: {sentence.strip()!r})")
+            elif about == KIND_UNMEASURED:
                 reasons.append(f"{phrase!r} grades something the node does not measure "
                                f"(in: {sentence.strip()!r})")  # fmt: skip
             elif grade.ef is None:
@@ -403,6 +423,43 @@ def _check_grades(
             else:
                 matched.append(phrase)
         masked = pattern.sub(lambda mt: " " * len(mt.group(0)), masked)
+
+
+def _range_subject(position: int, labels: list[_Label], about: str) -> tuple[str, ...]:
+    """The facts a grade word about the heart rate or a volume speaks of: the nearest named
+    one before it (else after it), every volume with a range for plain "volumes"."""
+    if about == KIND_HEART_RATE:
+        return ("heart_rate",)
+    before = [lab for lab in labels if lab.end <= position and lab.kind == KIND_VOLUME]
+    after = [lab for lab in labels if lab.start >= position and lab.kind == KIND_VOLUME]
+    named = before[-1] if before else (after[0] if after else None)
+    if named is None or named.key is None:
+        return ("edv", "esv")
+    return (named.key,)
+
+
+def _range_problem(
+    claim: frozenset[str], said: frozenset[str], keys: tuple[str, ...],
+    ranges: dict[str, str | None],
+) -> str | None:  # fmt: skip
+    """None when what a grade word says of a heart rate or volume holds for every fact in
+    ``keys``; else why not. LV grades map onto ranges: normal -> normal, above -> above, any
+    reduced grade -> below."""
+    if claim in SEVERITIES:
+        return "the node grades no severity of a heart rate or an LV volume"
+    as_range = {GRADE_NORMAL: GRADE_NORMAL, GRADE_ABOVE: GRADE_ABOVE}
+    allowed = {as_range.get(g, GRADE_BELOW) for g in said}
+    for key in keys:
+        if key not in _RANGE_KEYS:
+            return "the node has no reference range for that value"
+        if key not in ranges:
+            return "that value was not measured"
+        measured = ranges[key]
+        if measured is None:
+            return "its reference range depends on sex, which is unknown, so no grade may be stated"
+        if measured not in allowed:
+            return f"the measured value is {measured} ({key.replace('_', ' ')})"
+    return None
 
 
 def _subject_of(position: int, labels: list[_Label], carried: str | None) -> str:

@@ -129,6 +129,20 @@ def _agreed(grades: list[str]) -> str | None:
     return grades[0] if len(set(grades)) == 1 else None
 
 
+def range_grade(key: str, value: float, sex: str | None) -> str | None:
+    """Normal, below or above the reference range for an LV volume or the heart rate
+    (``reporting.values`` keys); None for a value without a range (stroke volume, EF: EF has
+    grades, ``lvef_grade``) or when the sex is unknown and the two sexes' ranges disagree.
+    Shared by the EHR's interpretation flags and the grounding guard, so a narrative can only
+    call a value normal when the exported Observation does."""
+    if key in _VOLUME_NORMAL:
+        table = _VOLUME_NORMAL[key]
+        return _agreed([_range_grade(value, *table[s]) for s in _sexes(sex)])
+    if key == KEY_HEART_RATE:
+        return _range_grade(value, *_HEART_RATE_NORMAL)
+    return None
+
+
 def interpret(value: ReportedValue, sex: str | None) -> Interpretation | None:
     """The value against its reference range for ``sex`` ("M"/"F"; anything else: unknown);
     None for values without a range (stroke volume)."""
@@ -141,11 +155,11 @@ def interpret(value: ReportedValue, sex: str | None) -> Interpretation | None:
         table = _VOLUME_NORMAL[value.key]
         source = f"{ASE_2015}, biplane"
         ranges = tuple(ReferenceRange(*table[s], s, source) for s in sexes)
-        grade = _agreed([_range_grade(value.value, *table[s]) for s in sexes])
+        grade = range_grade(value.key, value.value, sex)
         return Interpretation(grade, _flag(grade), ranges)
     if value.key == KEY_HEART_RATE:
         rng = ReferenceRange(*_HEART_RATE_NORMAL, None, _HEART_RATE_SOURCE)
-        grade = _range_grade(value.value, rng.low, rng.high)
+        grade = range_grade(value.key, value.value, sex)
         return Interpretation(grade, _flag(grade), (rng,))
     return None
 

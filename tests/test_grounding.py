@@ -125,3 +125,43 @@ def test_result_is_storable() -> None:
     result = check_grounding("The EF is 80%.", M, "M")
     assert result.to_json()["verdict"] == "fail"
     assert isinstance(result.to_json()["reasons"], list)
+
+
+def test_heart_rate_and_volume_grades_follow_their_reference_ranges() -> None:
+    # heart rate 72 /min (normal 60-100); EDV 120.3 mL and ESV 54.1 mL: normal for men,
+    # above the women's range (EDV 46-106, ESV 14-42 mL, ASE/EACVI 2015 Table 1)
+    assert check_grounding("The heart rate is normal at 72.0 /min.", M, "M").passed
+    assert check_grounding("The LV end-diastolic volume is normal.", M, "M").passed
+    assert check_grounding("The LV volumes are within normal limits.", M, "M").passed
+    assert check_grounding("The patient is not tachycardic.", M, "M").passed
+    fast = measurements(hr=112.0)
+    assert check_grounding("The heart rate is elevated at 112.0 /min.", fast, "M").passed
+    assert check_grounding("The patient is tachycardic.", fast, "M").passed
+
+
+@pytest.mark.parametrize(
+    ("text", "sex", "why"),
+    [
+        # the embedded model wrote this one, and the guard passed it before it graded ranges
+        ("The patient's heart rate was 72.0 /min, severely reduced.", "M", "no severity"),
+        ("The heart rate of 72.0 /min is elevated.", "M", "is normal"),
+        ("The patient is tachycardic.", "M", "is normal"),
+        ("The heart rate is reduced.", "M", "is normal"),
+        ("The LV end-diastolic volume is normal.", "F", "above normal range (edv)"),
+        ("The LV volumes are normal.", "F", "above normal range"),
+        ("The LV volumes are normal.", None, "depends on sex"),
+        ("The stroke volume is normal.", "M", "no reference range"),
+    ],
+)
+def test_heart_rate_and_volume_grades_that_the_ranges_contradict_fail(
+    text: str, sex: str | None, why: str
+) -> None:
+    result = check_grounding(text, M, sex)
+    assert result.verdict == "fail"
+    assert any(why in reason for reason in result.reasons), result.reasons
+
+
+def test_a_grade_of_an_unmeasured_volume_fails() -> None:
+    no_volumes = measurements(edv=None, esv=None, disks=None)
+    result = check_grounding("The LV end-diastolic volume is normal.", no_volumes, "M")
+    assert not result.passed and "not measured" in result.reasons[0]
