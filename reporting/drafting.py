@@ -27,6 +27,13 @@ from reporting.grounding import (
     measured_facts,
 )
 from reporting.grounding import check_grounding as _check
+from reporting.interpretation import (
+    GRADE_ABOVE,
+    GRADE_MILD,
+    GRADE_MODERATE,
+    GRADE_NORMAL,
+    GRADE_SEVERE,
+)
 from reporting.report_text import structured_text as _structured_text
 from reporting.types import AlgorithmInfo, Algorithms
 
@@ -38,6 +45,9 @@ VERDICT_NOT_CHECKED = "not_checked"  # no language model: there is no narrative 
 DRAFT_MAX_NEW_TOKENS = 160
 DRAFT_MAX_TIME_S = 60.0
 MAX_NARRATIVE_SENTENCES = 4
+# the words the narrative starts with: the model continues them, so its first statement is the
+# LVEF (a report must state it, and a small model otherwise opens with anything)
+NARRATIVE_OPENING = "The left ventricular ejection fraction is"
 NO_SENTENCE = "the model wrote no complete sentence"
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
 _PROMPT_ECHO = re.compile(
@@ -88,8 +98,9 @@ def measurement_lines(m: Measurements, sex: str | None) -> list[str]:
     return lines
 
 
-def draft_messages(m: Measurements, sex: str | None, feedback: Sequence[str] = ()) -> list[Message]:
-    """The prompt; ``feedback`` names the previous try's failures for the one regeneration."""
+def draft_request(m: Measurements, sex: str | None, feedback: Sequence[str] = ()) -> list[Message]:
+    """The request alone (system rules, measurements); ``feedback`` names the previous try's
+    failures for the one regeneration. The video-text training data is built on this."""
     from inference.llm.backend import Message
 
     body = "Measurements:\n" + "\n".join(measurement_lines(m, sex))
@@ -103,11 +114,102 @@ def draft_messages(m: Measurements, sex: str | None, feedback: Sequence[str] = (
     return [Message("system", SYSTEM_PROMPT), Message("user", body)]
 
 
+def draft_messages(m: Measurements, sex: str | None, feedback: Sequence[str] = ()) -> list[Message]:
+    """The whole drafting prompt: the request after one worked example, ending in the answer's
+    opening words, which the model continues (``NARRATIVE_OPENING``).
+
+    Why: asked zero-shot, the embedded 135M model passed the guard on none of 10 first drafts
+    of phantom loops (it named other views, graded nothing, or left out the LVEF). With a
+    worked example for other numbers in the study's grade band, the answer opening, and only
+    the first paragraph kept (``tidy_narrative``), 19 of 20 first drafts passed. The example's
+    numbers differ from the study's, so a draft that copies them fails the guard like any
+    other invented number."""
+    from inference.llm.backend import Message
+
+    request = draft_request(m, sex, feedback)
+    example = _worked_example(m, sex)
+    if example is None:
+        return [*request, Message("assistant", NARRATIVE_OPENING)]
+    example_request, example_answer = example
+    return [
+        request[0],
+        Message("user", example_request),
+        Message("assistant", example_answer),
+        request[1],
+        Message("assistant", NARRATIVE_OPENING),
+    ]
+
+
+# The worked example's LVEFs (regression, disks) and EDV, one set per grade band, graded alike
+# for men and women (None: a borderline LVEF that is not graded while the sex is unknown). No
+# value holds the digits "80", which the prompt-injection test looks for.
+_EXAMPLE_VALUES: dict[str | None, tuple[float, float, float]] = {
+    GRADE_NORMAL: (58.0, 57.6, 110.0),
+    GRADE_ABOVE: (77.0, 76.4, 95.0),
+    GRADE_MILD: (46.0, 45.2, 125.0),
+    GRADE_MODERATE: (35.0, 34.1, 150.0),
+    GRADE_SEVERE: (24.0, 23.5, 190.0),
+    None: (53.0, 52.6, 105.0),
+}
+_EXAMPLE_HEART_RATE_BPM = 68.0
+_EXAMPLE_GRADE_WORDS = {
+    GRADE_NORMAL: "consistent with normal LV systolic function",
+    GRADE_ABOVE: "above the normal range (hyperdynamic)",
+    GRADE_MILD: "consistent with mildly reduced LV systolic function",
+    GRADE_MODERATE: "consistent with moderately reduced LV systolic function",
+    GRADE_SEVERE: "consistent with severely reduced LV systolic function",
+}
+
+
+def _worked_example(m: Measurements, sex: str | None) -> tuple[str, str] | None:
+    """A request and its answer for made-up measurements with the study's shape (the same
+    values present or missing) and grade band; None when the study has no LVEF."""
+    from dataclasses import replace
+
+    grade = lv_grade(m, sex)
+    if grade.ef is None:
+        return None
+    ef, disks, edv = _EXAMPLE_VALUES[grade.grade]
+    volumes = m.edv_ml is not None and m.esv_ml is not None
+    made_up = replace(
+        m,
+        ef_percent=ef if m.ef_percent is not None else None,
+        ef_disks_percent=disks if m.ef_disks_percent is not None else None,
+        ef_sd_percent=None,
+        edv_ml=edv if volumes else None,
+        esv_ml=round(edv * (1 - ef / 100), 1) if volumes else None,
+        heart_rate_bpm=_EXAMPLE_HEART_RATE_BPM if m.heart_rate_bpm is not None else None,
+        flags=(),
+    )
+    facts = {f.key: f for f in measured_facts(made_up)}
+    request = (
+        "Measurements:\n" + "\n".join(measurement_lines(made_up, sex))
+        + "\n\nWrite the narrative paragraph now."
+    )  # fmt: skip
+    methods = (("ef_regression", "AI regression"), ("ef_disks", "the method of disks"))
+    efs = [f"{facts[key].text} by {how}" for key, how in methods if key in facts]
+    if grade.grade is None:
+        first = (f"{NARRATIVE_OPENING} {' and '.join(efs)}. No grade is stated, because its "
+                 "reference range depends on the patient's sex, which is unknown.")  # fmt: skip
+    else:
+        first = f"{NARRATIVE_OPENING} {' and '.join(efs)}, {_EXAMPLE_GRADE_WORDS[grade.grade]}."
+    sentences = [first]
+    if volumes:
+        sentences.append(f"The LV end-diastolic volume is {facts['edv'].text} and the "
+                         f"end-systolic volume is {facts['esv'].text}.")  # fmt: skip
+    if "heart_rate" in facts:
+        sentences.append(f"The heart rate was {facts['heart_rate'].text}.")
+    return request, " ".join(sentences)
+
+
 def tidy_narrative(text: str, max_sentences: int = MAX_NARRATIVE_SENTENCES) -> str:
     """Small models loop and get cut off by the token limit: keep the first few distinct
-    complete sentences. It only removes text; what remains is checked as usual."""
+    complete sentences of the first paragraph (the narrative is one paragraph; after a blank
+    line the embedded model starts over, copying prompt lines). It only removes text; what
+    remains is checked as usual."""
     kept: list[str] = []
-    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+    paragraph = re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0]
+    for sentence in re.split(r"(?<=[.!?])\s+", paragraph):
         sentence = " ".join(sentence.split())
         if not sentence or sentence in kept:
             continue
@@ -179,8 +281,9 @@ def draft_report(
     reasons: list[str] = []
     feedback: tuple[str, ...] = ()
     for attempt in (1, 2):
-        raw = backend.generate(draft_messages(measurements, sex, feedback), limits).text
-        text = tidy_narrative(raw)
+        messages = draft_messages(measurements, sex, feedback)
+        raw = backend.generate(messages, limits).text
+        text = tidy_narrative(messages[-1].content + raw)
         result = _check(text, measurements, sex) if text else None
         if result is not None and result.verdict == VERDICT_PASS:
             missing = prompt_echo(text) + missing_essentials(result.matched, measurements, sex)

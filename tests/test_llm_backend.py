@@ -66,6 +66,20 @@ def test_prompts_use_the_chat_template(lm: HFTextModel) -> None:
     assert text.rstrip().endswith("<|im_start|>assistant")
 
 
+def test_an_assistant_message_at_the_end_is_an_opening_the_model_continues(
+    lm: HFTextModel,
+) -> None:
+    opening = "An echocardiogram is"
+    plain = lm.prompt_ids(QUESTION)[0].tolist()
+    opened = lm.prompt_ids([*QUESTION, Message("assistant", opening)])[0].tolist()
+    tail = lm.tokenizer(opening, add_special_tokens=False)["input_ids"]
+    assert opened[: len(plain)] == plain  # the same prompt, up to where the answer starts...
+    assert opened[-len(tail) :] == tail  # ...then the opening, and no end of turn after it
+    limits = GenerationLimits(8, 30.0)
+    continuation = lm.generate([*QUESTION, Message("assistant", opening)], limits).text
+    assert continuation.strip() and continuation.count(opening) == 0  # only what it added
+
+
 def test_streaming_yields_chunks_and_timings(lm: HFTextModel) -> None:
     done = []
     chunks = list(lm.stream(QUESTION, GenerationLimits(24, 30.0), on_done=done.append))

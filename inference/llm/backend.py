@@ -31,6 +31,9 @@ class LanguageModelError(RuntimeError):
 
 @dataclass(frozen=True)
 class Message:
+    """One chat turn. A prompt that ends with an ``assistant`` message gives the opening words
+    of the answer: the model continues them, and the generated text is the continuation only."""
+
     role: str  # "system" | "user" | "assistant"
     content: str
 
@@ -177,10 +180,13 @@ class HFTextModel:
     name: str
 
     def prompt_ids(self, messages: Sequence[Message]) -> Any:
-        """Token ids of the chat-template prompt, ending where the assistant's answer starts."""
+        """Token ids of the chat-template prompt, ending where the assistant's answer starts
+        (after its opening words, when the last message is the assistant's)."""
+        opening = bool(messages) and messages[-1].role == "assistant"
         encoded = self.tokenizer.apply_chat_template(
             [m.as_dict() for m in messages],
-            add_generation_prompt=True,
+            add_generation_prompt=not opening,
+            continue_final_message=opening,
             return_tensors="pt",
             return_dict=True,
         )

@@ -175,9 +175,11 @@ def values_measurements(values: Mapping[str, float | None]) -> Measurements:
 def report_instruction(values: Mapping[str, float | None]) -> str:
     """Stage 1 instruction: the drafting prompt for these values."""
     from inference.llm.video_text import instruction_from_messages
-    from reporting.drafting import draft_messages
+    from reporting.drafting import draft_request
 
-    return instruction_from_messages(draft_messages(values_measurements(values), None))
+    # the request without the worked example and the answer opening that drafting adds: the
+    # shipped adapter was trained on this instruction
+    return instruction_from_messages(draft_request(values_measurements(values), None))
 
 
 def question_instruction(question: str, values: Mapping[str, float | None]) -> str:

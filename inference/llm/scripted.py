@@ -12,7 +12,10 @@ from inference.llm.backend import DEFAULT_LIMITS, Generation, GenerationLimits, 
 
 @dataclass
 class ScriptedTextModel:
-    """Answers in turn (the last one repeats); records every prompt it was given."""
+    """Answers in turn (the last one repeats); records every prompt it was given. An answer
+    is the whole text the model writes: when the prompt ends with the answer's opening words
+    (an ``assistant`` message), the answer must start with them and only the rest is streamed,
+    as a real model continues them."""
 
     answers: Sequence[str]
     name: str = "scripted"
@@ -28,6 +31,11 @@ class ScriptedTextModel:
             raise ValueError("a scripted model needs at least one answer")
         self.prompts.append(list(messages))
         text = self.answers[min(len(self.prompts) - 1, len(self.answers) - 1)]
+        if messages and messages[-1].role == "assistant":
+            opening = messages[-1].content
+            if not text.startswith(opening):
+                raise ValueError(f"scripted answer {text!r} does not start with {opening!r}")
+            text = text[len(opening) :]
         started = time.perf_counter()
         words = text.split(" ")
         for i, word in enumerate(words):

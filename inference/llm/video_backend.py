@@ -59,8 +59,11 @@ class VideoTextBackend:
         limits: GenerationLimits = VIDEO_TEXT_LIMITS,
         on_done: Callable[[Generation], None] | None = None,
     ) -> Iterator[str]:
+        opening = ""
+        if messages and messages[-1].role == "assistant":
+            opening, messages = messages[-1].content, messages[:-1]
         instruction = instruction_from_messages(messages)
-        return self.model.stream(self.features, instruction, limits, on_done)
+        return self.model.stream(self.features, instruction, limits, on_done, opening)
 
     def generate(
         self, messages: Sequence[Message], limits: GenerationLimits = VIDEO_TEXT_LIMITS

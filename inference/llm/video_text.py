@@ -252,10 +252,15 @@ class VideoTextModel(nn.Module):
         instruction: str,
         limits: GenerationLimits = VIDEO_TEXT_LIMITS,
         on_done: Callable[[Generation], None] | None = None,
+        opening: str = "",
     ) -> Iterator[str]:
-        """The model's answer about one loop, streamed (greedy)."""
+        """The model's answer about one loop, streamed (greedy); ``opening``: the answer's
+        first words, which the model continues (only the continuation is streamed)."""
         with torch.no_grad():
             embeds, _ = self.sequence(features, instruction, None, 0)
+            if opening:
+                ids = self.tokenizer(opening, add_special_tokens=False)["input_ids"]
+                embeds = torch.cat([embeds, self._embed(ids).to(embeds.dtype)])
         inputs = {"inputs_embeds": embeds.unsqueeze(0)}
         return stream_generation(self.lm, self.tokenizer, inputs, limits, on_done)
 
