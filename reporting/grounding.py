@@ -10,7 +10,8 @@ primary EF (``reporting.interpretation``); one about the heart rate or an LV vol
 EHR's interpretation flag uses, and a severity ("severely") of either fails: the node grades
 neither by severity. A grade about something the node does not measure (valves, rhythm, the
 right heart) fails too. Anything the guard cannot tie to a measurement
-fails, and so does naming another view or modality than the 2D apical four-chamber loop: a
+fails, and so does naming another view or modality than the 2D apical four-chamber loop or
+describing the patient or the room (position, table), which no loop shows the node: a
 false alarm costs a regenerated draft, a miss puts an invented number before a reader.
 """
 
@@ -184,6 +185,14 @@ _ACQUISITION = re.compile(
     r"parasternal|subcostal|short[- ]axis",
     re.I,
 )
+# what the node never sees: the patient and the room. The embedded model, asked to describe
+# the video, wrote "The patient is lying on the table with the patient's head positioned in
+# front of the patient's chest" (passed by the number checks)
+_SCENE = re.compile(
+    r"\blying (?:on|down|flat)\b|\bsupine\b|\bprone\b|decubitus|"
+    r"\bon (?:the|a) (?:table|bed|couch)\b|\bpatient'?s (?:head|arm|body|chest|face)\b",
+    re.I,
+)
 _NOT_ASSESSED = re.compile(r"\bnot (?:be )?(?:assessed|measured|evaluated|assessable)\b", re.I)
 _SPELLED = re.compile(
     r"\b(ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|"
@@ -284,6 +293,11 @@ def check_grounding(text: str, m: Measurements, sex: str | None = None) -> Groun
                     f"{finding.group(0)!r} is a finding the node does not make "
                     f"(in: {sentence.strip()!r})"
                 )
+        for scene in _SCENE.finditer(sentence):
+            reasons.append(
+                f"{scene.group(0)!r}: the node sees the LV on the loop, not the patient or the "
+                f"room (in: {sentence.strip()!r})"
+            )
         for other in _ACQUISITION.finditer(sentence):
             reasons.append(
                 f"{other.group(0)!r}: the loop is a 2D apical four-chamber view "

@@ -41,6 +41,7 @@ M = measurements()
         "There is no LV systolic dysfunction.",
         "The heart rate is 71.2 beats per minute.",
         "Regional wall motion and the valves were not assessed.",
+        "The LVEF lies within the normal range.",  # "lies" here places a value, not a patient
         "",
     ],
 )
@@ -72,6 +73,12 @@ def test_grounded_text_passes(text: str) -> None:
         ("The heart rate was 2 beats.", "a count"),
         ("The video is a 3D reconstruction using CT and MRI.", "2D apical four-chamber"),
         ("It was measured in a two-chamber view.", "2D apical four-chamber"),
+        # the embedded model's answer to "Could you describe this echocardiogram video for me?"
+        (
+            "The patient is lying on the table with the patient's head positioned in front of "
+            "the patient's chest.",
+            "not the patient or the room",
+        ),
     ],
 )
 def test_ungrounded_text_fails(text: str, why: str) -> None:
