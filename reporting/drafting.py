@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from inference.types import Measurements
@@ -122,8 +122,8 @@ def draft_messages(m: Measurements, sex: str | None, feedback: Sequence[str] = (
     of phantom loops (it named other views, graded nothing, or left out the LVEF). With a
     worked example for other numbers in the study's grade band, the answer opening, and only
     the first paragraph kept (``tidy_narrative``), 19 of 20 first drafts passed. The example's
-    numbers differ from the study's, so a draft that copies them fails the guard like any
-    other invented number."""
+    numbers are made up, so a draft that copies them fails the guard like any other invented
+    number (unless one happens to equal the study's value, which is then true)."""
     from inference.llm.backend import Message
 
     request = draft_request(m, sex, feedback)
@@ -164,8 +164,6 @@ _EXAMPLE_GRADE_WORDS = {
 def _worked_example(m: Measurements, sex: str | None) -> tuple[str, str] | None:
     """A request and its answer for made-up measurements with the study's shape (the same
     values present or missing) and grade band; None when the study has no LVEF."""
-    from dataclasses import replace
-
     grade = lv_grade(m, sex)
     if grade.ef is None:
         return None
@@ -182,10 +180,7 @@ def _worked_example(m: Measurements, sex: str | None) -> tuple[str, str] | None:
         flags=(),
     )
     facts = {f.key: f for f in measured_facts(made_up)}
-    request = (
-        "Measurements:\n" + "\n".join(measurement_lines(made_up, sex))
-        + "\n\nWrite the narrative paragraph now."
-    )  # fmt: skip
+    request = draft_request(made_up, sex)[1].content
     methods = (("ef_regression", "AI regression"), ("ef_disks", "the method of disks"))
     efs = [f"{facts[key].text} by {how}" for key, how in methods if key in facts]
     if grade.grade is None:
