@@ -44,7 +44,7 @@ VERDICT_REPLACED = "replaced"
 VERDICT_NOT_CHECKED = "not_checked"  # no language model: there is no narrative to check
 DRAFT_MAX_NEW_TOKENS = 160
 DRAFT_MAX_TIME_S = 60.0
-MAX_NARRATIVE_SENTENCES = 4
+MAX_NARRATIVE_SENTENCES = 3  # the system prompt asks for "two or three short sentences"
 # the words the narrative starts with: the model continues them, so its first statement is the
 # LVEF (a report must state it, and a small model otherwise opens with anything)
 NARRATIVE_OPENING = "The left ventricular ejection fraction is"
@@ -152,6 +152,7 @@ _EXAMPLE_VALUES: dict[str | None, tuple[float, float, float]] = {
     None: (53.0, 52.6, 105.0),
 }
 _EXAMPLE_HEART_RATE_BPM = 68.0
+_EXAMPLE_EF_SD_PERCENT = 2.4
 _EXAMPLE_GRADE_WORDS = {
     GRADE_NORMAL: "consistent with normal LV systolic function",
     GRADE_ABOVE: "above the normal range (hyperdynamic)",
@@ -163,7 +164,10 @@ _EXAMPLE_GRADE_WORDS = {
 
 def _worked_example(m: Measurements, sex: str | None) -> tuple[str, str] | None:
     """A request and its answer for made-up measurements with the study's shape (the same
-    values present or missing) and grade band; None when the study has no LVEF."""
+    values present or missing, the same quality notes, which the answer leaves to the
+    structured part) and grade band; None when the study has no LVEF. Without the SD and the
+    notes in the example, the embedded model wrote about them in its own words ("SD 1.9 %,
+    indicating a relatively normal heart function") and failed on demo studies."""
     grade = lv_grade(m, sex)
     if grade.ef is None:
         return None
@@ -173,16 +177,17 @@ def _worked_example(m: Measurements, sex: str | None) -> tuple[str, str] | None:
         m,
         ef_percent=ef if m.ef_percent is not None else None,
         ef_disks_percent=disks if m.ef_disks_percent is not None else None,
-        ef_sd_percent=None,
+        ef_sd_percent=_EXAMPLE_EF_SD_PERCENT if m.ef_sd_percent is not None else None,
         edv_ml=edv if volumes else None,
         esv_ml=round(edv * (1 - ef / 100), 1) if volumes else None,
         heart_rate_bpm=_EXAMPLE_HEART_RATE_BPM if m.heart_rate_bpm is not None else None,
-        flags=(),
     )
     facts = {f.key: f for f in measured_facts(made_up)}
     request = draft_request(made_up, sex)[1].content
     methods = (("ef_regression", "AI regression"), ("ef_disks", "the method of disks"))
     efs = [f"{facts[key].text} by {how}" for key, how in methods if key in facts]
+    if made_up.ef_sd_percent is not None:
+        efs[0] += f" (SD {made_up.ef_sd_percent:.1f} % over beats)"
     if grade.grade is None:
         first = (f"{NARRATIVE_OPENING} {' and '.join(efs)}. No grade is stated, because its "
                  "reference range depends on the patient's sex, which is unknown.")  # fmt: skip

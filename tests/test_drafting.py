@@ -221,3 +221,21 @@ def test_the_template_that_replaces_a_failed_narrative_passes_the_guard(m, sex) 
     draft = draft_report(m, ScriptedTextModel([BAD]), sex, demo_models=True)
     assert draft.verdict == "replaced"
     assert check_grounding(draft.narrative_text, m, sex).passed
+
+
+def test_the_worked_example_mirrors_the_sd_and_the_quality_notes() -> None:
+    """On demo studies the model wrote about an SD or a note the example did not show it how
+    to handle; the example now carries both, and its answer quotes the SD, not the notes."""
+    from dataclasses import replace
+
+    from inference.types import QualityFlag
+
+    note = QualityFlag("loop_shorter_than_clip", "The loop has 62 frames, fewer than one clip.")
+    m = replace(measurements(sd=1.9), flags=(note,))
+    _, example_request, example_answer, request, _ = draft_messages(m, "M")
+    assert "LVEF SD over beats: 2.4 %" in example_request.content
+    assert "SD 2.4 % over beats" in example_answer.content
+    assert note.message in example_request.content and note.message in request.content
+    assert note.message not in example_answer.content
+    plain = draft_messages(measurements(), "M")[1].content
+    assert "SD" not in plain and "Quality notes" not in plain
