@@ -20,12 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
 
-from inference.types import Cine, RegionBox
-
-# Sequence of Ultrasound Regions values (PS3.3 C.8.5.5.1)
-REGION_SPATIAL_FORMAT_2D = 1
-REGION_DATA_TYPE_TISSUE = 1
-PHYSICAL_UNITS_CM = 3
+from inference.calibration import calibrate
+from inference.ecg import ecg_from_waveform
+from inference.jpegxl import JPEG_XL_NAMES, decode_jpeg_xl, is_jpeg_xl
+from inference.types import Cine
 
 
 class DecodeError(ValueError):
@@ -45,19 +43,28 @@ def cine_from_header(ds: Dataset, frames: np.ndarray) -> Cine:
     frame_time_ms, time_source = frame_time_from_header(ds)
     if frame_time_ms is None and frames.shape[0] > 1:
         notes.append("no frame timing in the header: heart rate and clip timing unavailable")
-    region = tissue_region(ds)
-    spacing = None if region is None else region[1]
-    if spacing is None:
+    # the header's size, not the frames': FrameReader passes an empty array for the header
+    shape_px = (int(ds.get("Rows") or frames.shape[1]), int(ds.get("Columns") or frames.shape[2]))
+    calibration = calibrate(ds, shape_px)
+    if calibration.flags:
+        notes.append("physical calibration refused: volumes and areas are not reported")
+    elif calibration.spacing_cm is None:
         notes.append("no physical spacing in the header: volumes and areas are not reported")
+    # R waves from an ECG waveform stored with the loop (the burned-in trace needs the frames:
+    # ``inference.analyze`` reads it)
+    ecg = ecg_from_waveform(ds, int(frames.shape[0]), frame_time_ms)
     return Cine(
         frames=frames,
         frame_time_ms=frame_time_ms,
         frame_time_source=time_source,
-        spacing_cm=spacing,
-        tissue_region=None if region is None else region[0],
+        spacing_cm=calibration.spacing_cm,
+        tissue_region=calibration.region,
         heart_rate_bpm=_positive_float(ds.get("HeartRate")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         notes=tuple(notes),
+        flags=calibration.flags,
+        ecg_r_wave_frames=None if ecg is None else ecg.r_wave_frames,
+        ecg_heart_rate_bpm=None if ecg is None else ecg.heart_rate_bpm,
     )
 
 
@@ -125,11 +132,15 @@ def _pixel_layout(ds: Dataset) -> _PixelLayout:
 def _decode_array(ds: Dataset, layout: _PixelLayout, index: int | None = None) -> np.ndarray:
     """The decoder's array for one frame (``index``) or all of them, in RGB for colour."""
     try:
-        # raw=False converts YBR_FULL / YBR_FULL_422 to RGB as the decoder requires
-        array = pixel_array(ds, raw=False, index=index)
+        if is_jpeg_xl(ds):  # pydicom 3.0 has no JPEG XL decoder (see inference.jpegxl)
+            array = decode_jpeg_xl(ds, index)
+        else:
+            # raw=False converts YBR_FULL / YBR_FULL_422 to RGB as the decoder requires
+            array = pixel_array(ds, raw=False, index=index)
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-        syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        syntax_name = JPEG_XL_NAMES.get(str(syntax)) or getattr(syntax, "name", None)
+        syntax_name = syntax_name or str(syntax or "unknown transfer syntax")
         raise DecodeError(
             f"cannot decode pixel data ({syntax_name}, {layout.photometric}): "
             f"{type(exc).__name__}: {exc}"
@@ -194,36 +205,6 @@ def frame_time_from_header(ds: Dataset) -> tuple[float | None, str]:
         if rate is not None:
             return 1000.0 / rate, keyword
     return None, ""
-
-
-def tissue_region(ds: Dataset) -> tuple[RegionBox, tuple[float, float]] | None:
-    """The largest 2-D tissue region calibrated in cm, and its (row, column) cm per pixel."""
-    best: tuple[int, RegionBox, tuple[float, float]] | None = None
-    for item in ds.get("SequenceOfUltrasoundRegions", []):
-        if int(item.get("RegionSpatialFormat", -1)) != REGION_SPATIAL_FORMAT_2D:
-            continue
-        if int(item.get("RegionDataType", -1)) != REGION_DATA_TYPE_TISSUE:
-            continue
-        units = (
-            int(item.get("PhysicalUnitsXDirection", 0)),
-            int(item.get("PhysicalUnitsYDirection", 0)),
-        )
-        dx, dy = (
-            _positive_float(item.get("PhysicalDeltaX")),
-            _positive_float(item.get("PhysicalDeltaY")),
-        )
-        if units != (PHYSICAL_UNITS_CM, PHYSICAL_UNITS_CM) or dx is None or dy is None:
-            continue
-        box = RegionBox(
-            int(item.get("RegionLocationMinX0", 0)),
-            int(item.get("RegionLocationMinY0", 0)),
-            int(item.get("RegionLocationMaxX1", 0)),
-            int(item.get("RegionLocationMaxY1", 0)),
-        )
-        area = box.width_px * box.height_px
-        if best is None or area > best[0]:
-            best = (area, box, (dy, dx))
-    return None if best is None else (best[1], best[2])
 
 
 def _positive_float(value: object) -> float | None:

@@ -22,9 +22,9 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import iter_pixels
 
 from inference.decode import frame_time_from_header
+from inference.jpegxl import frames_at
 from pacs_agent.config import SelectionConfig
 from pacs_agent.view_classifier import A4C_LABEL, ViewClassifier
 
@@ -267,7 +267,7 @@ def _frame_indices(n_frames: int, count: int) -> list[int]:
 def _read_frames(path: str | os.PathLike[str], indices: list[int]) -> np.ndarray:
     """Decodes just these frames (RGB for colour, as pydicom converts YBR by default)."""
     try:
-        return np.stack(list(iter_pixels(path, indices=indices)))
+        return frames_at(path, indices)  # JPEG XL too, which pydicom 3.0 cannot decode
     except Exception as exc:  # every decoder raises its own types; the verdict needs one
         raise SelectionError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
 

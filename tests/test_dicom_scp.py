@@ -231,6 +231,9 @@ ENCAPSULATED_FRAME_STARTS = {
     contexts.JPEG_2000_LOSSLESS: b"\xff\x4f\xff\x51",
     contexts.JPEG_2000: b"\xff\x4f\xff\x51",
     contexts.RLE_LOSSLESS: b"\x01\x00\x00\x00",
+    contexts.JPEG_XL_LOSSLESS: b"\xff\x0a",
+    contexts.JPEG_XL_JPEG_RECOMPRESSION: b"\xff\x0a",
+    contexts.JPEG_XL: b"\x00\x00\x00\x0cJXL \r\n\x87\n",
 }
 
 

@@ -1,8 +1,9 @@
 """The SOP classes and transfer syntaxes the node accepts: the one list every DICOM part uses.
 
 pynetdicom's stock ``StoragePresentationContexts`` offer only the uncompressed syntaxes, but echo
-scanners send JPEG, JPEG-LS, JPEG 2000 and RLE. The node stores what it receives unchanged, so
-it accepts each syntax it can later decode rather than asking the sender to transcode.
+scanners send JPEG, JPEG-LS, JPEG 2000, RLE and (current GE scanners) JPEG XL. The node stores
+what it receives unchanged, so it accepts each syntax it can later decode rather than asking the
+sender to transcode (JPEG XL is decoded by ``inference.jpegxl``: pydicom 3.0 does not know it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
 JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEG_2000 = "1.2.840.10008.1.2.4.91"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
+JPEG_XL_JPEG_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
+JPEG_XL = "1.2.840.10008.1.2.4.112"
 
 NATIVE_TRANSFER_SYNTAXES: tuple[str, ...] = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 JPEG_FAMILY: frozenset[str] = frozenset(
@@ -38,6 +42,7 @@ JPEG_FAMILY: frozenset[str] = frozenset(
     }
 )
 JPEG_2000_FAMILY: frozenset[str] = frozenset({JPEG_2000_LOSSLESS, JPEG_2000})
+JPEG_XL_FAMILY: frozenset[str] = frozenset({JPEG_XL_LOSSLESS, JPEG_XL_JPEG_RECOMPRESSION, JPEG_XL})
 ENCAPSULATED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     JPEG_BASELINE,
     JPEG_EXTENDED,
@@ -48,6 +53,9 @@ ENCAPSULATED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     JPEG_2000_LOSSLESS,
     JPEG_2000,
     RLE_LOSSLESS,
+    JPEG_XL_LOSSLESS,
+    JPEG_XL_JPEG_RECOMPRESSION,
+    JPEG_XL,
 )
 # Preference order when the node is offered several syntaxes in one context: native first,
 # because a sender that offers both would otherwise be asked for a lossy one.
@@ -66,6 +74,9 @@ TRANSFER_SYNTAX_NAMES: Mapping[str, str] = MappingProxyType(
         JPEG_2000_LOSSLESS: "JPEG 2000 Lossless",
         JPEG_2000: "JPEG 2000",
         RLE_LOSSLESS: "RLE Lossless",
+        JPEG_XL_LOSSLESS: "JPEG XL Lossless",
+        JPEG_XL_JPEG_RECOMPRESSION: "JPEG XL JPEG Recompression",
+        JPEG_XL: "JPEG XL",
     }
 )
 

@@ -43,6 +43,9 @@ LONG_LENGTH_VRS = frozenset(
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 UID_MAX_CHARS = 64
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
+# JPEG XL (ISO/IEC 18181-2): a bare codestream, or the ISOBMFF container around one
+JXL_CODESTREAM_SIGNATURE = b"\xff\x0a"
+JXL_CONTAINER_SIGNATURE = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 # Sequence nesting deeper than this is not an echo dataset but an attempt to exhaust the stack.
 MAX_NESTING = 32
 
@@ -472,6 +475,8 @@ def _count_frames(view: memoryview, syntax: str, fragments: tuple[tuple[int, int
         return len(fragments)  # PS3.5 A.4.2: one fragment per frame
     if syntax in contexts.JPEG_FAMILY:
         markers: tuple[bytes, ...] = (b"\xff\xd8",)  # SOI
+    elif syntax in contexts.JPEG_XL_FAMILY:
+        markers = (JXL_CODESTREAM_SIGNATURE, JXL_CONTAINER_SIGNATURE)
     else:
         markers = (b"\xff\x4f\xff\x51", JP2_SIGNATURE)  # J2K SOC+SIZ, or a JP2 file
     count = 0
