@@ -10,6 +10,12 @@ wiggles. Extrema within half a smoothing window of the first or last frame are n
 there the true extreme may lie outside the loop, and noise on a slope that runs out of the loop
 looks like a peak.
 
+When the loop's ECG gives R waves (``inference.ecg``), ED is taken there instead
+(``ecg_cycle_events``): the R wave is the clinical definition of end-diastole and does not depend
+on the segmentation; the largest LV area within ``ED_SEARCH_WINDOW_MS`` of it is the ED frame
+(the mechanical maximum may lag the R peak by a frame), and ES is the smallest area between two
+EDs, so a spurious wiggle of the area curve can neither add nor merge beats.
+
 A *beat* is an ED followed by the smallest ES before the next ED. It is *complete* when the loop
 reaches that next ED (ED -> ES -> next ED); the last beat of a loop may end after its ES. Every
 beat counts for volumes and EF (the phantom truth counts them the same way); only complete beats
@@ -40,6 +46,7 @@ MAX_HEART_RATE_BPM = 200.0  # sets the closest two EDs can be when the header ha
 MIN_CYCLE_FRACTION = 0.55  # of the header's cycle: the closest two EDs (or ESs) may be
 DEFAULT_MIN_DISTANCE_FRAMES = 8  # without any timing at all
 PROMINENCE_FRACTION = 0.3  # of the smoothed curve's 5th-95th percentile range
+ED_SEARCH_WINDOW_MS = 60.0  # with an ECG: ED is the largest area within this of the R wave
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,48 @@ def _refine(y: np.ndarray, i: int) -> float:
     if denom == 0:
         return float(i)
     return float(i + np.clip(0.5 * (y[i - 1] - y[i + 1]) / denom, -0.5, 0.5))
+
+
+def ecg_cycle_events(
+    area: np.ndarray, frame_time_ms: float | None, r_wave_frames: tuple[int, ...] | list[int]
+) -> CycleEvents:
+    """ED at each R wave (the smoothed area's maximum within ``ED_SEARCH_WINDOW_MS`` of it, at
+    least one frame either side) and ES at the smoothed area's minimum between consecutive EDs.
+    After the last ED an ES is taken only when the minimum lies more than half a smoothing window
+    before the loop's end: one that runs out of the loop is still falling."""
+    y = np.asarray(area, dtype=np.float64)
+    window = smoothing_window_frames(frame_time_ms)
+    smoothed = smooth_curve(y, window)
+    n = len(y)
+    if n < 3 or not np.all(np.isfinite(y)):
+        return CycleEvents((), (), (), (), smoothed)
+    half = 1
+    if frame_time_ms and frame_time_ms > 0:
+        half = max(1, round(ED_SEARCH_WINDOW_MS / frame_time_ms))
+    eds: list[int] = []
+    for r in sorted({int(f) for f in r_wave_frames if 0 <= int(f) < n}):
+        lo, hi = max(0, r - half), min(n, r + half + 1)
+        ed = lo + int(np.argmax(smoothed[lo:hi]))
+        if not eds or ed > eds[-1]:
+            eds.append(ed)
+    guard = max(1, window // 2)
+    es: list[int] = []
+    for k, ed in enumerate(eds):
+        last = k + 1 == len(eds)
+        end = n if last else eds[k + 1]
+        if end - ed < 2:
+            continue
+        lowest = ed + 1 + int(np.argmin(smoothed[ed + 1 : end]))
+        if last and lowest > n - 1 - guard:
+            continue
+        es.append(lowest)
+    return CycleEvents(
+        ed_frames=tuple(eds),
+        es_frames=tuple(es),
+        ed_positions=tuple(_refine(smoothed, i) for i in eds),
+        es_positions=tuple(_refine(smoothed, i) for i in es),
+        smoothed=smoothed,
+    )
 
 
 def pair_beats(events: CycleEvents) -> tuple[BeatFrames, ...]:

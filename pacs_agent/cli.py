@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument(
         "--no-distractors", action="store_true", help="dicom: only the A4C loop per study"
     )
+    phantom.add_argument(
+        "--negative",
+        action="store_true",
+        help="dicom: N loops with no EF to publish (blank, noise, non_cardiac, wrong_view, "
+        "lv_cut_off in turn), truth JSON with negative_class",
+    )
     phantom.set_defaults(func=cmd_phantom, needs_config=False)
 
     analyze = sub.add_parser(
@@ -287,9 +293,20 @@ def cmd_phantom(args: argparse.Namespace, _config: Config | None) -> int:
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")
-    written = generate_phantoms(
-        args.outdir, n=args.n, seed=args.seed, fmt=args.format, distractors=not args.no_distractors
-    )
+    if args.negative:
+        if args.format != "dicom" or args.no_distractors:
+            raise ValueError("--negative writes DICOM loops only: drop --format/--no-distractors")
+        from inference.phantom.negatives import generate_negatives
+
+        written = generate_negatives(args.outdir, n=args.n, seed=args.seed)
+    else:
+        written = generate_phantoms(
+            args.outdir,
+            n=args.n,
+            seed=args.seed,
+            fmt=args.format,
+            distractors=not args.no_distractors,
+        )
     print(json.dumps({"outdir": str(args.outdir), "files": [str(p) for p in written]}))
     return 0
 
