@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 from inference.beats import CLIP_LENGTH_FRAMES, CLIP_PERIOD_FRAMES, clip_frame_indices
+from inference.calibration import without_untrusted_spacing
+from inference.ecg import with_burned_in_ecg
+from inference.gate import GateSettings, apply_gate, gather_evidence
 from inference.measure import measure_cine
 from inference.networks import build_deeplabv3_resnet50, build_r2plus1d_18
 from inference.preprocess import Preprocessed, PreprocessParams, preprocess_cine
@@ -45,9 +48,11 @@ class LoopAnalysis:
     """The measurements plus what reporting needs to draw them: the network input, the LV
     probability on the grid, and the transform back to source pixels."""
 
-    measurements: Measurements
+    measurements: Measurements  # after the validity gate: what the node stands behind
     preprocessed: Preprocessed
     lv_probability: np.ndarray  # (frames, S, S) float32, zero outside the fan
+    # before the gate, for evaluations that score what the gate withholds; never reported
+    ungated: Measurements | None = None
 
     def lv_masks_source(self, threshold: float = 0.5) -> np.ndarray:
         """(frames, rows, cols) bool LV masks at source resolution."""
@@ -59,9 +64,10 @@ def analyze_cine(
     segmenter: Segmenter,
     ef_model: EFModel | None,
     preprocess_params: PreprocessParams,
+    gate: GateSettings | None = None,
 ) -> Measurements:
     """Measurements of one A4C loop (see ``run_analysis`` for the pieces behind them)."""
-    return run_analysis(cine, segmenter, ef_model, preprocess_params).measurements
+    return run_analysis(cine, segmenter, ef_model, preprocess_params, gate=gate).measurements
 
 
 def run_analysis(
@@ -73,6 +79,7 @@ def run_analysis(
     clip_batch: int = DEFAULT_CLIP_BATCH,
     all_clip_stride: int = 1,
     timings_s: dict[str, float] | None = None,
+    gate: GateSettings | None = None,
 ) -> LoopAnalysis:
     """Preprocesses, segments all frames in one call, runs the EF model on the clips the
     measurements ask for (every start, or every ``all_clip_stride``-th, plus each beat's
@@ -94,6 +101,7 @@ def run_analysis(
         clip_batch=clip_batch,
         all_clip_stride=all_clip_stride,
         timings_s=timings_s,
+        gate=gate,
     )
 
 
@@ -106,6 +114,7 @@ def finish_analysis(
     clip_batch: int = DEFAULT_CLIP_BATCH,
     all_clip_stride: int = 1,
     timings_s: dict[str, float] | None = None,
+    gate: GateSettings | None = None,
 ) -> LoopAnalysis:
     """What follows segmentation, once every frame has its LV probability: EF per clip and
     the measurements. Shared by ``run_analysis`` and the overlapped ``inference.stream``, so
@@ -120,16 +129,36 @@ def finish_analysis(
         clip_ef = None
         if ef_model is not None:
             clip_ef = clock.timed("ef_s", _clip_predictor(pre.frames, ef_model, clip_batch))
+        # calibration check (issue #14): a region that does not hold the fan gives no volumes
+        source_fan = pre.source_sector_mask()
+        cine = without_untrusted_spacing(cine, source_fan)
+        # beat timing from the ECG trace burned into the frames (issue #14), when the header
+        # gave no ECG waveform: the R waves become the EDs in ``measure_cine``
+        cine = with_burned_in_ecg(cine, source_fan)
         measurements = measure_cine(
             cine,
             masks,
             clip_ef,
             transducer_px=pre.transform.transducer_px,
-            sector_mask=pre.source_sector_mask(),
+            sector_mask=source_fan,
             all_clip_stride=all_clip_stride,
         )
     clock.exclude("measurements_s", "ef_s")  # EF ran inside the measurement step
-    return LoopAnalysis(measurements=measurements, preprocessed=pre, lv_probability=probability)
+    # the validity gate, always: with no settings given, the default thresholds (no OOD check)
+    settings = gate if gate is not None else GateSettings()
+    with clock("gate_s"):
+        evidence = gather_evidence(
+            measurements,
+            probability,
+            pre.sector_mask,
+            pre.frames,
+            cine.heart_rate_bpm,
+            settings.ood_reference,
+        )
+        gated = apply_gate(measurements, evidence, settings.thresholds)
+    return LoopAnalysis(
+        measurements=gated, preprocessed=pre, lv_probability=probability, ungated=measurements
+    )
 
 
 class _StageClock:

@@ -14,12 +14,20 @@ What is reported, and from what (see ``inference.beats`` for beats and clips, an
 * ``edv_ml`` / ``esv_ml``: method of disks at each beat's ED and ES frame, averaged over beats;
   ``ef_disks_percent`` from those two means. Without spacing no volume is reported, but the
   disks EF (a ratio) still is, computed in pixel units (square pixels assumed, flagged).
-* ``heart_rate_bpm``: from the ED-to-ED cycles of complete beats; otherwise the header's value
-  (``heart_rate_source = "header"``, flagged); otherwise null.
+* ``heart_rate_bpm``: from the ECG's R-R intervals when the loop has an ECG
+  (``heart_rate_source = "ecg"``, see ``inference.ecg``); else from the ED-to-ED cycles of
+  complete beats; otherwise the header's value (``heart_rate_source = "header"``, flagged);
+  otherwise null.
+* beats: with ECG R waves, ED at each R wave and ES the smallest area between
+  (``beats.ecg_cycle_events``); without, the extrema of the LV area curve.
+* ``heart_rate_disagrees``: the area curve's cycles are cross-checked against the header's
+  heart rate and the ECG's; a difference over ``HEART_RATE_DISAGREEMENT_FRACTION`` is flagged
+  (the area curve then found the wrong number of beats).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,12 +41,14 @@ from inference.beats import (
     beat_clip_start,
     clip_span_frames,
     clip_starts,
+    ecg_cycle_events,
     find_cycle_events,
     heart_rate_from_beats,
     pair_beats,
     smooth_curve,
     smoothing_window_frames,
 )
+from inference.calibration import CALIBRATION_FLAG_CODES
 from inference.disks import ejection_fraction_percent
 from inference.lv_geometry import (
     GeometryError,
@@ -56,6 +66,7 @@ EDGE_BAND_PX = 3  # LV pixels this close to the fan's edge (or outside it) "touc
 EDGE_FRAME_FRACTION = 0.1  # touching on this share of frames (or any measured frame) flags
 AREA_RESIDUAL_FRACTION = 0.15  # |area - smoothed| over the median area: a jump
 UNSTABLE_FRAME_FRACTION = 0.05  # jumps / fragmented / empty frames on this share of frames
+HEART_RATE_DISAGREEMENT_FRACTION = 0.15  # |area-curve rate - header or ECG rate| / that rate
 MIN_UNSTABLE_FRAMES = 1
 
 # Stable identifiers of the quality flags (software matches on these; the text is for people).
@@ -70,6 +81,7 @@ FLAG_HEART_RATE_FROM_HEADER = "heart_rate_from_header"
 FLAG_LOOP_SHORTER_THAN_CLIP = "loop_shorter_than_clip"
 FLAG_EF_FROM_ALL_CLIPS = "ef_from_all_clips"
 FLAG_LV_OUTLINE_FAILED = "lv_outline_failed"
+FLAG_HEART_RATE_DISAGREES = "heart_rate_disagrees"
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,10 @@ def measure_cine(
     sector_mask: np.ndarray | None = None,
     all_clip_stride: int = 1,
 ) -> Measurements:
-    """``measure_loop`` with timing, spacing, heart rate and notes taken from the Cine."""
-    return measure_loop(
+    """``measure_loop`` with timing, spacing, heart rate and notes taken from the Cine, and the
+    Cine's flags (a refused calibration) added to the measurements' flags. A refused
+    calibration replaces the generic "no spacing in the header" flag, which would contradict it."""
+    m = measure_loop(
         masks,
         frame_time_ms=cine.frame_time_ms,
         spacing_cm=cine.spacing_cm,
@@ -99,7 +113,14 @@ def measure_cine(
         clip_ef=clip_ef,
         all_clip_stride=all_clip_stride,
         notes=cine.notes,
+        r_wave_frames=cine.ecg_r_wave_frames,
+        ecg_heart_rate_bpm=cine.ecg_heart_rate_bpm,
     )
+    if not cine.flags:
+        return m
+    refused = any(f.code in CALIBRATION_FLAG_CODES for f in cine.flags)
+    kept = tuple(f for f in m.flags if not (refused and f.code == FLAG_NO_SPACING))
+    return dataclasses.replace(m, flags=(*kept, *cine.flags))
 
 
 def measure_loop(
@@ -115,6 +136,8 @@ def measure_loop(
     clip_period: int = CLIP_PERIOD_FRAMES,
     all_clip_stride: int = 1,
     notes: Sequence[str] = (),
+    r_wave_frames: Sequence[int] | None = None,
+    ecg_heart_rate_bpm: float | None = None,
 ) -> Measurements:
     """Measures one loop from its per-frame LV masks (frames x rows x cols, source pixels).
 
@@ -122,6 +145,8 @@ def measure_loop(
     taken to be the lower end. ``sector_mask`` (rows x cols) is the scanned fan, for the edge
     check; without it the image border is the edge. ``all_clip_stride`` > 1 averages every
     k-th clip start instead of every start (for slow hardware); beat clips are always run.
+    ``r_wave_frames`` (the ECG's R waves, ``inference.ecg``) time the beats when given and not
+    empty; ``ecg_heart_rate_bpm`` is the ECG's rate (else taken from the R-wave frames).
     """
     m = np.asarray(masks)
     if m.ndim != 3 or m.shape[0] < 1:
@@ -143,9 +168,21 @@ def measure_loop(
 
     events = find_cycle_events(area_px, frame_time_ms, header_heart_rate_bpm)
     beat_frames = pair_beats(events)
+    area_heart_rate = heart_rate_from_beats(beat_frames, frame_time_ms)
+    ecg_heart_rate = None
+    if r_wave_frames:
+        events = ecg_cycle_events(area_px, frame_time_ms, tuple(r_wave_frames))
+        beat_frames = pair_beats(events)
+        ecg_heart_rate = ecg_heart_rate_bpm or _rate_from_r_waves(r_wave_frames, frame_time_ms)
     flags += _beat_flags(beat_frames)
 
-    heart_rate, hr_source = _heart_rate(beat_frames, frame_time_ms, header_heart_rate_bpm, flags)
+    if ecg_heart_rate:
+        heart_rate, hr_source = float(ecg_heart_rate), "ecg"
+    else:
+        heart_rate, hr_source = _heart_rate(
+            beat_frames, frame_time_ms, header_heart_rate_bpm, flags
+        )
+    flags += _heart_rate_agreement(area_heart_rate, header_heart_rate_bpm, ecg_heart_rate)
 
     # regression EF: every clip start (or every k-th) plus each beat's ES-aligned start
     all_starts = clip_starts(n, clip_length, clip_period)
@@ -284,6 +321,41 @@ def _heart_rate(
         )
         return float(header_bpm), "header"
     return None, "none"
+
+
+def _rate_from_r_waves(r_wave_frames: Sequence[int], frame_time_ms: float | None) -> float | None:
+    """Mean R-R interval of the R-wave frames as beats/min (None with fewer than two)."""
+    frames = np.sort(np.asarray(r_wave_frames, np.float64))
+    if frames.size < 2 or not frame_time_ms or float(np.mean(np.diff(frames))) <= 0:
+        return None
+    return float(60000.0 / (float(np.mean(np.diff(frames))) * frame_time_ms))
+
+
+def _heart_rate_agreement(
+    area_bpm: float | None, header_bpm: float | None, ecg_bpm: float | None
+) -> list[QualityFlag]:
+    """One flag naming each rate that differs from the area curve's cycles by more than
+    HEART_RATE_DISAGREEMENT_FRACTION of it (header, ECG), and the ECG from the header."""
+    pairs = [
+        ("the LV area curve's cycles", area_bpm, "the header", header_bpm),
+        ("the LV area curve's cycles", area_bpm, "the ECG", ecg_bpm),
+        ("the ECG", ecg_bpm, "the header", header_bpm),
+    ]
+    limit = HEART_RATE_DISAGREEMENT_FRACTION
+    parts = [
+        f"{name} ({rate:.0f} /min) and {ref_name} ({ref:.0f} /min)"
+        for name, rate, ref_name, ref in pairs
+        if rate and ref and ref > 0 and abs(rate - ref) / ref > limit
+    ]
+    if not parts:
+        return []
+    timing = (
+        "Beats were timed from the ECG."
+        if ecg_bpm
+        else "The beats found on the LV area curve may be wrong."
+    )
+    text = f"Heart rates differ by more than {limit:.0%}: {'; '.join(parts)}. {timing}"
+    return [QualityFlag(FLAG_HEART_RATE_DISAGREES, text)]
 
 
 def _regression_ef(

@@ -40,6 +40,7 @@ from inference.analyze import (
     finish_analysis,
 )
 from inference.decode import FrameReader
+from inference.gate import GateSettings
 from inference.preprocess import (
     MAX_STAT_FRAMES,
     PreprocessParams,
@@ -80,6 +81,7 @@ def analyze_stream(
     all_clip_stride: int = 1,
     frame_batch: int | None = None,
     timings_s: dict[str, float] | None = None,
+    gate: GateSettings | None = None,
 ) -> StreamedLoop:
     """Decodes ``source`` on a background thread and analyses it as the frames arrive.
 
@@ -132,6 +134,7 @@ def analyze_stream(
         clip_batch=clip_batch,
         all_clip_stride=all_clip_stride,
         timings_s=sink,
+        gate=gate,
     )
     return StreamedLoop(cine=cine, analysis=analysis)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -28,8 +29,9 @@ class RegionBox:
 @dataclass(frozen=True)
 class Cine:
     """A decoded cine loop: RGB frames plus the timing and geometry that turn pixels into
-    physiology. ``spacing_cm`` is None when the header gives no physical calibration: EF can still
-    be measured, volumes and areas in physical units cannot, and ``notes`` says so."""
+    physiology. ``spacing_cm`` is None when the header gives no physical calibration, or one that
+    was refused (``inference.calibration``): EF can still be measured, volumes and areas in
+    physical units cannot; ``notes`` says so, and ``flags`` says why a calibration was refused."""
 
     frames: np.ndarray = field(repr=False)  # (frames, rows, cols, 3) uint8 RGB
     frame_time_ms: float | None
@@ -39,6 +41,10 @@ class Cine:
     heart_rate_bpm: float | None
     sop_instance_uid: str
     notes: tuple[str, ...] = ()
+    flags: tuple[QualityFlag, ...] = ()  # carried into the loop's Measurements
+    # the ECG's R waves (frame indices) and rate, when the loop has one (``inference.ecg``)
+    ecg_r_wave_frames: tuple[int, ...] | None = None
+    ecg_heart_rate_bpm: float | None = None
 
     @property
     def n_frames(self) -> int:
@@ -188,6 +194,85 @@ class Beat:
         )
 
 
+class Validity(StrEnum):
+    """Whether the node stands behind a value: a value that is not measurable is never shown or
+    exported as a number, only its reason."""
+
+    MEASURED = "measured"
+    NOT_MEASURABLE = "not_measurable"
+
+
+# The values the validity gate rules on, by their ``Measurements`` field names.
+GATED_KEYS = ("ef_percent", "ef_disks_percent", "edv_ml", "esv_ml", "heart_rate_bpm")
+
+
+@dataclass(frozen=True)
+class ValueValidity:
+    """One value's validity; ``reason`` (empty when measured) is the sentence a cardiologist
+    reads after "LVEF not measurable: ", e.g. "LV not identified on 30 of 30 frames"."""
+
+    state: Validity
+    reason: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return self.state is Validity.MEASURED
+
+    def to_json(self) -> dict[str, str]:
+        return {"state": self.state.value, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ValueValidity:
+        return cls(Validity(str(data["state"])), str(data.get("reason", "")))
+
+
+@dataclass(frozen=True)
+class GateEvidence:
+    """What the validity gate measured on one loop (``inference.gate``)."""
+
+    n_frames: int
+    lv_frames: int  # frames with one plausible LV component
+    segmentation_confidence: float  # 0..1, median over frames
+    area_consistency: float  # share of frames on a smooth LV area curve
+    ef_disagreement_points: float | None  # |regression - disks| before the gate
+    heart_rate_disagreement_fraction: float | None  # |loop - header| / header
+    ood_score: float | None  # distance to the training set; None without a reference
+
+    @property
+    def lv_coverage(self) -> float:
+        return self.lv_frames / self.n_frames if self.n_frames else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "n_frames": self.n_frames,
+            "lv_frames": self.lv_frames,
+            "lv_coverage": round(self.lv_coverage, 4),
+            "segmentation_confidence": round(self.segmentation_confidence, 4),
+            "area_consistency": round(self.area_consistency, 4),
+            "ef_disagreement_points": _round_opt(self.ef_disagreement_points),
+            "heart_rate_disagreement_fraction": _round_opt(self.heart_rate_disagreement_fraction),
+            "ood_score": _round_opt(self.ood_score),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> GateEvidence | None:
+        if not data:
+            return None
+        return cls(
+            n_frames=int(data["n_frames"]),
+            lv_frames=int(data["lv_frames"]),
+            segmentation_confidence=float(data["segmentation_confidence"]),
+            area_consistency=float(data["area_consistency"]),
+            ef_disagreement_points=data.get("ef_disagreement_points"),
+            heart_rate_disagreement_fraction=data.get("heart_rate_disagreement_fraction"),
+            ood_score=data.get("ood_score"),
+        )
+
+
+def _round_opt(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
 @dataclass(frozen=True)
 class Measurements:
     """Everything measured on one A4C loop.
@@ -206,7 +291,7 @@ class Measurements:
     edv_ml: float | None
     esv_ml: float | None
     heart_rate_bpm: float | None
-    heart_rate_source: str  # "beats" | "header" | "none"
+    heart_rate_source: str  # "ecg" | "beats" | "header" | "none"
     beats: tuple[Beat, ...]
     flags: tuple[QualityFlag, ...]
     n_frames: int
@@ -221,6 +306,11 @@ class Measurements:
     clip_starts: tuple[int, ...] = field(default=(), repr=False)  # the clips averaged
     ef_clips_percent: tuple[float, ...] = field(default=(), repr=False)
     notes: tuple[str, ...] = ()
+    # the validity gate's ruling (``inference.gate``): per value in GATED_KEYS, the loop's
+    # quality score (0..1, 0.5 on the threshold of the weakest check) and its evidence
+    validity: dict[str, ValueValidity] = field(default_factory=dict)
+    quality_score: float | None = None
+    gate: GateEvidence | None = None
 
     @property
     def flag_codes(self) -> tuple[str, ...]:
@@ -252,6 +342,9 @@ class Measurements:
             "clip_starts": list(self.clip_starts),
             "ef_clips_percent": list(self.ef_clips_percent),
             "notes": list(self.notes),
+            "validity": {key: v.to_json() for key, v in self.validity.items()},
+            "quality_score": self.quality_score,
+            "gate": None if self.gate is None else self.gate.to_json(),
         }
 
     @classmethod
@@ -283,4 +376,9 @@ class Measurements:
             clip_starts=tuple(int(v) for v in data.get("clip_starts", [])),
             ef_clips_percent=tuple(float(v) for v in data.get("ef_clips_percent", [])),
             notes=tuple(str(v) for v in data.get("notes", [])),
+            validity={
+                str(k): ValueValidity.from_json(v) for k, v in (data.get("validity") or {}).items()
+            },
+            quality_score=data.get("quality_score"),
+            gate=GateEvidence.from_json(data.get("gate")),
         )

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from inference.analyze import LoopAnalysis, TorchEFModel, TorchSegmenter
+from inference.gate import GateSettings
+from inference.ood import REFERENCE_FILE_NAME, load_reference
 from inference.preprocess import PreprocessParams
-from inference.presets import LoadedModels, load_preset
+from inference.presets import DEMO_DIR, LoadedModels, load_preset
 from inference.stream import analyze_stream
 from inference.types import Cine
-from pacs_agent.config import Config
+from pacs_agent.config import Config, gate_thresholds
 
 log = logging.getLogger("echo_agent.analysis")
 
@@ -36,6 +38,7 @@ class Models:
     description: str
     preset: str
     load_time_s: float
+    gate: GateSettings = field(default_factory=GateSettings)
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,23 @@ def load_models(config: Config) -> Models:
         description=loaded.description,
         preset=loaded.preset,
         load_time_s=time.perf_counter() - started,
+        gate=gate_settings(config, loaded.preset),
     )
     log.info("models loaded in %.1f s on %s: %s", models.load_time_s, device, models.description)
     return models
+
+
+def gate_settings(config: Config, preset: str) -> GateSettings:
+    """The configured thresholds and the model set's out-of-distribution reference: the
+    configured file, else the one shipped beside the demo weights (``echonet`` ships none)."""
+    if config.gate.ood_reference:
+        path = Path(config.gate.ood_reference).expanduser()
+        reference = load_reference(path)
+        if reference is None:
+            raise ValueError(f"gate.ood_reference {path} does not exist")
+    else:
+        reference = load_reference(DEMO_DIR / REFERENCE_FILE_NAME) if preset == "demo" else None
+    return GateSettings(thresholds=gate_thresholds(config.gate), ood_reference=reference)
 
 
 class ModelCache:
@@ -125,6 +142,7 @@ def analyze_file(path: Path, models: Models, all_clip_stride: int = 1) -> LoopRe
         models.params,
         all_clip_stride=all_clip_stride,
         timings_s=timings,
+        gate=models.gate,
     )
     timings["wall_s"] = time.perf_counter() - started
     return LoopResult(

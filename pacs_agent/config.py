@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from inference.gate import GateThresholds
+
 ENV_PREFIX = "ECHO_AGENT_"
 CONFIG_FILE_ENV = "ECHO_AGENT_CONFIG"
 DEFAULT_CONFIG_FILENAME = "echo-agent.toml"
@@ -185,6 +187,22 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The validity gate's thresholds (``inference.gate.GateThresholds``: defaults chosen by
+    ``echo-agent evaluate gate``, see the README). ``ood_reference``: a training-set reference
+    file for the out-of-distribution check; empty uses the one shipped with the model set
+    (``gate_reference.json`` beside the demo weights), and none disables that one check."""
+
+    min_lv_coverage: float = 0.9
+    min_segmentation_confidence: float = 0.72
+    min_area_consistency: float = 0.8
+    max_ef_disagreement_points: float = 15.0
+    max_heart_rate_disagreement_fraction: float = 0.15
+    max_ood_score: float = 3.0
+    ood_reference: str = ""
+
+
+@dataclass(frozen=True)
 class LlmConfig:
     """The language model behind the report draft and the chat. ``model_path`` empty: the
     embedded SmolLM2-135M, converted once into ``cache_dir`` (empty: ``<home>/models``);
@@ -216,6 +234,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     ehr: EhrConfig = field(default_factory=EhrConfig)
@@ -536,6 +555,7 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(
             f"models.all_clip_stride must be at least 1, got {models.all_clip_stride}"
         )
+    _check_gate(config.gate)
     if config.llm.max_new_tokens < 1 or config.llm.max_time_s <= 0:
         raise ConfigError("llm.max_new_tokens and llm.max_time_s must be positive")
     if config.export.max_attempts < 1:
@@ -633,3 +653,16 @@ def _toml(value: Any) -> str:
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def gate_thresholds(gate: GateConfig) -> GateThresholds:
+    """The configured thresholds as the gate takes them."""
+    values = {f.name: getattr(gate, f.name) for f in dataclasses.fields(GateThresholds)}
+    return GateThresholds(**values)
+
+
+def _check_gate(gate: GateConfig) -> None:
+    try:
+        gate_thresholds(gate)
+    except ValueError as exc:
+        raise ConfigError(f"gate: {exc}") from exc

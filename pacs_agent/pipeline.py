@@ -159,6 +159,7 @@ def decode_and_analyse(path: Path, config: Config, models: ModelCache) -> LoopRe
             loaded.params,
             all_clip_stride=config.models.all_clip_stride,
             timings_s=timings,
+            gate=loaded.gate,
         )
     except DecodeError as exc:
         raise PixelDataError(str(exc)) from exc
@@ -181,6 +182,7 @@ def analyse_loop(loop: Cine, config: Config, models: ModelCache) -> LoopResult:
             loaded.params,
             all_clip_stride=config.models.all_clip_stride,
             timings_s=timings,
+            gate=loaded.gate,
         )
     except PreprocessError as exc:
         raise AnalysisError(f"cannot analyse the loop: {exc}") from exc

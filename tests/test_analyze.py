@@ -73,7 +73,7 @@ def test_a_truth_oracle_reproduces_the_phantom_truth_end_to_end(loops) -> None:
         assert m.ef_disks_percent == pytest.approx(truth["ef_percent"], abs=3.0)
         assert m.edv_ml == pytest.approx(truth["edv_ml"], rel=0.05)
         assert m.esv_ml == pytest.approx(truth["esv_ml"], rel=0.06)
-        assert m.heart_rate_source == "beats"
+        assert m.heart_rate_source == "ecg"  # the phantom's burned-in ECG times the beats
         assert m.heart_rate_bpm == pytest.approx(truth["heart_rate_bpm"], abs=3.0)
         assert len(m.beats) == len(truth["beats"])
         for found, true in zip(m.beats, truth["beats"], strict=True):
@@ -146,10 +146,15 @@ def test_torch_wrappers_batch_every_frame_and_clip() -> None:
     assert p.shape == (cine.n_frames, 112, 112) and p.dtype == np.float32
     assert p.min() >= 0.0 and p.max() <= 1.0
     assert not np.any(p[:, ~analysis.preprocessed.sector_mask])
-    m = analysis.measurements
+    m = analysis.ungated
     # 40 frames < 63: one padded clip, so EF comes from that clip (random weights: any value)
+    assert m is not None
     assert m.clip_starts == (0,) and "loop_shorter_than_clip" in m.flag_codes
     assert m.ef_clips_mean_percent is not None and np.isfinite(m.ef_clips_mean_percent)
+    # random weights find no LV: the gate publishes none of it
+    gated = analysis.measurements
+    assert gated.ef_percent is None and gated.ef_clips_mean_percent is None
+    assert not gated.validity["ef_percent"].measured
     assert not segmenter.model.training and not ef_model.model.training
 
 

@@ -44,10 +44,12 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
     parser.add_argument("--limit", type=int, default=None, help="only the first N A4C loops")
     parser.set_defaults(func=cmd_evaluate)
+    from pacs_agent.commands.evaluate_gate import add_gate_evaluate_parser
     from pacs_agent.commands.llm import add_llm_evaluate_parser
 
     actions = parser.add_subparsers(dest="evaluate_command", metavar="WHAT")
     add_llm_evaluate_parser(actions)  # echo-agent evaluate llm: drafts and answers, grounded
+    add_gate_evaluate_parser(actions)  # echo-agent evaluate gate: what the gate publishes
     return parser
 
 
