@@ -22,7 +22,12 @@ import cv2
 import numpy as np
 
 from inference.beats import smooth_curve, smoothing_window_frames
-from inference.measure import FLAG_HEART_RATE_DISAGREES
+from inference.measure import (
+    EF_DISAGREEMENT_POINTS,
+    FLAG_EF_METHODS_DISAGREE,
+    FLAG_HEART_RATE_DISAGREES,
+    HEART_RATE_DISAGREEMENT_FRACTION,
+)
 from inference.ood import OodReference, loop_features, ood_score
 from inference.types import (
     GATED_KEYS,
@@ -255,11 +260,39 @@ def apply_gate(
         ),
         ef_clips_percent=() if values["ef_percent"] is None else measurements.ef_clips_percent,
         beats=beats,
-        flags=(*measurements.flags, *flags),
+        flags=(*_without_withheld_numbers(measurements.flags, values), *flags),
         validity=validity,
         quality_score=quality_score(evidence, thresholds),
         gate=evidence,
     )
+
+
+# Measurement-step flags that quote values in their text, and a wording without the numbers for
+# when the gate withholds one of those values (the stored JSON must not carry it either).
+_NUMBER_FREE_WORDING = {
+    FLAG_EF_METHODS_DISAGREE: (
+        ("ef_percent", "ef_disks_percent"),
+        f"Regression EF and method-of-disks EF differ by more than {EF_DISAGREEMENT_POINTS:.0f} "
+        "points.",
+    ),
+    FLAG_HEART_RATE_DISAGREES: (
+        ("heart_rate_bpm",),
+        "The heart rates of the loop's cycles, the header and the ECG disagree by more than "
+        f"{HEART_RATE_DISAGREEMENT_FRACTION:.0%}.",
+    ),
+}
+
+
+def _without_withheld_numbers(
+    flags: tuple[QualityFlag, ...], values: dict[str, float | None]
+) -> tuple[QualityFlag, ...]:
+    out = []
+    for flag in flags:
+        wording = _NUMBER_FREE_WORDING.get(flag.code)
+        if wording is not None and any(values[key] is None for key in wording[0]):
+            flag = QualityFlag(flag.code, wording[1])
+        out.append(flag)
+    return tuple(out)
 
 
 def _strip_beat(beat, values: dict[str, float | None]):  # type: ignore[no-untyped-def]

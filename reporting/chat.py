@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from inference.types import Measurements
 from reporting.drafting import measurement_lines
 from reporting.grounding import VERDICT_PASS, check_grounding, lv_grade, measured_facts
+from reporting.values import withheld_values
 
 if TYPE_CHECKING:
     from inference.llm.backend import GenerationLimits, Message, TextModel
@@ -85,13 +86,18 @@ class ChatChunk:
 
 
 def safe_answer(context: StudyContext) -> str:
-    """The measured values and the grade, in words the guard always accepts."""
+    """The measured values, each withheld value's statement ("... not measurable: <reason>;
+    manual measurement required.") and the grade, in words the guard always accepts."""
     m = context.measurements
     facts = measured_facts(m)
+    withheld = " ".join(w.statement for w in withheld_values(m))
     if not facts:
-        return "No measurement could be made on this loop, so I cannot answer from it."
+        text = "No measurement could be made on this loop, so I cannot answer from it."
+        return f"{text} {withheld}".strip()
     values = "; ".join(f"{f.label} {f.text}" for f in facts)
     text = f"I can only state what was measured on this loop: {values}."
+    if withheld:
+        text += f" {withheld}"
     grade = lv_grade(m, context.sex)
     if grade.ef is not None:
         text += f" LV systolic function (ASE/EACVI 2015): {grade.phrase.split(';')[0]}."

@@ -12,6 +12,11 @@ Sources:
 * DCM: DICOM Controlled Terminology, PS3.16 Annex D.
 * UCUM: Unified Code for Units of Measure (case-sensitive codes).
 * UMLS: one concept DICOM TID 1500 itself names (Qualitative Evaluations).
+* HL7 data-absent-reason (FHIR): why an Observation carries no value.
+* 99ECHOAGENT: this project's private scheme (DICOM) / ``urn:echo-agent:codes`` (FHIR), for the
+  loop quality score only, which no LOINC, SNOMED CT or DCM concept describes (DCM "Image
+  Quality Rating" and its kin rate image quality by a reader or a CAD library, not how well a
+  loop supports its measurements).
 * HL7 v2 table 0074 (diagnostic service section), HL7 v2 table 0203 (identifier type),
   HL7 v3 ObservationInterpretation, FHIR observation-category: HL7 terminology
   (https://terminology.hl7.org).
@@ -22,6 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from highdicom.sr import CodedConcept
+
+# This project's own coding scheme, for the one concept no standard code describes (the loop
+# quality score). DICOM private coding scheme designators start with "99" (PS3.3 C.12.1.1.2.1).
+PRIVATE_SCHEME = "99ECHOAGENT"
+PRIVATE_SYSTEM = "urn:echo-agent:codes"
 
 # Coding scheme designator (DICOM) -> code system URI (FHIR)
 FHIR_SYSTEMS: dict[str, str] = {
@@ -34,10 +44,12 @@ FHIR_SYSTEMS: dict[str, str] = {
     "HL7-OBSINT": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
     "HL7-OBSCAT": "http://terminology.hl7.org/CodeSystem/observation-category",
     "UMLS": "http://terminology.hl7.org/CodeSystem/umls",
+    "HL7-DAR": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+    PRIVATE_SCHEME: PRIVATE_SYSTEM,
 }
 
 # Schemes DICOM knows by designator; the HL7 tables above exist only on the FHIR side.
-DICOM_SCHEMES = frozenset({"LN", "SCT", "DCM", "UCUM", "UMLS"})
+DICOM_SCHEMES = frozenset({"LN", "SCT", "DCM", "UCUM", "UMLS", PRIVATE_SCHEME})
 
 # FHIR identifier system for DICOM UIDs (values are "urn:oid:<uid>"), FHIR R4 ImagingStudy.
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -81,6 +93,9 @@ STROKE_VOLUME = ClinicalCode("90096001", "SCT", "Stroke Volume")
 # --- how, where, which view -------------------------------------------------------------------
 # DICOM CID 12227 (Echocardiography Measurement Method)
 METHOD_OF_DISKS_SINGLE_PLANE = ClinicalCode("125208", "DCM", "Method of Disks, Single Plane")
+# TID 300's concept name for the method (highdicom writes it for measurements itself; the SR's
+# "not measurable" evaluations name it with this)
+MEASUREMENT_METHOD = ClinicalCode("370129005", "SCT", "Measurement Method")
 # DICOM CID 7162 (Algorithm Family): for the SEG's and the SR's algorithm identification, and as
 # the FHIR method of the regression EF (no method-of-measurement code describes a network)
 ARTIFICIAL_INTELLIGENCE = ClinicalCode("123110", "DCM", "Artificial Intelligence")
@@ -107,6 +122,17 @@ SOURCE_IMAGE_FOR_PROCESSING = ClinicalCode(
 UNIT_PERCENT = ClinicalCode("%", "UCUM", "percent")
 UNIT_ML = ClinicalCode("mL", "UCUM", "milliliter")
 UNIT_PER_MIN = ClinicalCode("/min", "UCUM", "per minute")
+UNIT_NONE = ClinicalCode("1", "UCUM", "no units")  # a dimensionless score (0-1)
+
+# --- a value the node does not stand behind (the validity gate, ``inference.gate``) ----------
+# DICOM CID 42 (Numeric Value Qualifier): the coded value of an SR evaluation that stands where
+# the measurement would be
+MEASUREMENT_FAILURE = ClinicalCode("114006", "DCM", "Measurement failure")
+# FHIR Observation.dataAbsentReason: the value could not be determined
+DATA_ABSENT_ERROR = ClinicalCode("error", "HL7-DAR", "Error")
+# how well the loop supports its measurements, 0-1 (0.5 on the gate's threshold); private, see
+# the module docstring
+LOOP_QUALITY_SCORE = ClinicalCode("LOOP-QUALITY", PRIVATE_SCHEME, "Image quality score")
 
 # --- the report (FHIR DiagnosticReport) -------------------------------------------------------
 REPORT_US_HEART = ClinicalCode("42148-7", "LN", "US Heart")

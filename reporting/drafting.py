@@ -36,6 +36,7 @@ from reporting.interpretation import (
 )
 from reporting.report_text import structured_text as _structured_text
 from reporting.types import AlgorithmInfo, Algorithms
+from reporting.values import MANUAL_MEASUREMENT, shown_flags, withheld_values
 
 if TYPE_CHECKING:
     from inference.llm.backend import GenerationLimits, Message, TextModel
@@ -48,6 +49,8 @@ MAX_NARRATIVE_SENTENCES = 3  # the system prompt asks for "two or three short se
 # the words the narrative starts with: the model continues them, so its first statement is the
 # LVEF (a report must state it, and a small model otherwise opens with anything)
 NARRATIVE_OPENING = "The left ventricular ejection fraction is"
+# ... and when the LVEF is withheld: the model continues with the reason it was given
+NARRATIVE_OPENING_WITHHELD = "The left ventricular ejection fraction is not measurable"
 NO_SENTENCE = "the model wrote no complete sentence"
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
 _PROMPT_ECHO = re.compile(
@@ -86,15 +89,21 @@ class Draft:
 
 
 def measurement_lines(m: Measurements, sex: str | None) -> list[str]:
-    """The measurements as the model may quote them: ``label: value unit`` lines, then the
-    grade. Shared with the chat so both prompts state the numbers the same way."""
+    """The measurements as the model may quote them: ``label: value unit`` lines, then
+    ``label: not measurable (reason); manual measurement required`` for each withheld value,
+    then the grade. Shared with the chat so both prompts state the numbers the same way."""
     lines = [f"- {f.label}: {f.text}" for f in measured_facts(m)]
+    # a withheld value is no number the model may quote: it is told why, in the words the
+    # guard accepts when copied (``reporting.grounding``)
+    lines += [f"- {w.label}: {w.text} ({w.reason}); {MANUAL_MEASUREMENT}"
+              for w in withheld_values(m)]  # fmt: skip
     if m.ef_sd_percent is not None:
         lines.append(f"- LVEF SD over beats: {m.ef_sd_percent:.1f} %")
     # no beat count: the embedded model turned "2 beats" into "2 beats per minute"
     lines.append(f"- LV systolic function (ASE/EACVI 2015): {lv_grade(m, sex).phrase}")
-    if m.flags:
-        lines.append("- Quality notes: " + " ".join(f.message for f in m.flags))
+    flags = shown_flags(m)
+    if flags:
+        lines.append("- Quality notes: " + " ".join(f.message for f in flags))
     return lines
 
 
@@ -129,7 +138,9 @@ def draft_messages(m: Measurements, sex: str | None, feedback: Sequence[str] = (
     request = draft_request(m, sex, feedback)
     example = _worked_example(m, sex)
     if example is None:
-        return [*request, Message("assistant", NARRATIVE_OPENING)]
+        withheld = lv_grade(m, sex).withheld is not None
+        opening = NARRATIVE_OPENING_WITHHELD if withheld else NARRATIVE_OPENING
+        return [*request, Message("assistant", opening)]
     example_request, example_answer = example
     return [
         request[0],

@@ -42,7 +42,17 @@ from reporting.types import (
     SourceLoop,
     person_display_name,
 )
-from reporting.values import ReportedValue, primary_ef, reported_values
+from reporting.values import (
+    GATED_FIELDS,
+    LoopQuality,
+    ReportedValue,
+    WithheldValue,
+    loop_quality,
+    primary_ef,
+    reported_values,
+    withheld_ef,
+    withheld_values,
+)
 
 PDF_CONTENT_TYPE = "application/pdf"
 REPORT_TITLE = "Echocardiogram: left ventricular function (apical four-chamber)"
@@ -83,16 +93,27 @@ def build_observations(
     patient_identifier_system: str | None = None,
     issued: dt.datetime | None = None,
 ) -> list[Observation]:
-    """One Observation per non-null measurement (see ``reporting.values``)."""
+    """One Observation per reported measurement, then one per withheld value (no value, a
+    ``dataAbsentReason`` with the reason; see ``reporting.values``), in ``reported_values``
+    order. Both LVEF Observations carry the loop's quality score as a component."""
     issued = _instant(issued)
-    values = reported_values(measurements, algorithms)
+    quality = loop_quality(measurements)
     demo = report.demo_models or algorithms.demo_models
-    return [
-        Observation.model_validate(
-            _observation(source, v, report, demo, node_system, patient_identifier_system, issued)
+    by_key: dict[str, dict] = {}
+    for v in reported_values(measurements, algorithms):
+        by_key[v.key] = _observation(
+            source, v, report, demo, node_system, patient_identifier_system, issued
         )
-        for v in values
-    ]
+    for w in withheld_values(measurements):
+        by_key[w.key] = _withheld_observation(
+            source, w, report, demo, node_system, patient_identifier_system, issued
+        )
+    order = {key: i for i, key in enumerate(GATED_FIELDS)}
+    resources = [by_key[key] for key in sorted(by_key, key=order.__getitem__)]
+    for resource in resources:
+        if quality is not None and resource["code"]["coding"][0]["code"] == codes.LVEF.value:
+            resource["component"] = [_quality_component(quality)]
+    return [Observation.model_validate(r) for r in resources]
 
 
 def build_diagnostic_report(
@@ -110,9 +131,10 @@ def build_diagnostic_report(
     """The DiagnosticReport; ``observation_urls`` are the references of its results."""
     issued = _instant(issued)
     values = reported_values(measurements, algorithms)
-    systolic = lv_systolic_function(primary_ef(values), source.patient_sex)
+    withheld = withheld_values(measurements)
+    systolic = lv_systolic_function(primary_ef(values), source.patient_sex, withheld_ef(withheld))
     demo = report.demo_models or algorithms.demo_models
-    conclusion = _conclusion(report, systolic, demo)
+    conclusion = _conclusion(report, systolic, demo, withheld, loop_quality(measurements))
     resource: dict = {
         "resourceType": "DiagnosticReport",
         "identifier": [report_identifier(node_system, source)],
@@ -232,21 +254,26 @@ def _concept(code: ClinicalCode, text: str | None = None) -> dict:
     return concept
 
 
-def _subject(source: SourceLoop, patient_identifier_system: str | None) -> dict:
-    """The patient by identifier (the EHR resolves it to its Patient; we hold no Patient id)."""
-    if not source.patient_id:
-        raise ValueError("the loop has no Patient ID: the report cannot be filed to a patient")
-    identifier: dict = {
-        "type": _concept(codes.IDENTIFIER_TYPE_MRN),
-        "value": source.patient_id,
-    }
-    if patient_identifier_system:
-        identifier["system"] = patient_identifier_system
-    subject: dict = {"type": "Patient", "identifier": identifier}
+def _subject(source: SourceLoop, patient_identifier_system: str | None) -> dict | None:
+    """The patient by identifier (the EHR resolves it to its Patient; we hold no Patient id).
+
+    Patient ID and Name are Type 2 in DICOM: real loops come without them. Nothing is
+    invented then: without an ID the reference carries the name as display text only (the
+    EHR cannot resolve it and files the report for manual matching), without either there is
+    no subject at all (it is optional, 0..1, on both DiagnosticReport and Observation)."""
+    subject: dict = {"type": "Patient"}
+    if source.patient_id:
+        identifier: dict = {
+            "type": _concept(codes.IDENTIFIER_TYPE_MRN),
+            "value": source.patient_id,
+        }
+        if patient_identifier_system:
+            identifier["system"] = patient_identifier_system
+        subject["identifier"] = identifier
     name = person_display_name(source.patient_name)
     if name:
         subject["display"] = name
-    return subject
+    return subject if len(subject) > 1 else None
 
 
 def _imaging_study(source: SourceLoop) -> dict:
@@ -315,9 +342,69 @@ def _observation(
     return resource
 
 
-def _conclusion(report: DraftReport, systolic: SystolicFunction, demo: bool) -> str:
+def _withheld_observation(
+    source: SourceLoop,
+    value: WithheldValue,
+    report: DraftReport,
+    demo: bool,
+    node_system: str,
+    patient_identifier_system: str | None,
+    issued: str,
+) -> dict:
+    """The Observation of a value the node does not stand behind: no ``value[x]``, a
+    ``dataAbsentReason`` (``error``) whose text is the reason and "manual measurement
+    required", no interpretation and no reference range (nothing to judge)."""
+    resource: dict = {
+        "resourceType": "Observation",
+        "identifier": [observation_identifier(node_system, source, value.key)],
+        "status": report.status,
+        "category": [_concept(codes.OBSERVATION_CATEGORY_IMAGING)],
+        "code": _concept(value.concept, text=value.label),
+        "subject": _subject(source, patient_identifier_system),
+        "issued": issued,
+        "dataAbsentReason": _concept(codes.DATA_ABSENT_ERROR, text=value.detail),
+        "derivedFrom": [_imaging_study(source)],
+        "text": _narrative([value.statement]),
+    }
+    effective = _effective(source)
+    if effective:
+        resource["effectiveDateTime"] = effective
+    if value.method is not None:
+        resource["method"] = {"coding": [value.method.fhir_coding()]}
+    if value.left_ventricle:
+        resource["bodySite"] = _concept(codes.LEFT_VENTRICLE)
+    if demo:
+        resource["note"] = [{"text": DEMO_LABEL}]
+    return resource
+
+
+def _quality_component(quality: LoopQuality) -> dict:
+    """The loop's quality score beside the EF: an Observation component (code
+    ``reporting.codes.LOOP_QUALITY_SCORE``, unit UCUM "1")."""
+    return {
+        "code": _concept(codes.LOOP_QUALITY_SCORE, text=quality.statement),
+        "valueQuantity": _quantity(round(quality.score, 3), codes.UNIT_NONE),
+    }
+
+
+def _conclusion(
+    report: DraftReport,
+    systolic: SystolicFunction,
+    demo: bool,
+    withheld: list[WithheldValue],
+    quality: LoopQuality | None,
+) -> str:
+    """The narrative (else the systolic-function sentence), then whatever of the withheld
+    values' statements and the quality score it does not already say: an edited narrative may
+    drop a sentence, the conclusion the EHR shows may not."""
     parts = [DEMO_LABEL] if demo else []
     parts.append(report.narrative_text.strip() or systolic.text)
+    said = parts[-1]
+    missing = [w.statement for w in withheld if w.statement not in said]
+    if quality is not None and quality.statement not in said:
+        missing.append(quality.statement)
+    if missing:
+        parts.append(" ".join(missing))
     if report.status == "amended":
         parts.append(f"Amended (version {report.version}): {report.amendment_reason}")
     return "\n\n".join(parts)

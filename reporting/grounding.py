@@ -13,6 +13,14 @@ right heart) fails too. Anything the guard cannot tie to a measurement
 fails, and so does naming another view or modality than the 2D apical four-chamber loop or
 describing the patient or the room (position, table), which no loop shows the node: a
 false alarm costs a regenerated draft, a miss puts an invented number before a reader.
+
+A value the node does not stand behind (``reporting.values.withheld_values``: the validity gate
+withheld it, or it could not be measured) is no fact: any number stated for it fails, and with
+the LVEF withheld so does every grade of LV systolic function ("mild LV systolic dysfunction").
+What a text may say of it is that it is not measurable, quoting its reason exactly (a quoted
+reason is taken out before the checks: "LV not identified on 30 of 30 frames" names frames, not
+an EF). The loop's quality score may be quoted too ("quality score 0.82", or the report's own
+sentence about it); a quality described in words ("poor image quality") fails.
 """
 
 from __future__ import annotations
@@ -31,7 +39,22 @@ from reporting.interpretation import (
     lvef_grade,
     range_grade,
 )
-from reporting.values import KEY_HEART_RATE, KEY_LV_EDV, KEY_LV_ESV
+from reporting.values import (
+    KEY_HEART_RATE,
+    KEY_LV_EDV,
+    KEY_LV_ESV,
+    KEY_LV_SV,
+    KEY_LVEF_DISKS,
+    KEY_LVEF_REGRESSION,
+    NOT_MEASURABLE,
+    QUALITY_DECIMALS,
+    QUALITY_LABEL,
+    QUALITY_THRESHOLD,
+    WithheldValue,
+    loop_quality,
+    withheld_ef,
+    withheld_values,
+)
 
 VERDICT_PASS = "pass"
 VERDICT_FAIL = "fail"
@@ -43,7 +66,23 @@ KIND_EF = "ef"
 KIND_VOLUME = "volume"
 KIND_HEART_RATE = "heart_rate"
 KIND_UNMEASURED = "unmeasured"
-_KIND_WORDS = {KIND_EF: "EF", KIND_VOLUME: "LV volume", KIND_HEART_RATE: "heart rate"}
+KIND_QUALITY = "quality"
+QUALITY_TOLERANCE = 0.005
+_KIND_WORDS = {
+    KIND_EF: "EF",
+    KIND_VOLUME: "LV volume",
+    KIND_HEART_RATE: "heart rate",
+    KIND_QUALITY: "quality score",
+}
+# the kind of number each reported value is (``reporting.values`` keys)
+_KIND_OF_KEY = {
+    KEY_LVEF_REGRESSION: KIND_EF,
+    KEY_LVEF_DISKS: KIND_EF,
+    KEY_LV_EDV: KIND_VOLUME,
+    KEY_LV_ESV: KIND_VOLUME,
+    KEY_LV_SV: KIND_VOLUME,
+    KEY_HEART_RATE: KIND_HEART_RATE,
+}
 
 ALL_GRADES = frozenset({GRADE_NORMAL, GRADE_ABOVE, GRADE_MILD, GRADE_MODERATE, GRADE_SEVERE})
 REDUCED = frozenset({GRADE_MILD, GRADE_MODERATE, GRADE_SEVERE})
@@ -62,17 +101,22 @@ class Fact:
     value: float
     unit: str
     tolerance: float
+    decimals: int = 1
 
     @property
     def text(self) -> str:
-        return f"{self.value:.1f} {self.unit}"
+        return f"{self.value:.{self.decimals}f} {self.unit}".strip()
 
     def matches(self, number: float) -> bool:
         return abs(number - self.value) <= self.tolerance + 1e-9
 
 
 def measured_facts(m: Measurements) -> tuple[Fact, ...]:
-    """The numbers a text may state, from the measurements alone (nulls are left out)."""
+    """The numbers a text may state, from the measurements alone (nulls and withheld values
+    are left out)."""
+    withheld = {w.key for w in withheld_values(m)}
+    keys = {"ef_regression": KEY_LVEF_REGRESSION, "ef_disks": KEY_LVEF_DISKS, "edv": KEY_LV_EDV,
+            "esv": KEY_LV_ESV, "sv": KEY_LV_SV, "heart_rate": KEY_HEART_RATE}  # fmt: skip
     stroke = None if m.edv_ml is None or m.esv_ml is None else m.edv_ml - m.esv_ml
     rows = (
         ("ef_regression", "LVEF (AI regression)", KIND_EF, m.ef_percent, "%",
@@ -88,7 +132,22 @@ def measured_facts(m: Measurements) -> tuple[Fact, ...]:
     return tuple(
         Fact(key, label, kind, float(value), unit, tol)
         for key, label, kind, value, unit, tol in rows
-        if value is not None
+        if value is not None and keys[key] not in withheld
+    )
+
+
+def quality_facts(m: Measurements) -> tuple[Fact, ...]:
+    """The loop's quality score and the threshold its sentence names ("below 0.50 values are
+    withheld"), which a text quoting the report may repeat; none for measurements from before
+    the validity gate."""
+    if m.quality_score is None:
+        return ()
+    return tuple(
+        Fact(key, label, KIND_QUALITY, value, "", QUALITY_TOLERANCE, QUALITY_DECIMALS)
+        for key, label, value in (
+            ("quality_score", QUALITY_LABEL, float(m.quality_score)),
+            ("quality_threshold", f"{QUALITY_LABEL} threshold", QUALITY_THRESHOLD),
+        )
     )
 
 
@@ -107,10 +166,13 @@ class LvGrade:
     ef: Fact | None
     grade: str | None
     candidates: frozenset[str]
+    withheld: WithheldValue | None = None  # the LVEF the node does not stand behind
 
     @property
     def phrase(self) -> str:
         """The words prompts give the model, so it never has to grade anything itself."""
+        if self.ef is None and self.withheld is not None:
+            return f"not graded: LVEF {NOT_MEASURABLE} ({self.withheld.reason}); state no grade"
         if self.ef is None:
             return "not assessed (no LVEF measured)"
         if self.grade is None:
@@ -131,7 +193,7 @@ def lv_grade(m: Measurements, sex: str | None) -> LvGrade:
     facts = {f.key: f for f in measured_facts(m)}
     ef = facts.get("ef_regression") or facts.get("ef_disks")
     if ef is None:
-        return LvGrade(None, None, frozenset())
+        return LvGrade(None, None, frozenset(), withheld_ef(withheld_values(m)))
     sexes = (sex,) if sex in ("M", "F") else ("M", "F")
     grades = frozenset(lvef_grade(ef.value, s) for s in sexes)
     return LvGrade(ef, next(iter(grades)) if len(grades) == 1 else None, grades)
@@ -212,6 +274,7 @@ _LABELS = (
                                     re.I)),
     (KIND_VOLUME, "sv", re.compile(r"stroke volume|\bSV\b", re.I)),
     (KIND_VOLUME, None, re.compile(r"\bvolumes?\b", re.I)),
+    (KIND_QUALITY, None, re.compile(r"quality score|\bquality\b|\bscore\b", re.I)),
     (KIND_HEART_RATE, None, re.compile(
         r"heart rate|\bHR\b|pulse|tachycardi\w*|bradycardi\w*", re.I)),
     (KIND_EF, None, re.compile(
@@ -275,9 +338,11 @@ def _sentences(text: str) -> list[str]:
 
 def check_grounding(text: str, m: Measurements, sex: str | None = None) -> GroundingResult:
     """Checks every number and every LV-function grade in ``text`` against ``m``."""
-    facts = measured_facts(m)
+    withheld = withheld_values(m)
+    facts = measured_facts(m) + quality_facts(m)
     sd = _sd_fact(m)
     grade = lv_grade(m, sex)
+    text = _without_node_sentences(text, m, withheld)
     ranges = {f.key: range_grade(_RANGE_KEYS[f.key], f.value, sex)
               for f in facts if f.key in _RANGE_KEYS}  # fmt: skip
     reasons: list[str] = []
@@ -303,12 +368,25 @@ def check_grounding(text: str, m: Measurements, sex: str | None = None) -> Groun
                 f"{other.group(0)!r}: the loop is a 2D apical four-chamber view "
                 f"(in: {sentence.strip()!r})"
             )
-        _check_numbers(sentence, labels, facts, sd, m, reasons, matched)
+        _check_numbers(sentence, labels, facts, sd, m, withheld, reasons, matched)
         _check_grades(sentence, labels, subject, grade, ranges, reasons, matched)
         if labels:
             subject = labels[-1].kind
     verdict = VERDICT_FAIL if reasons else VERDICT_PASS
     return GroundingResult(verdict, tuple(reasons), tuple(matched))
+
+
+def _without_node_sentences(text: str, m: Measurements, withheld: list[WithheldValue]) -> str:
+    """The text with every exact quote of a withheld value's reason (or of one of the reasons
+    it joins) and of the quality score's sentence taken out: their numbers count frames or name
+    limits and scales, and must not be read as a measurement."""
+    quotes = {part for w in withheld for part in (w.reason, *w.reason.split("; ")) if part}
+    quality = loop_quality(m)
+    if quality is not None:
+        quotes.add(quality.statement.rstrip("."))
+    for quote in sorted(quotes, key=len, reverse=True):
+        text = re.sub(re.escape(quote), " ", text, flags=re.I)
+    return text
 
 
 def _unit_at(sentence: str, end: int) -> tuple[str | None, str, int]:
@@ -326,6 +404,7 @@ def _check_numbers(
     facts: tuple[Fact, ...],
     sd: Fact | None,
     m: Measurements,
+    withheld: list[WithheldValue],
     reasons: list[str],
     matched: list[str],
 ) -> None:
@@ -340,7 +419,8 @@ def _check_numbers(
         window = sentence[window_start : mt.start()]
         near = [lab for lab in labels if window_start <= lab.start and lab.end <= mt.start()]
         window_start = unit_end
-        problem = _match_number(number, unit_kind, unit_text, window, near, facts, sd, m)
+        problem = _match_number(number, unit_kind, unit_text, window, near, facts, sd, m,
+                                withheld)  # fmt: skip
         if problem is None:
             matched.append(quoted)
         else:
@@ -356,6 +436,7 @@ def _match_number(
     facts: tuple[Fact, ...],
     sd: Fact | None,
     m: Measurements,
+    withheld: list[WithheldValue],
 ) -> str | None:
     """None when the number is a measured one; else why not."""
     if unit_kind == "foreign":
@@ -389,6 +470,10 @@ def _match_number(
         return None
     if not candidates:
         what = "value" if kind is None else _KIND_WORDS[kind]
+        unsure = [w for w in withheld if kind is None or _KIND_OF_KEY[w.key] == kind]
+        if unsure:
+            named = "; ".join(f"{w.label} {NOT_MEASURABLE} ({w.reason})" for w in unsure)
+            return f"no {what} of that kind was measured: {named}, so no number may be stated"
         return f"no {what} of that kind was measured"
     measured = "; ".join(f"{f.label} {f.text}" for f in candidates)
     return f"matches no measured value (measured: {measured})"
@@ -422,6 +507,14 @@ def _check_grades(
             elif about == KIND_UNMEASURED:
                 reasons.append(f"{phrase!r} grades something the node does not measure "
                                f"(in: {sentence.strip()!r})")  # fmt: skip
+            elif about == KIND_QUALITY:
+                reasons.append(f"{phrase!r}: the node grades no image quality in words, it "
+                               f"gives its score (in: {sentence.strip()!r})")  # fmt: skip
+            elif grade.ef is None and grade.withheld is not None:
+                reasons.append(
+                    f"{phrase!r}: LVEF {NOT_MEASURABLE} ({grade.withheld.reason}), so no grade "
+                    f"may be stated (in: {sentence.strip()!r})"
+                )
             elif grade.ef is None:
                 reasons.append(f"{phrase!r}: no LVEF was measured, so no grade may be stated")
             elif grade.grade is None:

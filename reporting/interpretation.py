@@ -27,7 +27,14 @@ from dataclasses import dataclass
 
 from reporting import codes
 from reporting.codes import ClinicalCode
-from reporting.values import KEY_HEART_RATE, KEY_LV_EDV, KEY_LV_ESV, ReportedValue
+from reporting.values import (
+    KEY_HEART_RATE,
+    KEY_LV_EDV,
+    KEY_LV_ESV,
+    NOT_MEASURABLE,
+    ReportedValue,
+    WithheldValue,
+)
 
 ASE_2015 = "ASE/EACVI 2015 (Lang et al., J Am Soc Echocardiogr 2015;28:1-39)"
 
@@ -174,8 +181,20 @@ class SystolicFunction:
     text: str
 
 
-def lv_systolic_function(ef: ReportedValue | None, sex: str | None) -> SystolicFunction:
-    """What the primary EF says about LV systolic function."""
+NOT_GRADED_WITHHELD = "LV systolic function not graded."
+
+
+def lv_systolic_function(
+    ef: ReportedValue | None, sex: str | None, withheld: WithheldValue | None = None
+) -> SystolicFunction:
+    """What the primary EF says about LV systolic function. With no EF reported and
+    ``withheld`` the EF the node does not stand behind (``reporting.values.withheld_ef``), no
+    grade and no conclusion: the sentence says the LVEF is not measurable, why, and that it
+    must be measured by hand."""
+    if ef is None and withheld is not None:
+        return SystolicFunction(
+            None, None, f"LVEF {NOT_MEASURABLE}: {withheld.detail}. {NOT_GRADED_WITHHELD}"
+        )
     if ef is None:
         return SystolicFunction(None, None, "LV systolic function not assessed: no LVEF measured.")
     interpretation = interpret(ef, sex)

@@ -48,7 +48,17 @@ from reporting.types import (
     SourceLoop,
     person_display_name,
 )
-from reporting.values import ReportedValue, primary_ef, reported_values
+from reporting.values import (
+    LoopQuality,
+    ReportedValue,
+    WithheldValue,
+    loop_quality,
+    primary_ef,
+    reported_values,
+    shown_flags,
+    withheld_ef,
+    withheld_values,
+)
 
 PDF_MEDIA_TYPE = "application/pdf"
 TITLE = "Echocardiogram: left ventricular function (apical four-chamber)"
@@ -119,16 +129,21 @@ def build_report_pdf(
     story.append(_area_curve(measurements))
     story.append(Paragraph(_curve_legend(measurements), styles["small"]))
 
+    withheld = withheld_values(measurements)
+    quality = loop_quality(measurements)
     story.append(Paragraph("Measurements", styles["h2"]))
-    story.append(_measurement_table(values, source.patient_sex, styles))
+    if quality is not None:
+        story.append(Paragraph(_quality_text(quality), styles["body"]))
+    story.append(_measurement_table(values, withheld, source.patient_sex, styles))
     story.append(Paragraph(_reference_note(), styles["small"]))
     story.append(Paragraph(_algorithm_text(algorithms), styles["small"]))
-    if measurements.flags:
+    flags = shown_flags(measurements)
+    if flags:
         story.append(Paragraph("Quality flags: look twice", styles["h2"]))
-        for flag in measurements.flags:
+        for flag in flags:
             story.append(Paragraph(f"&bull; {escape(flag.message)}", styles["body"]))
 
-    conclusion = lv_systolic_function(primary_ef(values), source.patient_sex)
+    conclusion = lv_systolic_function(primary_ef(values), source.patient_sex, withheld_ef(withheld))
     story.append(Paragraph("LV systolic function", styles["h2"]))
     story.append(Paragraph(escape(conclusion.text), styles["body"]))
     story.append(Paragraph("Report", styles["h2"]))
@@ -306,7 +321,17 @@ def _hex(color: colors.Color) -> str:
     return "".join(f"{round(c * 255):02x}" for c in (color.red, color.green, color.blue))
 
 
-def _measurement_table(values: list[ReportedValue], sex: str, styles: Styles) -> Table:
+def _quality_text(quality: LoopQuality) -> str:
+    """The quality score in bold beside the table (it qualifies every value in it)."""
+    return f"<b>{escape(quality.statement)}</b>"
+
+
+def _measurement_table(
+    values: list[ReportedValue], withheld: list[WithheldValue], sex: str, styles: Styles
+) -> Table:
+    """Measured values with method, range and grade; then one row per withheld value, its
+    label and "not measurable — <reason>; manual measurement required" across the other
+    columns (no number, no range, no grade)."""
     header = ["Measurement", "Value", "Method", "Reference range", "Interpretation"]
     rows = [[Paragraph(f"<b>{h}</b>", styles["cell"]) for h in header]]
     for value in values:
@@ -322,6 +347,12 @@ def _measurement_table(values: list[ReportedValue], sex: str, styles: Styles) ->
             verdict = interpretation.grade or "not graded (sex unknown)"
         cells = [value.label, value.text, value.method_text, reference, verdict]
         rows.append([Paragraph(escape(c), styles["cell"]) for c in cells])
+    spans = []
+    for value in withheld:
+        spans.append(("SPAN", (1, len(rows)), (-1, len(rows))))
+        text = f"<b>{escape(value.text)}</b> \u2014 {escape(value.detail)}"
+        rows.append([Paragraph(escape(value.label), styles["cell"]),
+                     Paragraph(text, styles["cell"]), "", "", ""])  # fmt: skip
     if len(rows) == 1:
         rows.append([Paragraph("No measurement could be made.", styles["cell"])] + [""] * 4)
     table = Table(rows, colWidths=[34 * mm, 20 * mm, 62 * mm, 34 * mm, 28 * mm], repeatRows=1)
@@ -331,6 +362,7 @@ def _measurement_table(values: list[ReportedValue], sex: str, styles: Styles) ->
                 ("GRID", (0, 0), (-1, -1), 0.25, colors.lightgrey),
                 ("BACKGROUND", (0, 0), (-1, 0), colors.Color(0.94, 0.94, 0.94)),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                *spans,
             ]
         )
     )

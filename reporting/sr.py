@@ -33,6 +33,7 @@ from highdicom.sr import (
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    QualitativeEvaluation,
     RelationshipTypeValues,
     SourceImageForMeasurement,
     TextContentItem,
@@ -52,10 +53,29 @@ from reporting.dicom_base import (
     save,
 )
 from reporting.types import DEMO_LABEL_ASCII, AlgorithmInfo, Algorithms, DraftReport
-from reporting.values import ReportedValue, reported_values
+from reporting.values import (
+    LoopQuality,
+    ReportedValue,
+    WithheldValue,
+    loop_quality,
+    reported_values,
+    withheld_values,
+)
 
 GROUP_TRACKING_ID = "LV function, A4C"
 LATIN1_CHARSETS = ("", "ISO_IR 6", "ISO_IR 100")
+# what highdicom's SR constructor reads from its evidence (see _evidence)
+_EVIDENCE_IDENTITY = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def build_sr(
@@ -83,7 +103,7 @@ def build_sr(
         texts += [signature.observer_name, signature.organisation]
     demo = report.demo_models or algorithms.demo_models
     sr = ComprehensiveSR(
-        evidence=[source_ds],
+        evidence=[_evidence(source_ds)],
         content=content,
         series_instance_uid=series_instance_uid or new_uid(),
         series_number=series_number,
@@ -105,6 +125,9 @@ def build_sr(
         content_date=now.date(),
         content_time=now.time().replace(microsecond=0),
     )
+    # the patient and study as the source has them: its Type 2 attributes empty where it
+    # lacks them, nothing invented (as for the SEG, SC and PDF, see dicom_base.new_instance)
+    sr.copy_patient_and_study_information(source_ds)
     if signature is not None:  # highdicom stamps "now"; the signature has its own instant
         sr.VerifyingObserverSequence[0].VerificationDateTime = DT(signature.signed_at)
     return sr
@@ -186,12 +209,18 @@ def _measurement_report(
         )
     )
     values = reported_values(measurements, algorithms)
+    numbers = [_measurement(source_ds, v) for v in values]
+    quality = loop_quality(measurements)
+    if quality is not None:
+        numbers.append(_quality_measurement(source_ds, quality))
+    withheld = withheld_values(measurements)
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=derived_uid("sr-group", str(source_ds.SOPInstanceUID)),
             identifier=GROUP_TRACKING_ID,
         ),
-        measurements=[_measurement(source_ds, v) for v in values] or None,
+        measurements=numbers or None,
+        qualitative_evaluations=[_withheld_evaluation(w) for w in withheld] or None,
     )
     content = MeasurementReport(
         observation_context=context,
@@ -214,6 +243,24 @@ def _measurement_report(
         ]
         content[0].ContentSequence.append(evaluations)
     return content
+
+
+def _evidence(source_ds: Dataset) -> Dataset:
+    """What highdicom's SR constructor takes as evidence: the source's references only.
+
+    highdicom reads the evidence's Patient ID, Name, Birth Date, Sex, Accession Number, Study
+    ID, Date and Time as attributes, so a real loop without one of these Type 2 attributes
+    raised AttributeError; it also checks the patient name and its warning prints the name
+    ("PLA" of a SonoSite loop). With empty values here nothing is read or checked, and
+    ``build_sr`` copies the patient and study modules from the source afterwards, raw."""
+    evidence = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if keyword not in source_ds:
+            raise ValueError(f"the source dataset has no {keyword}")
+        setattr(evidence, keyword, source_ds[keyword].value)
+    for keyword in _EVIDENCE_IDENTITY:
+        setattr(evidence, keyword, None)
+    return evidence
 
 
 def _algorithms(algorithms: Algorithms) -> list[AlgorithmInfo]:
@@ -270,6 +317,68 @@ def _measurement(source_ds: Dataset, value: ReportedValue) -> Measurement:
             )
         )
     return measurement
+
+
+def _lv_view_modifiers() -> list[CodeContentItem]:
+    """Finding site Left ventricle and view A4C, as on every LV measurement."""
+    return [
+        FindingSite(codes.LEFT_VENTRICLE.dicom()),
+        CodeContentItem(
+            name=codes.IMAGE_VIEW.dicom(),
+            value=codes.APICAL_FOUR_CHAMBER.dicom(),
+            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+        ),
+    ]
+
+
+def _withheld_evaluation(value: WithheldValue) -> QualitativeEvaluation:
+    """A value the node does not stand behind: no NUM item (no number to misread), but a CODE
+    item, its concept = "Measurement failure" (DCM 114006, CID 42), with the method, finding
+    site and view as for a measurement, and the reason as a TEXT property.
+
+    Why not a NUM item with an empty Measured Value Sequence and a Numeric Value Qualifier, as
+    PS3.3 allows: highdicom cannot write one (``NumContentItem`` always writes a value, and
+    ``ComprehensiveSR`` re-reads its content, failing on an empty sequence) nor read one back,
+    and a NUM item with a placeholder value and the qualifier would put a number in the SR that
+    a reader ignoring the qualifier takes for the measurement."""
+    evaluation = QualitativeEvaluation(
+        name=value.concept.dicom(), value=codes.MEASUREMENT_FAILURE.dicom()
+    )
+    children = []
+    if value.method is not None:
+        children.append(
+            CodeContentItem(
+                name=codes.MEASUREMENT_METHOD.dicom(),
+                value=value.method.dicom(),
+                relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+            )
+        )
+    if value.left_ventricle:
+        children += _lv_view_modifiers()
+    children.append(
+        TextContentItem(
+            name=codes.COMMENT.dicom(),
+            value=value.statement,
+            relationship_type=RelationshipTypeValues.HAS_PROPERTIES,
+        )
+    )
+    evaluation[0].ContentSequence = children
+    return evaluation
+
+
+def _quality_measurement(source_ds: Dataset, quality: LoopQuality) -> Measurement:
+    """The loop quality score as a TID 300 measurement of the whole loop (private code, unit
+    UCUM "1"; see ``reporting.codes.LOOP_QUALITY_SCORE``)."""
+    image = SourceImageForMeasurement(
+        referenced_sop_class_uid=str(source_ds.SOPClassUID),
+        referenced_sop_instance_uid=str(source_ds.SOPInstanceUID),
+    )
+    return Measurement(
+        name=codes.LOOP_QUALITY_SCORE.dicom(),
+        value=round(quality.score, 3),
+        unit=codes.UNIT_NONE.dicom(),
+        referenced_images=[image],
+    )
 
 
 def _algorithm(algorithm: AlgorithmInfo | None) -> AlgorithmIdentification | None:

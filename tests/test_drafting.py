@@ -14,6 +14,7 @@ from inference.llm.embedded import EMBEDDED_NAME, ensure_embedded_model
 from inference.llm.scripted import ScriptedTextModel
 from reporting.drafting import (
     NARRATIVE_OPENING,
+    NARRATIVE_OPENING_WITHHELD,
     draft_messages,
     draft_report,
     draft_request,
@@ -128,7 +129,9 @@ def test_a_study_without_an_lvef_gets_no_example() -> None:
     no_ef = measurements(ef=None, disks=None)
     messages = draft_messages(no_ef, "M")
     assert [x.role for x in messages] == ["system", "user", "assistant"]
-    assert messages[-1].content == NARRATIVE_OPENING
+    # a null LVEF is not measurable: the answer opens by saying so, the reason follows
+    assert messages[-1].content == NARRATIVE_OPENING_WITHHELD
+    assert "- LVEF (AI regression): not measurable (" in messages[1].content
 
 
 def test_tidy_narrative_drops_repeats_and_a_cut_off_sentence() -> None:
@@ -218,7 +221,8 @@ def test_evaluate_llm_command_line_and_summary() -> None:
     ],
 )
 def test_the_template_that_replaces_a_failed_narrative_passes_the_guard(m, sex) -> None:  # type: ignore[no-untyped-def]
-    draft = draft_report(m, ScriptedTextModel([BAD]), sex, demo_models=True)
+    bad = BAD.replace(NARRATIVE_OPENING, draft_messages(m, sex)[-1].content)  # its opening
+    draft = draft_report(m, ScriptedTextModel([bad]), sex, demo_models=True)
     assert draft.verdict == "replaced"
     assert check_grounding(draft.narrative_text, m, sex).passed
 

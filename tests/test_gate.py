@@ -100,8 +100,9 @@ def test_ef_disagreement_withholds_both_efs_but_keeps_the_volumes(measured) -> N
     assert gated.ef_percent is None and gated.ef_disks_percent is None
     assert gated.edv_ml == measured.edv_ml and gated.esv_ml == measured.esv_ml
     assert FLAG_EF_DISAGREEMENT in gated.flag_codes
-    # the reason names the limit, never the withheld numbers
+    # the reason names the limit, never the withheld numbers; nor does any flag
     assert "55" not in gated.validity["ef_percent"].reason
+    assert not any("55" in f.message for f in gated.flags)
     assert gated.quality_score < 0.5
 
 

@@ -33,7 +33,7 @@ from reporting.interpretation import (
     interpret,
     lv_systolic_function,
 )
-from reporting.types import DEMO_LABEL
+from reporting.types import DEMO_LABEL, person_display_name
 from reporting.values import KEY_LV_EDV, KEY_LVEF_DISKS, ReportedValue
 
 PDF = b"%PDF-1.4\n% a stand-in report\n%%EOF\n"
@@ -191,11 +191,17 @@ def test_resend_is_idempotent_conditional_updates(loop):
     assert len(set(values)) == len(values)
 
 
-def test_no_null_measurement_is_sent(loop):
+def test_no_null_measurement_is_sent_as_a_number(loop):
+    # a null is sent as what it is: an Observation without a value, with the reason
     m = dataclasses.replace(loop.measurements, edv_ml=None, esv_ml=None, heart_rate_bpm=None)
     bundle = _bundle(loop, measurements=m)
-    found = {o["code"]["coding"][0]["code"] for o in _resources(bundle, "Observation")}
-    assert found == {"18043-0"}
+    observations = _resources(bundle, "Observation")
+    valued = {o["code"]["coding"][0]["code"] for o in observations if "valueQuantity" in o}
+    assert valued == {"18043-0"}
+    absent = {o["code"]["coding"][0]["code"]: o["dataAbsentReason"]["text"]
+              for o in observations if "valueQuantity" not in o}  # fmt: skip
+    assert set(absent) == {"18026-5", "18148-7", "90096001", "8867-4"}
+    assert all(text.endswith("manual measurement required") for text in absent.values())
 
 
 def _value(key: str, concept, value: float, unit=codes.UNIT_PERCENT) -> ReportedValue:
@@ -263,10 +269,15 @@ def test_demo_label_in_conclusion_and_notes_only_for_demo(loop):
     assert "DEMO MODELS" not in json.dumps(real)
 
 
-def test_a_loop_without_patient_id_or_a_bad_system_is_refused(loop):
+def test_a_loop_without_patient_id_names_no_identifier_and_a_bad_system_is_refused(loop):
+    # Patient ID and Name are Type 2: absent in real files; nothing is invented for them
     source = dataclasses.replace(loop.source, patient_id="")
-    with pytest.raises(ValueError, match="Patient ID"):
-        _bundle(loop, source=source)
+    name = person_display_name(loop.source.patient_name)
+    assert name
+    for entry in _bundle(loop, source=source)["entry"]:
+        assert entry["resource"]["subject"] == {"type": "Patient", "display": name}
+    anonymous = dataclasses.replace(source, patient_name="")
+    assert all("subject" not in e["resource"] for e in _bundle(loop, source=anonymous)["entry"])
     with pytest.raises(ValueError, match="absolute URI"):
         build_fhir_bundle(
             loop.source, loop.measurements, demo_algorithms(), draft(), node_system="node 1"

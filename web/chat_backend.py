@@ -115,35 +115,72 @@ def measurements_backend(
     m = context.measurements
     asks_flags = bool(words & {"flag", "flags", "quality", "warning", "warnings", "reliable"})
     asks_beats = bool(words & {"beat", "beats", "cycle", "cycles"})
+    withheld = _withheld(m)
     if not wanted and not asks_flags and not asks_beats:
-        wanted = list(by_key)
+        wanted = list(dict.fromkeys([*by_key, *withheld]))
         lines.append("I can only quote the stored measurements. All of them:")
     for key in wanted:
         row = by_key.get(key)
-        if row is None:
+        if key in withheld:  # never its number, even if a stored table row had one
+            lines.append(f"- {withheld[key].statement}")
+        elif row is None:
             lines.append(f"- {key.replace('_', ' ')}: not measured on this loop.")
         else:
             lines.append(f"- {row['label']}: {row['text']} ({row['method']}).")
     if "lvef_regression" in wanted and "lvef_disks" in wanted:
         ef, disks = m.get("ef_percent"), m.get("ef_disks_percent")
-        if ef is not None and disks is not None:
+        both = ef is not None and disks is not None
+        if both and not {"lvef_regression", "lvef_disks"} & set(withheld):
             lines.append(f"- Regression minus disks: {float(ef) - float(disks):+.1f} points.")
     if asks_beats or asks_flags:
         beats = m.get("beats") or []
         lines.append(f"- Beats found: {len(beats)}.")
         for i, beat in enumerate(beats, 1):
+            regression = _beat_value(beat.get("ef_percent"), "lvef_regression" in withheld)
+            disks = _beat_value(beat.get("ef_disks_percent"), "lvef_disks" in withheld)
             lines.append(
                 f"  Beat {i}: ED frame {beat.get('ed_frame')}, ES frame {beat.get('es_frame')}, "
-                f"EF {_fmt(beat.get('ef_percent'), '%')} (regression), "
-                f"{_fmt(beat.get('ef_disks_percent'), '%')} (disks)."
+                f"EF {regression} (regression), {disks} (disks)."
             )
+    quality = _quality(m)
+    if quality and (asks_flags or not wanted or "lvef_regression" in wanted):
+        lines.append(f"- {quality}")
     if asks_flags or not wanted:
-        flags = m.get("flags") or []
+        flags = _shown_flags(m)
         if flags:
             lines += [f"- Quality flag: {f.get('message', f.get('code', ''))}" for f in flags]
         else:
             lines.append("- No quality flags were raised.")
     yield from _chunks("\n".join(lines))
+
+
+def _beat_value(value: Any, withheld: bool) -> str:
+    return "not measurable" if withheld else _fmt(value, "%")
+
+
+def _quality(measurements: dict[str, Any]) -> str:
+    """The loop quality score's sentence, "" for analyses from before the validity gate."""
+    from inference.types import Measurements
+    from reporting.values import loop_quality
+
+    quality = loop_quality(Measurements.from_json(measurements))
+    return "" if quality is None else quality.statement
+
+
+def _shown_flags(measurements: dict[str, Any]) -> list[dict[str, str]]:
+    """The stored flags but any that quotes a withheld value's number."""
+    from inference.types import Measurements
+    from reporting.values import shown_flags
+
+    return [f.to_json() for f in shown_flags(Measurements.from_json(measurements))]
+
+
+def _withheld(measurements: dict[str, Any]) -> dict[str, Any]:
+    """The stored values the node does not stand behind, by ``reporting.values`` key."""
+    from inference.types import Measurements
+    from reporting.values import withheld_by_key
+
+    return withheld_by_key(Measurements.from_json(measurements))
 
 
 def _chunks(text: str, size: int = 24) -> Iterator[str]:

@@ -32,7 +32,18 @@ from pacs_agent.export import export_status
 from pacs_agent.fhir_delivery import delivery_status, destination_name, study_delivery
 from pacs_agent.outputs import algorithms_for
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
-from reporting.values import reported_values
+from reporting.values import (
+    KEY_LVEF_DISKS,
+    KEY_LVEF_REGRESSION,
+    MANUAL_MEASUREMENT,
+    NOT_MEASURABLE,
+    QUALITY_LABEL,
+    loop_quality,
+    reported_values,
+    shown_flags,
+    withheld_by_key,
+    withheld_values,
+)
 
 log = logging.getLogger("echo_agent.web")
 
@@ -87,12 +98,10 @@ def _latest_analysis(session: Session, study_id: int) -> Analysis | None:
 
 
 def _flags(analysis: Analysis | None) -> list[dict[str, str]]:
+    """The stored flags as every surface shows them (``reporting.values.shown_flags``)."""
     if analysis is None:
         return []
-    return [
-        {"code": str(f.get("code", "")), "message": str(f.get("message", ""))}
-        for f in analysis.measurements.get("flags", [])
-    ]
+    return [f.to_json() for f in shown_flags(Measurements.from_json(analysis.measurements))]
 
 
 def worklist(session: Session) -> list[dict[str, Any]]:
@@ -119,16 +128,20 @@ def worklist(session: Session) -> list[dict[str, Any]]:
     for study in studies:
         analysis = analyses.get(study.id)
         status, reason = display_status(study, list(study.jobs), analysis is not None)
+        ef = ef_summary(analysis)
         items.append(
             {
                 **_study_header(study),
                 "status": status,
                 "status_label": STATUS_LABELS[status],
                 "status_reason": reason,
-                "ef_percent": analysis.ef_percent if analysis else None,
-                "ef_disks_percent": (
-                    analysis.measurements.get("ef_disks_percent") if analysis else None
-                ),
+                "ef_percent": ef["ef_percent"],
+                "ef_disks_percent": ef["ef_disks_percent"],
+                "ef_text": ef["text"],
+                "ef_withheld": ef["withheld"],
+                "ef_reason": ef["reason"],
+                "quality_score": ef["quality_score"],
+                "quality_text": ef["quality_text"],
                 "flags": _flags(analysis),
                 "demo_models": bool(analysis and analysis.demo_models),
                 "report_status": latest_reports.get(study.id),
@@ -136,6 +149,36 @@ def worklist(session: Session) -> list[dict[str, Any]]:
             }
         )
     return items
+
+
+def ef_summary(analysis: Analysis | None) -> dict[str, Any]:
+    """The EF as the worklist shows it: the number when the node stands behind it, else "not
+    measurable" with the reason (never the number), and the loop's quality score. An EF the
+    validity gate withheld is null here even if a stored column still held one."""
+    empty = {"ef_percent": None, "ef_disks_percent": None, "text": "", "withheld": False,
+             "reason": "", "quality_score": None, "quality_text": ""}  # fmt: skip
+    if analysis is None:
+        return empty
+    m = Measurements.from_json(analysis.measurements)
+    withheld = withheld_by_key(m)
+    regression = None if KEY_LVEF_REGRESSION in withheld else m.ef_percent
+    disks = None if KEY_LVEF_DISKS in withheld else m.ef_disks_percent
+    shown = regression if regression is not None else disks
+    ef_withheld = shown is None and (KEY_LVEF_REGRESSION in withheld or KEY_LVEF_DISKS in withheld)
+    reason = ""
+    if ef_withheld:
+        withheld_ef = withheld.get(KEY_LVEF_REGRESSION) or withheld[KEY_LVEF_DISKS]
+        reason = withheld_ef.detail
+    quality = loop_quality(m)
+    return {
+        "ef_percent": regression,
+        "ef_disks_percent": disks,
+        "text": NOT_MEASURABLE if ef_withheld else ("" if shown is None else f"{shown:.1f} %"),
+        "withheld": ef_withheld,
+        "reason": reason,
+        "quality_score": None if quality is None else quality.score,
+        "quality_text": "" if quality is None else f"{QUALITY_LABEL} {quality.text}",
+    }
 
 
 def _study_header(study: Study) -> dict[str, Any]:
@@ -180,11 +223,28 @@ def measurement_table(analysis: Analysis) -> list[dict[str, Any]]:
     ]
 
 
+def withheld_table(analysis: Analysis) -> list[dict[str, Any]]:
+    """The values the node does not stand behind, each with its reason: the study page shows
+    them as "not measurable", never a number."""
+    return [
+        {
+            "key": w.key,
+            "label": w.label,
+            "text": w.text,
+            "reason": w.reason,
+            "detail": w.detail,
+            "manual": MANUAL_MEASUREMENT,
+        }
+        for w in withheld_values(Measurements.from_json(analysis.measurements))
+    ]
+
+
 def loop_detail(session: Session, analysis: Analysis) -> dict[str, Any]:
     m = analysis.measurements
     instance = session.get(Instance, analysis.instance_fk)
     series = session.get(Series, instance.series_fk) if instance else None
-    ef, disks = m.get("ef_percent"), m.get("ef_disks_percent")
+    summary = ef_summary(analysis)
+    ef, disks = summary["ef_percent"], summary["ef_disks_percent"]
     frame_time = m.get("frame_time_ms")
     return {
         "analysis_id": analysis.id,
@@ -197,8 +257,12 @@ def loop_detail(session: Session, analysis: Analysis) -> dict[str, Any]:
         "model_preset": analysis.model_preset,
         "demo_models": analysis.demo_models,
         "models_description": (m.get("models") or {}).get("description", ""),
-        "measurements": m,
+        # the stored document, its flags as every surface shows them (none quoting a withheld
+        # value's number; see ``reporting.values.shown_flags``)
+        "measurements": {**m, "flags": _flags(analysis)},
         "table": measurement_table(analysis),
+        "withheld": withheld_table(analysis),
+        "ef": summary,
         "flags": _flags(analysis),
         "comparison": {
             "ef_regression_percent": ef,

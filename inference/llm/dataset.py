@@ -52,6 +52,8 @@ VERSION = 1
 STAGES = (1, 2)
 KINDS = {1: ("report",), 2: ("descriptive", "explanatory", "advisory")}
 DESCRIBE_QUESTION = "Could you describe this echocardiogram video for me?"
+# why a value the data set does not give is not measurable (EchoNet-Dynamic has no heart rate)
+MISSING_REASON = "not recorded for this loop"
 ADVICE_QUESTION = "My LVEF is not in the normal range, what should I do for this case?"
 
 _GRADE_WORDS = {
@@ -112,7 +114,11 @@ def report_text(values: Mapping[str, float | None]) -> str:
     """Stage 1 target: what a short A4C LV report says about these values."""
     ef = values.get("ef_percent")
     lines = ["Apical four-chamber view of the left ventricle."]
-    lines.append("LVEF could not be measured." if ef is None else _grade_sentence(float(ef)))
+    lines.append(
+        f"LVEF not measurable: {MISSING_REASON}; manual measurement required."
+        if ef is None
+        else _grade_sentence(float(ef))
+    )
     lines.append(_values_sentence(values))
     lines.append("Regional wall motion and the valves were not assessed.")
     return " ".join(line for line in lines if line)
@@ -158,17 +164,27 @@ def qa_pairs(values: Mapping[str, float | None]) -> list[tuple[str, str, str]]:
 
 def values_measurements(values: Mapping[str, float | None]) -> Measurements:
     """A loop's values as the node's measurements (no beats, no flags; sex unknown): what the
-    prompts are built from. Both EFs are the one EF, as for phantom truth."""
-    from inference.types import Measurements
+    prompts are built from. Both EFs are the one EF, as for phantom truth. A value the data set
+    lacks is not measurable, with ``MISSING_REASON``: the prompt then says so as it says it for
+    a value the node's validity gate withheld (``reporting.drafting.measurement_lines``), so
+    the model learns to state no number for it."""
+    from inference.types import GATED_KEYS, Measurements, Validity, ValueValidity
 
     ef = values.get("ef_percent")
+    given = {"ef_disks_percent": ef, **{k: values.get(k) for k in GATED_KEYS if k in values}}
+    validity = {
+        key: ValueValidity(Validity.MEASURED)
+        if given.get(key) is not None
+        else ValueValidity(Validity.NOT_MEASURABLE, MISSING_REASON)
+        for key in GATED_KEYS
+    }
     return Measurements(
         ef_percent=ef, ef_sd_percent=None, ef_source="beats" if ef is not None else "none",
         ef_clips_mean_percent=None, ef_disks_percent=ef, edv_ml=values.get("edv_ml"),
         esv_ml=values.get("esv_ml"), heart_rate_bpm=values.get("heart_rate_bpm"),
         heart_rate_source="beats" if values.get("heart_rate_bpm") is not None else "none",
         beats=(), flags=(), n_frames=0, frame_time_ms=None, spacing_cm=None, ed_frames=(),
-        es_frames=(), lv_area_px=(), lv_area_cm2=None,
+        es_frames=(), lv_area_px=(), lv_area_cm2=None, validity=validity,
     )  # fmt: skip
 
 

@@ -13,8 +13,10 @@
   function fillMeasurements(loop) {
     const m = loop.measurements;
     const efRow = loop.table.find((r) => r.key === "lvef_regression") || loop.table.find((r) => r.key === "lvef_disks");
-    $("ef-value").textContent = efRow ? efRow.text : "not measured";
-    $("ef-method").textContent = efRow ? "(" + efRow.label + ")" : "";
+    // a withheld EF is never a number: "not measurable" and why (the rows below are the page's)
+    $("ef-value").textContent = efRow ? efRow.text : loop.ef.withheld ? loop.ef.text : "not measured";
+    $("ef-method").textContent = efRow ? "(" + efRow.label + ")" : loop.ef.withheld ? "(" + loop.ef.reason + ")" : "";
+    $("quality-score").textContent = loop.ef.quality_text;
     const tbody = $("measurement-table").querySelector("tbody");
     Echo.clear(tbody);
     for (const row of loop.table) {
@@ -29,7 +31,7 @@
     }
     const c = loop.comparison;
     $("ef-comparison").textContent = c.difference_points === null
-      ? "Regression vs disks: not comparable (one of them was not measured)."
+      ? "Regression vs disks: not comparable (one of them was not measured or is not measurable)."
       : "Regression " + Echo.fmt(c.ef_regression_percent, "%") + " vs method of disks " +
         Echo.fmt(c.ef_disks_percent, "%") + ": difference " +
         (c.difference_points >= 0 ? "+" : "") + c.difference_points.toFixed(1) + " points.";

@@ -30,7 +30,14 @@
       status.appendChild(Echo.el("div", study.status_reason, "reason"));
     }
     tr.appendChild(status);
-    tr.appendChild(Echo.el("td", Echo.fmt(study.ef_percent, "%"), "num ef"));
+    // a withheld EF reads "not measurable", its reason in the tooltip; the quality score below
+    const ef = Echo.el("td", study.ef_withheld ? study.ef_text : Echo.fmt(study.ef_percent, "%"), "num ef");
+    if (study.ef_withheld) {
+      ef.classList.add("withheld");
+      ef.title = study.ef_reason;
+    }
+    if (study.quality_text) ef.appendChild(Echo.el("div", study.quality_text, "quality small muted"));
+    tr.appendChild(ef);
     const flags = Echo.el("td");
     if (study.demo_models) flags.appendChild(Echo.el("span", "DEMO", "flag demo"));
     for (const flag of study.flags) {
