@@ -50,7 +50,7 @@ from inference.decode import FrameReader
 from inference.measure import measure_cine
 from inference.types import Cine, Measurements
 from pacs_agent.analysis import analyze_file, load_models
-from pacs_agent.config import Config, EhrConfig
+from pacs_agent.config import Config, EhrConfig, SelectionConfig
 from pacs_agent.outputs import algorithms_for
 from reporting.encapsulated_pdf import write_encapsulated_pdf
 from reporting.fhir import build_fhir_bundle, bundle_json
@@ -323,6 +323,52 @@ def test_a_loop_without_patient_id_and_name_goes_through_the_node_to_the_ehr(
     assert "subject" not in report  # nothing to file it under, and nothing invented
     assert report["status"] == "preliminary"
     assert all("subject" not in o for o in ehr.all("Observation"))
+    (posted,) = ehr.transactions()
+    body = tmp_path / "posted.json"
+    body.write_bytes(posted.body)
+    assert fhir_schema_errors(body) == {str(body): []}
+
+
+@pytest.mark.slow
+def test_the_real_sonosite_loop_without_identity_reaches_the_ehr_with_no_lvef(
+    ehr, tmp_path
+) -> None:
+    """pydicom's real SonoSite A4C cine, Patient ID and Name removed, through C-STORE, a job
+    and FHIR delivery: the demo models find no LV on it, so the EHR gets the LVEF as an
+    Observation without a value and with the reason, and the worklist shows no number."""
+    from pydicom import examples
+
+    from reporting.codes import LVEF
+
+    ds = pydicom.dcmread(examples.get_path("ybr_color"))
+    del ds.PatientID, ds.PatientName
+    ds.SeriesDescription = "A4C"  # SonoSite leaves the view unnamed; a lab's routing names it
+    sent = tmp_path / "send" / "sonosite.dcm"
+    sent.parent.mkdir()
+    ds.save_as(sent)
+    fast = EhrConfig(fhir_base_url=ehr.base_url, backoff_initial_s=0.01, backoff_max_s=0.05)
+    # 30 frames at 30 /s are 0.97 s: a lab that routes such short loops lowers the minimum
+    short = dataclasses.replace(SelectionConfig(), min_duration_s=0.5)
+    config = node_config(
+        tmp_path / "home", f"sqlite:///{tmp_path / 'node.db'}", ehr=fast, selection=short
+    )
+    with running_node(config) as node:
+        assert send_files("127.0.0.1", node.dicom_port, [sent], calling_ae="TESTPACS") == [0]
+        wait_for_jobs_done(node, 1)
+        with node.session_factory() as session:
+            (row,) = worklist(session)
+    assert row["ef_percent"] is None
+    (report,) = ehr.all("DiagnosticReport")
+    assert "not measurable" in report["conclusion"]
+    lvef = [
+        o for o in ehr.all("Observation")
+        if any(c.get("code") == LVEF.value for c in o["code"].get("coding", []))
+    ]  # fmt: skip
+    assert lvef, "no LVEF Observation"
+    for observation in lvef:
+        assert "valueQuantity" not in observation and "interpretation" not in observation
+        assert observation["dataAbsentReason"]["coding"][0]["code"] == "error"
+        assert "LV not identified on 30 of 30 frames" in observation["dataAbsentReason"]["text"]
     (posted,) = ehr.transactions()
     body = tmp_path / "posted.json"
     body.write_bytes(posted.body)
