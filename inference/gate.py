@@ -22,12 +22,7 @@ import cv2
 import numpy as np
 
 from inference.beats import smooth_curve, smoothing_window_frames
-from inference.measure import (
-    EF_DISAGREEMENT_POINTS,
-    FLAG_EF_METHODS_DISAGREE,
-    FLAG_HEART_RATE_DISAGREES,
-    HEART_RATE_DISAGREEMENT_FRACTION,
-)
+from inference.measure import FLAG_EF_METHODS_DISAGREE, FLAG_HEART_RATE_DISAGREES
 from inference.ood import OodReference, loop_features, ood_score
 from inference.types import (
     GATED_KEYS,
@@ -177,12 +172,8 @@ def apply_gate(
     lv_keys = ("ef_percent", "ef_disks_percent", "edv_ml", "esv_ml")
     n = evidence.n_frames
 
-    present = set(measurements.flag_codes)
-
     def withhold(keys: tuple[str, ...], code: str, reason: str) -> None:
-        if code not in present:  # the measurement step may have raised it already
-            flags.append(QualityFlag(code, f"{reason[0].upper()}{reason[1:]}; {MANUAL}."))
-            present.add(code)
+        flags.append(QualityFlag(code, f"{reason[0].upper()}{reason[1:]}; {MANUAL}."))
         for key in keys:
             reasons[key].append(reason)
 
@@ -260,39 +251,38 @@ def apply_gate(
         ),
         ef_clips_percent=() if values["ef_percent"] is None else measurements.ef_clips_percent,
         beats=beats,
-        flags=(*_without_withheld_numbers(measurements.flags, values), *flags),
+        flags=_merged_flags(measurements.flags, flags, values),
         validity=validity,
         quality_score=quality_score(evidence, thresholds),
         gate=evidence,
     )
 
 
-# Measurement-step flags that quote values in their text, and a wording without the numbers for
-# when the gate withholds one of those values (the stored JSON must not carry it either).
-_NUMBER_FREE_WORDING = {
-    FLAG_EF_METHODS_DISAGREE: (
-        ("ef_percent", "ef_disks_percent"),
-        f"Regression EF and method-of-disks EF differ by more than {EF_DISAGREEMENT_POINTS:.0f} "
-        "points.",
-    ),
-    FLAG_HEART_RATE_DISAGREES: (
-        ("heart_rate_bpm",),
-        "The heart rates of the loop's cycles, the header and the ECG disagree by more than "
-        f"{HEART_RATE_DISAGREEMENT_FRACTION:.0%}.",
-    ),
+# Measurement-step flags whose text quotes values, and the values they quote: once the gate
+# withholds one of them the flag goes (its number must not reach any surface or the stored JSON;
+# the gate's own flag, without numbers, says what is wrong).
+_FLAGS_QUOTING_VALUES = {
+    FLAG_EF_METHODS_DISAGREE: ("ef_percent", "ef_disks_percent"),
+    FLAG_HEART_RATE_DISAGREES: ("heart_rate_bpm",),
 }
 
 
-def _without_withheld_numbers(
-    flags: tuple[QualityFlag, ...], values: dict[str, float | None]
+def _merged_flags(
+    measured: tuple[QualityFlag, ...],
+    gate_flags: list[QualityFlag],
+    values: dict[str, float | None],
 ) -> tuple[QualityFlag, ...]:
-    out = []
-    for flag in flags:
-        wording = _NUMBER_FREE_WORDING.get(flag.code)
-        if wording is not None and any(values[key] is None for key in wording[0]):
-            flag = QualityFlag(flag.code, wording[1])
-        out.append(flag)
-    return tuple(out)
+    kept = [
+        flag
+        for flag in measured
+        if not any(values[key] is None for key in _FLAGS_QUOTING_VALUES.get(flag.code, ()))
+    ]
+    codes = {flag.code for flag in kept}
+    for flag in gate_flags:
+        if flag.code not in codes:
+            kept.append(flag)
+            codes.add(flag.code)
+    return tuple(kept)
 
 
 def _strip_beat(beat, values: dict[str, float | None]):  # type: ignore[no-untyped-def]

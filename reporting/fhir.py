@@ -291,6 +291,36 @@ def _quantity(value: float, unit: ClinicalCode) -> dict:
     return {"value": value, "unit": unit.value, "system": unit.fhir_system, "code": unit.value}
 
 
+def _observation_common(
+    source: SourceLoop,
+    value: ReportedValue | WithheldValue,
+    report: DraftReport,
+    node_system: str,
+    patient_identifier_system: str | None,
+    issued: str,
+    result: dict,
+    narrative: list[str],
+) -> dict:
+    """What every Observation of a loop carries, measured or withheld; ``result`` is its
+    ``valueQuantity`` or its ``dataAbsentReason``."""
+    resource: dict = {
+        "resourceType": "Observation",
+        "identifier": [observation_identifier(node_system, source, value.key)],
+        "status": report.status,
+        "category": [_concept(codes.OBSERVATION_CATEGORY_IMAGING)],
+        "code": _concept(value.concept, text=value.label),
+        "subject": _subject(source, patient_identifier_system),
+        "issued": issued,
+        **result,
+        "derivedFrom": [_imaging_study(source)],
+        "text": _narrative(narrative),
+    }
+    effective = _effective(source)
+    if effective:
+        resource["effectiveDateTime"] = effective
+    return resource
+
+
 def _observation(
     source: SourceLoop,
     value: ReportedValue,
@@ -300,21 +330,16 @@ def _observation(
     patient_identifier_system: str | None,
     issued: str,
 ) -> dict:
-    resource: dict = {
-        "resourceType": "Observation",
-        "identifier": [observation_identifier(node_system, source, value.key)],
-        "status": report.status,
-        "category": [_concept(codes.OBSERVATION_CATEGORY_IMAGING)],
-        "code": _concept(value.concept, text=value.label),
-        "subject": _subject(source, patient_identifier_system),
-        "issued": issued,
-        "valueQuantity": _quantity(value.value, value.unit),
-        "derivedFrom": [_imaging_study(source)],
-        "text": _narrative([f"{value.label}: {value.text}", value.method_text]),
-    }
-    effective = _effective(source)
-    if effective:
-        resource["effectiveDateTime"] = effective
+    resource = _observation_common(
+        source,
+        value,
+        report,
+        node_system,
+        patient_identifier_system,
+        issued,
+        {"valueQuantity": _quantity(value.value, value.unit)},
+        [f"{value.label}: {value.text}", value.method_text],
+    )
     method = {"text": value.method_text}
     if value.method is not None:
         method["coding"] = [value.method.fhir_coding()]
@@ -354,21 +379,16 @@ def _withheld_observation(
     """The Observation of a value the node does not stand behind: no ``value[x]``, a
     ``dataAbsentReason`` (``error``) whose text is the reason and "manual measurement
     required", no interpretation and no reference range (nothing to judge)."""
-    resource: dict = {
-        "resourceType": "Observation",
-        "identifier": [observation_identifier(node_system, source, value.key)],
-        "status": report.status,
-        "category": [_concept(codes.OBSERVATION_CATEGORY_IMAGING)],
-        "code": _concept(value.concept, text=value.label),
-        "subject": _subject(source, patient_identifier_system),
-        "issued": issued,
-        "dataAbsentReason": _concept(codes.DATA_ABSENT_ERROR, text=value.detail),
-        "derivedFrom": [_imaging_study(source)],
-        "text": _narrative([value.statement]),
-    }
-    effective = _effective(source)
-    if effective:
-        resource["effectiveDateTime"] = effective
+    resource = _observation_common(
+        source,
+        value,
+        report,
+        node_system,
+        patient_identifier_system,
+        issued,
+        {"dataAbsentReason": _concept(codes.DATA_ABSENT_ERROR, text=value.detail)},
+        [value.statement],
+    )
     if value.method is not None:
         resource["method"] = {"coding": [value.method.fhir_coding()]}
     if value.left_ventricle:
