@@ -56,7 +56,8 @@ log = logging.getLogger("echo_agent.dicom")
 
 # Largest P-DATA PDU the node accepts. Senders split a dataset into PDUs of at most this size;
 # pynetdicom handles each PDU in Python, so fewer, larger PDUs make ingest several times faster
-# than its 16 KiB default (see ``echo-agent bench ingest``).
+# than its 16 KiB default (see ``echo-agent bench ingest``). It is also a hard limit: a longer
+# PDU inside an association is aborted unread (``pdu_limits``).
 MAX_PDU_BYTES = 4 * BYTES_PER_MB
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0

@@ -1,6 +1,6 @@
 """pynetdicom's threaded association server, hardened and sped up for a listener of loops.
 
-Three changes, all in the per-connection thread rather than the accept loop:
+Four changes, all in the per-connection thread rather than the accept loop:
 
 * TLS: pynetdicom wraps and handshakes each client socket inside ``get_request``, i.e. in the
   one thread that accepts connections, so a client that connects and sends nothing stalls every
@@ -8,10 +8,10 @@ Three changes, all in the per-connection thread rather than the accept loop:
 * Socket timeout: pynetdicom reads a PDU with blocking ``recv`` once ``select`` says data is
   waiting; a peer that stops in the middle of a PDU would hold the association (and its slot
   under ``max_associations``) forever. A socket timeout turns that into a closed connection.
-* Reading: pynetdicom reads every PDU 4 KiB per ``recv`` call, in Python; a 100 MB loop is
-  25,000 calls. ``PduReadingSocket`` reads each PDU with ``recv_into`` into one buffer, which
-  made storing uncompressed loops about a third faster end to end (storescu -> node, measured
-  like ``echo-agent bench ingest``).
+* Reading: each association's socket refuses PDUs longer than the node allows before reading
+  them, and reads the others into one buffer (``pdu_limits``).
+* Admission: ``max_associations`` is counted when a connection arrives; one over the limit
+  gets an A-ASSOCIATE-RJ (transient, local limit) before anything it sends is read.
 """
 
 from __future__ import annotations
@@ -20,15 +20,25 @@ import logging
 import socket
 import socketserver
 import ssl
-from typing import Any
+import threading
+import time
+from typing import Any, cast
 
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from pacs_agent.dicom.pdu_limits import (
+    ASSOCIATION_REQUEST_MAX_BYTES,
+    PduLimits,
+    limit_socket,
+    local_limit_reject_pdu,
+)
+
 log = logging.getLogger("echo_agent.dicom")
 
-# Above the listener's maximum PDU (4 MiB, see scp.MAX_PDU_BYTES): every PDU a peer may send.
-PREALLOCATE_LIMIT_BYTES = 8 * 1024 * 1024
+# How long a refused connection may take to read its A-ASSOCIATE-RJ before it is closed: the
+# request it sent meanwhile is read and dropped, so the close does not reset the reply away.
+REFUSAL_LINGER_S = 2.0
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -49,6 +59,9 @@ class ListenerServer(ThreadedAssociationServer):
         self._tls_context = tls_context
         self._handshake_timeout_s = handshake_timeout_s
         self._socket_timeout_s = socket_timeout_s
+        # held while a connection is counted and its association thread started, so that two
+        # connections arriving together cannot both take the last slot
+        self._admission = threading.Lock()
         super().__init__(*args, request_handler=_RequestHandler, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -68,7 +81,30 @@ class ListenerServer(ThreadedAssociationServer):
             )
             self.shutdown_request(request)
             return
-        super().process_request_thread(request, client_address)
+        limit = self.ae.maximum_associations
+        with self._admission:
+            admitted = len(self.active_associations) < limit
+            if admitted:
+                super().process_request_thread(request, client_address)
+        if not admitted:
+            self._refuse(request, client_address, limit)
+
+    def _refuse(self, request: socket.socket, client_address: Any, limit: int) -> None:
+        """A-ASSOCIATE-RJ before reading the request: an over-limit peer costs no buffer."""
+        log.warning(
+            "association from %s rejected before its request was read: "
+            "dicom.max_associations (%d) reached",
+            _peer(client_address),
+            limit,
+        )
+        try:
+            request.sendall(local_limit_reject_pdu())
+            request.shutdown(socket.SHUT_WR)
+            _discard_until_closed(request, REFUSAL_LINGER_S, ASSOCIATION_REQUEST_MAX_BYTES)
+        except OSError:
+            pass  # the peer went away; nothing more to tell it
+        finally:
+            self.shutdown_request(request)
 
     def _handshake(self, request: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
         assert self._tls_context is not None
@@ -90,44 +126,16 @@ class ListenerServer(ThreadedAssociationServer):
         self.server_close()
 
 
-class PduReadingSocket(AssociationSocket):
-    """pynetdicom's association socket, reading ``nr_bytes`` in as few system calls as it can."""
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        """Same contract as pynetdicom's: up to ``nr_bytes``, fewer only if the peer closed.
-
-        The buffer is allocated up front only for lengths a conforming peer sends; a PDU header
-        claiming gigabytes is read pynetdicom's way, so that memory grows with the data that
-        actually arrives rather than with what a hostile peer announces.
-        """
-        if nr_bytes > PREALLOCATE_LIMIT_BYTES:
-            return super().recv(nr_bytes)
-        sock = self.socket
-        assert sock is not None
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        received = 0
-        with view:
-            while received < nr_bytes:
-                count = sock.recv_into(view[received:], nr_bytes - received)
-                if count == 0:
-                    break
-                received += count
-        if received < nr_bytes:
-            del buffer[received:]
-        return buffer
-
-
 class _RequestHandler(RequestHandler):
-    """pynetdicom's handler; the association's socket reads PDUs with ``PduReadingSocket``."""
+    """pynetdicom's handler; the association's socket reads PDUs within ``PduLimits``."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        sock = assoc.dul.socket
-        # The socket was built (and announced to the state machine) by pynetdicom; only its
-        # read method changes, so its class is swapped rather than a second socket created.
-        if type(sock) is AssociationSocket:
-            sock.__class__ = PduReadingSocket
+        limits = PduLimits(
+            association_request_bytes=ASSOCIATION_REQUEST_MAX_BYTES,
+            data_bytes=assoc.acceptor.maximum_length,  # what the A-ASSOCIATE-AC announces
+        )
+        limit_socket(cast(AssociationSocket, assoc.dul.socket), limits)
         return assoc
 
 
@@ -135,3 +143,20 @@ def _peer(client_address: Any) -> str:
     if isinstance(client_address, tuple) and len(client_address) >= 2:
         return f"{client_address[0]}:{client_address[1]}"
     return str(client_address)
+
+
+def _discard_until_closed(sock: socket.socket, timeout_s: float, max_bytes: int) -> None:
+    """Reads and drops what the peer sends until it closes, for at most ``timeout_s`` and
+    ``max_bytes``; closing with unread data would send a reset that can destroy the reply."""
+    deadline = time.monotonic() + timeout_s
+    scratch = bytearray(64 * 1024)
+    discarded = 0
+    while discarded < max_bytes:
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            return
+        sock.settimeout(remaining_s)
+        count = sock.recv_into(scratch)
+        if count == 0:
+            return
+        discarded += count
