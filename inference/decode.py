@@ -17,11 +17,14 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames, get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.uid import RLELossless
 
 from inference.calibration import calibrate
 from inference.ecg import ecg_from_waveform
+from inference.frame_size import check_decodable
 from inference.jpegxl import JPEG_XL_NAMES, decode_jpeg_xl, is_jpeg_xl
 from inference.types import Cine
 
@@ -135,6 +138,7 @@ def _decode_array(ds: Dataset, layout: _PixelLayout, index: int | None = None) -
         if is_jpeg_xl(ds):  # pydicom 3.0 has no JPEG XL decoder (see inference.jpegxl)
             array = decode_jpeg_xl(ds, index)
         else:
+            _check_frame_sizes(ds, layout, index)
             # raw=False converts YBR_FULL / YBR_FULL_422 to RGB as the decoder requires
             array = pixel_array(ds, raw=False, index=index)
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
@@ -150,6 +154,24 @@ def _decode_array(ds: Dataset, layout: _PixelLayout, index: int | None = None) -
     if index is None and layout.n_frames == 1 and array.ndim == frame_ndim:
         array = array[np.newaxis]
     return array
+
+
+def _check_frame_sizes(ds: Dataset, layout: _PixelLayout, index: int | None) -> None:
+    """Caps decoder memory: a compressed frame is decoded to the size its own header declares,
+    so one declaring more than Rows x Columns x SamplesPerPixel is refused before decoding
+    (``FrameSizeError``). RLE and native data have no size of their own to lie about."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_encapsulated or syntax == RLELossless:
+        return
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    n_frames = layout.n_frames
+    frames = (
+        [get_frame(ds.PixelData, index, number_of_frames=n_frames)]
+        if index is not None
+        else generate_frames(ds.PixelData, number_of_frames=n_frames)
+    )
+    for frame in frames:
+        check_decodable(frame, rows, columns, layout.samples)
 
 
 def _decode_frames(ds: Dataset, layout: _PixelLayout) -> np.ndarray:

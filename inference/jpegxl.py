@@ -30,6 +30,8 @@ from pydicom.encaps import get_frame
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import iter_pixels
 
+from inference.frame_size import FrameSizeError, check_decodable
+
 JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
 JPEG_XL_JPEG_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
 JPEG_XL = "1.2.840.10008.1.2.4.112"
@@ -87,7 +89,7 @@ def decode_jpeg_xl(ds: Dataset, index: int | None = None) -> np.ndarray:
         raise JpegXLError(f"transfer syntax {transfer_syntax(ds) or '(none)'} is not JPEG XL")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     indices = range(n_frames) if index is None else [index]
-    frames = [_checked(ds, decode_frame(_frame_bytes(ds, i, n_frames)), i) for i in indices]
+    frames = [_checked(ds, decode_frame(_bounded(ds, i, n_frames)), i) for i in indices]
     return np.stack(frames) if index is None else frames[0]
 
 
@@ -98,6 +100,18 @@ def _frame_bytes(ds: Dataset, index: int, n_frames: int) -> bytes:
         return get_frame(ds.PixelData, index, number_of_frames=n_frames)
     except Exception as exc:  # malformed items, a short offset table, missing fragments
         raise JpegXLError(f"frame {index} cannot be read from the pixel data: {exc}") from exc
+
+
+def _bounded(ds: Dataset, index: int, n_frames: int) -> bytes:
+    """Frame ``index``'s bytes, once its SizeHeader declares no more than Rows x Columns:
+    libjxl allocates the declared size before ``_checked`` could see the result."""
+    data = _frame_bytes(ds, index, n_frames)
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    try:
+        check_decodable(data, rows, cols, int(ds.get("SamplesPerPixel", 1) or 1))
+    except FrameSizeError as exc:
+        raise JpegXLError(f"frame {index}: {exc}") from None
+    return data
 
 
 def _checked(ds: Dataset, frame: np.ndarray, index: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, text
 
 from pacs_agent.db.migrate import current_revision, head_revision
+from pacs_agent.disk_guard import disk_guard_shortfall
 
 T = TypeVar("T")
 
@@ -133,10 +134,15 @@ class Readiness:
 
 
 def check_ready(
-    engine: Engine, store_path: Path, models: ModelStatus | None = None
+    engine: Engine,
+    store_path: Path,
+    models: ModelStatus | None = None,
+    min_free_disk_mb: int = 0,
 ) -> Readiness:
-    """The database answers with the newest schema, the store takes a file, and (in a process
-    that runs models) the required models are loaded. Stops at the first failing check."""
+    """The database answers with the newest schema, the store takes a file and has more free
+    disk than ``dicom.min_free_disk_mb`` (below it the listener refuses every C-STORE with
+    0xA700), and (in a process that runs models) the required models are loaded. Stops at the
+    first failing check."""
     checks: dict[str, str] = {}
     try:
         with engine.connect() as conn:
@@ -158,6 +164,11 @@ def check_ready(
         checks["store"] = "not writable"
         return Readiness(False, f"store not writable ({problem})", checks)
     checks["store"] = "ok"
+    shortfall = disk_guard_shortfall(store_path, min_free_disk_mb)
+    if shortfall:
+        checks["disk"] = "below guard"
+        return Readiness(False, f"disk space low ({shortfall})", checks)
+    checks["disk"] = "ok"
     if models is not None:
         ok, why = models.required_ready()
         checks["models"] = "ok" if ok else "not ready"

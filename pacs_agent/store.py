@@ -29,13 +29,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_agent.db.models import Instance
 from pacs_agent.dicom.validate import InstanceHeader
+from pacs_agent.disk_guard import BYTES_PER_MB, disk_guard_shortfall
 from pacs_agent.ingest import StoredFile, find_instance, record_instance
 
 log = logging.getLogger("echo_agent.store")
 
 INCOMING_DIR_NAME = ".incoming"
 PARTIAL_SUFFIX = ".partial"
-BYTES_PER_MB = 1024 * 1024
 # Large writes in pieces, so a signal or a slow disk never sees one giant system call.
 WRITE_CHUNK_BYTES = 4 * BYTES_PER_MB
 _SAFE_COMPONENT = re.compile(r"[0-9][0-9.]{0,63}")
@@ -117,13 +117,9 @@ def free_bytes(store: InstanceStore) -> int:
 
 def check_free_space(store: InstanceStore, incoming_bytes: int) -> None:
     """Raises ``OutOfSpaceError`` if storing ``incoming_bytes`` would cross the free-space floor."""
-    floor = store.min_free_disk_mb * BYTES_PER_MB
-    free = free_bytes(store)
-    if free - incoming_bytes < floor:
-        raise OutOfSpaceError(
-            f"{free // BYTES_PER_MB} MiB free, storing {incoming_bytes // BYTES_PER_MB} MiB "
-            f"would go below dicom.min_free_disk_mb = {store.min_free_disk_mb}"
-        )
+    shortfall = disk_guard_shortfall(store.root, store.min_free_disk_mb, incoming_bytes)
+    if shortfall:
+        raise OutOfSpaceError(shortfall)
 
 
 def store_instance(

@@ -231,8 +231,9 @@ ENCAPSULATED_FRAME_STARTS = {
     contexts.JPEG_2000_LOSSLESS: b"\xff\x4f\xff\x51",
     contexts.JPEG_2000: b"\xff\x4f\xff\x51",
     contexts.RLE_LOSSLESS: b"\x01\x00\x00\x00",
-    contexts.JPEG_XL_LOSSLESS: b"\xff\x0a",
-    contexts.JPEG_XL_JPEG_RECOMPRESSION: b"\xff\x0a",
+    # a JPEG XL SizeHeader of 64 x 80 (ISO/IEC 18181-1 D.2): ingest checks it against the header
+    contexts.JPEG_XL_LOSSLESS: b"\xff\x0a\x8f\x01",
+    contexts.JPEG_XL_JPEG_RECOMPRESSION: b"\xff\x0a\x8f\x01",
     contexts.JPEG_XL: b"\x00\x00\x00\x0cJXL \r\n\x87\n",
 }
 
@@ -278,6 +279,13 @@ def _document(sop_class: str, ids: Ids) -> Dataset:
     if sop_class == EncapsulatedPDFStorage:
         ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
         ds.EncapsulatedDocument = b"%PDF-1.4 test\n"
+    else:  # an SR needs its content tree (the SCP refuses one without)
+        item = Dataset()
+        item.RelationshipType = "CONTAINS"
+        item.ValueType = "TEXT"
+        item.TextValue = "test"
+        ds.ValueType = "CONTAINER"
+        ds.ContentSequence = [item]
     return ds
 
 

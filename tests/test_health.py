@@ -4,6 +4,7 @@ banner's status, on real databases and a real store directory."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from support import find_free_port, need_tool, require_or_skip
 from waitress import wasyncore
 from web_helpers import PASSWORD, Node, login, make_node
 
-from pacs_agent.config import Config, DatabaseConfig, StoreConfig
+from pacs_agent.config import Config, DatabaseConfig, DicomConfig, StoreConfig
 from pacs_agent.db import make_engine
 from pacs_agent.demo import follow_model_status
 from pacs_agent.readiness import CNN, CONVERTING_TEXT, LANGUAGE_MODEL, ModelStatus
@@ -59,7 +60,7 @@ def test_readyz_checks_database_schema_store_and_models(node: Node) -> None:
     ready = client.get("/readyz")  # the optional language model does not hold readiness up
     assert ready.status_code == 200
     assert ready.get_json() == {"status": "ready", "checks": {
-        "database": "ok", "schema": "ok", "store": "ok", "models": "ok"}}
+        "database": "ok", "schema": "ok", "store": "ok", "disk": "ok", "models": "ok"}}
     status.set_state(CNN, "failed", "ValueError: no such weights")
     failed = client.get("/readyz").get_json()
     assert failed["reason"] == "model cnn failed: ValueError: no such weights"
@@ -85,6 +86,23 @@ def test_readyz_is_503_when_the_store_is_not_writable(tmp_path: Path, node: Node
     assert body.status_code == 503
     assert body.get_json()["reason"].startswith("store not writable")
     assert not list(tmp_path.glob("**/.readyz-*"))  # the probe leaves nothing behind
+
+
+def test_readyz_is_503_while_the_disk_guard_refuses_every_store(node: Node) -> None:
+    """The listener answers 0xA700 to every C-STORE below dicom.min_free_disk_mb; /readyz must
+    not call such a node ready."""
+    free_mb = shutil.disk_usage(node.config.store_path).free // (1024 * 1024)
+    guarded = dataclasses.replace(
+        node.config, dicom=DicomConfig(min_free_disk_mb=free_mb + 10_000)
+    )
+    body = _client(node, config=guarded).get("/readyz")
+    assert body.status_code == 503
+    assert body.get_json()["checks"] == {
+        "database": "ok", "schema": "ok", "store": "ok", "disk": "below guard"}
+    reason = body.get_json()["reason"]
+    assert reason.startswith("disk space low") and "dicom.min_free_disk_mb" in reason
+    roomy = dataclasses.replace(node.config, dicom=DicomConfig(min_free_disk_mb=0))
+    assert _client(node, config=roomy).get("/readyz").status_code == 200
 
 
 def test_readyz_is_503_when_the_database_does_not_answer(tmp_path: Path) -> None:

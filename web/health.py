@@ -1,7 +1,8 @@
 """Health, readiness, metrics and the model-loading banner's status.
 
 - ``/healthz``: the process serves requests (liveness). No login, no details.
-- ``/readyz``: the database answers with the newest schema, the store is writable, and the
+- ``/readyz``: the database answers with the newest schema, the store is writable and has
+  more free disk than ``dicom.min_free_disk_mb`` (below it every C-STORE is refused), and the
   models this process runs are loaded; 503 with a short reason otherwise. No login.
 - ``/metrics``: Prometheus text format. Scrapers have no session, so it needs none; instead,
   with ``web.metrics_token`` set it asks for ``Authorization: Bearer <token>``, and without one
@@ -40,6 +41,7 @@ def readyz() -> Any:
         current_app.config["ECHO_AGENT_ENGINE"],
         config.store_path,
         current_app.config.get("ECHO_AGENT_MODEL_STATUS"),
+        config.dicom.min_free_disk_mb,
     )
     if result.ready:
         return jsonify(status="ready", checks=result.checks)

@@ -22,6 +22,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
+from inference.frame_size import declared_size, mismatch
 from pacs_agent.dicom import contexts
 from pacs_agent.dicom.status import (
     CANNOT_PARSE,
@@ -48,6 +49,10 @@ JXL_CODESTREAM_SIGNATURE = b"\xff\x0a"
 JXL_CONTAINER_SIGNATURE = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 # Sequence nesting deeper than this is not an echo dataset but an attempt to exhaust the stack.
 MAX_NESTING = 32
+# A frame header split over fragments is read from at most this many of the frame's first bytes.
+FRAME_HEADER_MAX_BYTES = 1024 * 1024
+# SR-based documents: their content is a tree under a root CONTAINER (PS3.3 C.17.3).
+SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -412,9 +417,40 @@ def _check_sop_class(ds: Dataset, header: InstanceHeader) -> None:
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 f"{contexts.sop_class_name(sop)} without {', '.join(missing)}",
             )
-    elif sop == contexts.ENCAPSULATED_PDF and "EncapsulatedDocument" not in ds:
+        _check_image_size(ds, header)
+        return
+    if header.pixel_data is not None:
+        raise InvalidInstanceError(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"{contexts.sop_class_name(sop)} carries Pixel Data, which the class has none of",
+        )
+    if sop == contexts.ENCAPSULATED_PDF and "EncapsulatedDocument" not in ds:
         raise InvalidInstanceError(
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "Encapsulated PDF without EncapsulatedDocument"
+        )
+    if sop.startswith(SR_SOP_CLASS_PREFIX):
+        missing = [kw for kw in ("ValueType", "ContentSequence") if kw not in ds]
+        if missing or _text(ds, "ValueType") != "CONTAINER":
+            what = f"without {', '.join(missing)}" if missing else "whose root is no CONTAINER"
+            raise InvalidInstanceError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"{contexts.sop_class_name(sop)} {what} (no SR content)",
+            )
+
+
+def _check_image_size(ds: Dataset, header: InstanceHeader) -> None:
+    """An image of 0 rows, columns, samples or bits has nothing to show or analyse."""
+    values = {
+        "Rows": header.rows,
+        "Columns": header.columns,
+        "SamplesPerPixel": _integer(ds, "SamplesPerPixel", _parse_us),
+        "BitsAllocated": _integer(ds, "BitsAllocated", _parse_us),
+    }
+    empty = [f"{keyword} {value}" for keyword, value in values.items() if not value]
+    if empty:
+        raise InvalidInstanceError(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"{contexts.sop_class_name(header.sop_class_uid)} with {', '.join(empty)}",
         )
 
 
@@ -456,6 +492,55 @@ def _check_pixel_data(
             f"Basic Offset Table lists {pixel.offset_table_entries} frames, "
             f"NumberOfFrames is {frames}",
         )
+    _check_declared_sizes(view, ds, header, pixel.fragments)
+
+
+def _check_declared_sizes(
+    view: memoryview, ds: Dataset, header: InstanceHeader, fragments: tuple[tuple[int, int], ...]
+) -> None:
+    """Each frame's own header (SOF, SOF55, SIZ, JPEG XL SizeHeader) must declare Rows x
+    Columns: a decoder allocates what the frame declares, so a small loop whose frames claim
+    16000 x 16000 would cost gigabytes at analysis. A frame without a readable header is left
+    to the decoder, which refuses it without allocating (``inference.frame_size``)."""
+    syntax = header.transfer_syntax_uid
+    if syntax == contexts.RLE_LOSSLESS:
+        return  # RLE declares no size: its decoder uses Rows and Columns
+    rows, columns = header.rows or 0, header.columns or 0
+    samples = _integer(ds, "SamplesPerPixel", _parse_us) or 1
+    for number, frame in enumerate(_frame_fragments(view, syntax, fragments), start=1):
+        size = declared_size(view[frame[0][0] : frame[0][0] + frame[0][1]])
+        if size is None and len(frame) > 1:  # the header may continue in the next fragment
+            size = declared_size(_joined_head(view, frame))
+        problem = mismatch(size, rows, columns, samples) if size is not None else ""
+        if problem:
+            raise InvalidInstanceError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS, f"frame {number}: {problem}"
+            )
+
+
+def _frame_fragments(
+    view: memoryview, syntax: str, fragments: tuple[tuple[int, int], ...]
+) -> list[list[tuple[int, int]]]:
+    """Fragments grouped by frame: a frame starts at a fragment with a start marker."""
+    markers = _frame_markers(syntax)
+    frames: list[list[tuple[int, int]]] = []
+    for offset, length in fragments:
+        if view[offset : offset + min(length, 12)].tobytes().startswith(markers):
+            frames.append([(offset, length)])
+        elif frames:
+            frames[-1].append((offset, length))
+    return frames
+
+
+def _joined_head(view: memoryview, frame: list[tuple[int, int]]) -> bytes:
+    parts, total = [], 0
+    for offset, length in frame:
+        take = min(length, FRAME_HEADER_MAX_BYTES - total)
+        parts.append(view[offset : offset + take].tobytes())
+        total += take
+        if total >= FRAME_HEADER_MAX_BYTES:
+            break
+    return b"".join(parts)
 
 
 def _native_pixel_bytes(ds: Dataset, header: InstanceHeader) -> int:
@@ -473,15 +558,19 @@ def _count_frames(view: memoryview, syntax: str, fragments: tuple[tuple[int, int
     """Frames present, counted by their start markers (a frame may span several fragments)."""
     if syntax == contexts.RLE_LOSSLESS:
         return len(fragments)  # PS3.5 A.4.2: one fragment per frame
-    if syntax in contexts.JPEG_FAMILY:
-        markers: tuple[bytes, ...] = (b"\xff\xd8",)  # SOI
-    elif syntax in contexts.JPEG_XL_FAMILY:
-        markers = (JXL_CODESTREAM_SIGNATURE, JXL_CONTAINER_SIGNATURE)
-    else:
-        markers = (b"\xff\x4f\xff\x51", JP2_SIGNATURE)  # J2K SOC+SIZ, or a JP2 file
+    markers = _frame_markers(syntax)
     count = 0
     for offset, length in fragments:
         head = view[offset : offset + min(length, 12)].tobytes()
         if head.startswith(markers):
             count += 1
     return count
+
+
+def _frame_markers(syntax: str) -> tuple[bytes, ...]:
+    """The bytes a frame of ``syntax`` starts with (encapsulated syntaxes other than RLE)."""
+    if syntax in contexts.JPEG_FAMILY:
+        return (b"\xff\xd8",)  # SOI
+    if syntax in contexts.JPEG_XL_FAMILY:
+        return (JXL_CODESTREAM_SIGNATURE, JXL_CONTAINER_SIGNATURE)
+    return (b"\xff\x4f\xff\x51", JP2_SIGNATURE)  # J2K SOC+SIZ, or a JP2 file
