@@ -317,8 +317,10 @@ def study_delivery(session: Session, study_id: int, config: Config) -> FhirDeliv
     if not ehr.fhir_base_url:
         return FhirDelivery("not_configured", prefix + "EHR not configured", report_status,
                             artifact.id, "", 0, "", "", None)
-    rows = attempt_rows(session, artifact.id, destination)
+    # the state first, then the rows: a send writes its rows meanwhile (right after a sign-off),
+    # so the rows read second are never fewer than the state counted
     status = delivery_status(session, artifact.id, destination, ehr.max_attempts)
+    rows = attempt_rows(session, artifact.id, destination)
     delivered_at = next(
         (utc(r.finished_at) for r in rows if r.state == "sent" and r.finished_at), None
     )
@@ -330,8 +332,8 @@ def study_delivery(session: Session, study_id: int, config: Config) -> FhirDeliv
         state, text = "failed", f"failed: {status.last_error}"
     elif status.state == "not_sent":
         state, text = "not_sent", "not sent yet"
-    elif rows[-1].state == "pending":
-        state, text = "sending", f"sending (attempt {len(rows)})"
+    elif not rows or rows[-1].state == "pending":
+        state, text = "sending", f"sending (attempt {max(len(rows), status.attempts)})"
     else:
         state = "retrying"
         text = f"retrying (attempt {len(rows)} of {ehr.max_attempts} failed: {status.last_error})"

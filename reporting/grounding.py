@@ -2,7 +2,8 @@
 
 Every number in a text is found with its unit and the words before it, and must match a
 measurement of the same kind: an EF within 0.5 points of the regression or the method-of-disks
-EF, a volume within 0.5 mL of the EDV, ESV or stroke volume (the one named, when one is named),
+EF (the one named, when a method is named: "by the method of disks", "39.4 % (AI regression)"),
+a volume within 0.5 mL of the EDV, ESV or stroke volume (the one named, when one is named),
 a heart rate within 1 /min. Every word that grades LV systolic function ("normal", "mildly
 reduced", "hyperdynamic", negations included) must agree with the ASE/EACVI 2015 grade of the
 primary EF (``reporting.interpretation``); one about the heart rate or an LV volume ("normal",
@@ -277,6 +278,11 @@ _LABELS = (
     (KIND_QUALITY, None, re.compile(r"quality score|\bquality\b|\bscore\b", re.I)),
     (KIND_HEART_RATE, None, re.compile(
         r"heart rate|\bHR\b|pulse|tachycardi\w*|bradycardi\w*", re.I)),
+    # the method an EF is named with: its number must be that method's EF (issue #15)
+    (KIND_EF, "ef_disks", re.compile(
+        r"method[- ]of[- ]dis[ck]s|\bdis[ck]s?\b|\bSimpson'?s?\b|\bMOD\b", re.I)),
+    (KIND_EF, "ef_regression", re.compile(
+        r"\b(?:AI[- ])?regression\b|video (?:regression )?(?:network|model)", re.I)),
     (KIND_EF, None, re.compile(
         r"\bLVEF\b|\bEF\b|ejection fraction|systolic function|systolic dysfunction|"
         r"(?:LV|left ventricular|ventricular) function|contractil\w*|pump function", re.I)),
@@ -303,6 +309,10 @@ _GRADE_WORDS = (
         re.I)),
     (REDUCED | {GRADE_ABOVE}, re.compile(r"\babnormal(?:ly)?\b", re.I)),
 )  # fmt: skip
+# what may stand between a number and the method named after it: "47.0 % (method of disks)",
+# "39.4 % by AI regression"
+_METHOD_AFTER = re.compile(r"\s*(?:[(,;:-]\s*)?(?:(?:by|with|using|from|on|per)\s+)?(?:the\s+)?",
+                           re.I)
 _NEGATION = re.compile(r"\b(?:not|no|without|never|nor)\b|n't\b", re.I)
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
 
@@ -419,12 +429,28 @@ def _check_numbers(
         window = sentence[window_start : mt.start()]
         near = [lab for lab in labels if window_start <= lab.start and lab.end <= mt.start()]
         window_start = unit_end
+        method = _method_after(sentence, unit_end, labels) if unit_kind == KIND_EF else None
+        if method is not None:  # "47.0 % (method of disks)": it names this number's method
+            near.append(method)
+            window_start = method.end
         problem = _match_number(number, unit_kind, unit_text, window, near, facts, sd, m,
                                 withheld)  # fmt: skip
         if problem is None:
             matched.append(quoted)
         else:
             reasons.append(f"{quoted!r}: {problem} (in: {sentence.strip()!r})")
+
+
+def _is_method(label: _Label) -> bool:
+    return label.kind == KIND_EF and label.key is not None
+
+
+def _method_after(sentence: str, end: int, labels: list[_Label]) -> _Label | None:
+    """The EF method named right after a number and its unit ("39.4 % by AI regression"), so
+    it pairs with that number rather than with the next one."""
+    start = _METHOD_AFTER.match(sentence, end)
+    at = start.end() if start else end
+    return next((lab for lab in labels if _is_method(lab) and lab.start == at), None)
 
 
 def _match_number(
@@ -441,6 +467,9 @@ def _match_number(
     """None when the number is a measured one; else why not."""
     if unit_kind == "foreign":
         return f"the node measures nothing in {unit_text}"
+    # an EF method's name pairs an EF with its method; it names no quantity of its own
+    methods = {lab.key for lab in near if _is_method(lab)}
+    near = [lab for lab in near if not _is_method(lab)]
     if unit_kind == "count":
         # "heart rate was 2 beats": a count standing where a rate or an EF is named ("mean of
         # 2 beats" after "EDV - ESV" is a method, and stays allowed)
@@ -461,13 +490,21 @@ def _match_number(
     elif near:
         return "a number about something the node does not measure"
     else:
-        kind = None
+        kind = KIND_EF if methods else None
     candidates = [f for f in facts if kind is None or f.kind == kind]
     keys = {lab.key for lab in near if lab.kind == kind and lab.key is not None}
+    if kind == KIND_EF:
+        keys = {k for k in methods if k is not None}
     if keys:
         candidates = [f for f in candidates if f.key in keys]
     if any(f.matches(number) for f in candidates):
         return None
+    if keys:  # a method was named: is the number the other method's?
+        other = next((f for f in facts if f.kind == kind and f.key not in keys
+                      and f.matches(number)), None)  # fmt: skip
+        if other is not None:
+            named = "; ".join(f"{f.label} {f.text}" for f in candidates) or "not measured"
+            return f"is the {other.label} value, stated for another method (measured: {named})"
     if not candidates:
         what = "value" if kind is None else _KIND_WORDS[kind]
         unsure = [w for w in withheld if kind is None or _KIND_OF_KEY[w.key] == kind]

@@ -207,20 +207,27 @@ def reported_values(measurements: Measurements, algorithms: Algorithms) -> list[
     es_frames = tuple(sorted({b.es_frame for b in volume_beats}))
     both = tuple(sorted(set(ed_frames) | set(es_frames)))
     n_vol = len(volume_beats)
-    disks = f"method of disks, single plane (A4C), mean of {_beats(n_vol)}"
+    disks = f"method of disks, single plane (A4C){_mean_of(n_vol)}"
+    # the disks EF is a ratio: without a pixel spacing it still rests on the beats' volumes in
+    # pixel units, though no beat carries a volume in mL
+    disk_beats = [b for b in m.beats if b.ef_disks_percent is not None] or volume_beats
+    disk_frames = tuple(sorted({f for b in disk_beats for f in (b.ed_frame, b.es_frame)}))
+    disks_ef = f"method of disks, single plane (A4C){_mean_of(len(disk_beats))}"
     mod = codes.METHOD_OF_DISKS_SINGLE_PLANE
     seg = algorithms.segmentation
 
     ef_beats = [b for b in m.beats if b.ef_percent is not None]
     if m.ef_source == "beats":
         ef_text = (
-            "video regression network, clips aligned to end-systole, "
-            f"mean of {_beats(len(ef_beats))}"
+            "video regression network, clips aligned to end-systole"
+            f"{_mean_of(len(ef_beats))}"
         )
         ef_frames, n_ef = tuple(sorted({b.es_frame for b in ef_beats})), len(ef_beats)
-    else:
+    elif m.ef_source == "all_clips":
         ef_text = "video regression network, mean over every clip of the loop (no beat found)"
         ef_frames, n_ef = (), 0
+    else:
+        ef_text, ef_frames, n_ef = "video regression network", (), 0
     complete = [b for b in m.beats if b.complete]
     if m.heart_rate_source == "beats":
         hr_text = f"from {len(complete)} cardiac cycle(s) on the LV area curve"
@@ -237,7 +244,7 @@ def reported_values(measurements: Measurements, algorithms: Algorithms) -> list[
          m.ef_percent, None, ef_text, algorithms.ejection_fraction,
          ef_frames, True, n_ef),
         (KEY_LVEF_DISKS, codes.LVEF, codes.UNIT_PERCENT,
-         m.ef_disks_percent, mod, disks, seg, both, True, n_vol),
+         m.ef_disks_percent, mod, disks_ef, seg, disk_frames, True, len(disk_beats)),
         (KEY_LV_EDV, codes.LV_EDV, codes.UNIT_ML,
          m.edv_ml, mod, disks, seg, ed_frames, True, n_vol),
         (KEY_LV_ESV, codes.LV_ESV, codes.UNIT_ML,
@@ -256,8 +263,11 @@ def reported_values(measurements: Measurements, algorithms: Algorithms) -> list[
     ]  # fmt: skip
 
 
-def _beats(n: int) -> str:
-    return f"{n} beat{'s' if n != 1 else ''}"
+def _mean_of(n_beats: int) -> str:
+    """", mean of 2 beats"; nothing when no beat is averaged (never "mean of 0 beats")."""
+    if n_beats < 1:
+        return ""
+    return f", mean of {n_beats} beat{'s' if n_beats != 1 else ''}"
 
 
 def primary_ef(values: list[ReportedValue]) -> ReportedValue | None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from inference.types import Beat, Measurements
 from reporting.grounding import check_grounding, lv_grade, measured_facts
+from reporting.types import AlgorithmInfo, Algorithms
+from reporting.values import reported_values
 
 
 def measurements(
@@ -172,3 +176,61 @@ def test_a_grade_of_an_unmeasured_volume_fails() -> None:
     no_volumes = measurements(edv=None, esv=None, disks=None)
     result = check_grounding("The LV end-diastolic volume is normal.", no_volumes, "M")
     assert not result.passed and "not measured" in result.reasons[0]
+
+
+# issue #15 item 9: the two EFs of one loop differ; a number stated for one method must be
+# that method's (the regression EF given as the method-of-disks value passed before)
+APART = measurements(ef=39.4, disks=47.0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The LVEF by the method of disks is 39.4 %.",
+        "The AI regression LVEF is 47.0 %.",
+        "LVEF (method of disks) 39.4 %.",
+        "The LVEF is 47.0 % by regression.",
+        "The LVEF is 47.0 % (AI regression) and 39.4 % (method of disks).",
+        "The method-of-disks EF (39.4 %) is lower than expected.",
+    ],
+)
+def test_an_ef_stated_for_the_other_method_fails(text: str) -> None:
+    result = check_grounding(text, APART, "M")
+    assert result.verdict == "fail", text
+    assert any("method" in reason or "regression" in reason for reason in result.reasons)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The LVEF by the method of disks is 47.0 %.",
+        "The AI regression LVEF is 39.4 %.",
+        "LVEF (AI regression) 39.4 %, LVEF (method of disks) 47.0 %.",
+        "The LVEF is 39.4 % (AI regression) and 47.0 % (method of disks).",
+        "The LVEF is 39.4 % by regression and 47.0 % by the method of disks.",
+        "The LVEF is 39.4 %.",  # no method named: either EF may be meant
+        "The regression and method-of-disks EFs are 39.4 % and 47.0 %.",
+    ],
+)
+def test_an_ef_paired_with_its_own_method_passes(text: str) -> None:
+    result = check_grounding(text, APART, "M")
+    assert result.passed, result.reasons
+
+
+def test_no_method_text_states_a_mean_over_zero_beats() -> None:
+    """Without a pixel spacing the disks EF (a ratio) is still reported, from the beats' pixel
+    volumes, while no beat carries a volume in mL: its method said "mean of 0 beats"."""
+    beat = Beat(10, 25, 40, 39.4, 0, None, None, 47.0, None, None)
+    no_spacing = replace(
+        measurements(ef=39.4, disks=47.0, edv=None, esv=None),
+        beats=(beat, beat), spacing_cm=None,
+    )
+    info = AlgorithmInfo("test", "0", demo_model=True)
+    values = {v.key: v for v in reported_values(no_spacing, Algorithms(info, info))}
+    assert "0 beats" not in values["lvef_disks"].method_text
+    assert values["lvef_disks"].method_text.endswith("mean of 2 beats")
+    assert values["lvef_disks"].n_beats == 2 and values["lvef_disks"].source_frames == (10, 25)
+    # with no per-beat EF at all the texts say what the value is, never a mean of none
+    bare = replace(no_spacing, beats=())
+    for value in reported_values(bare, Algorithms(info, info)):
+        assert "mean of 0" not in value.method_text, value

@@ -16,7 +16,7 @@ from pacs_agent.db.models import ReportVersion, Study
 from web import audit
 from web.auth import require_role
 from web.db import db
-from web.signoff import ExportRunner, SignOffError, finalise
+from web.signoff import ExportRunner, SignOffError, edit_grounding, finalise
 from web.studies import (
     STATUS_LABELS,
     export_summary,
@@ -156,14 +156,16 @@ def save_report(study_id: int) -> Any:
     previous = versions[-1] if versions else None
     if previous is not None and previous.status in ("signed", "amended"):
         return _sign(study, body, amending=True)
+    verdict, reasons = edit_grounding(db(), study, body.get("structured_text", ""),
+                                      body.get("narrative_text", ""))  # fmt: skip
     version = ReportVersion(
         study_fk=study.id,
         version=(previous.version if previous else 0) + 1,
         status="draft",
         structured_text=body.get("structured_text", ""),
         narrative_text=body.get("narrative_text", ""),
-        grounding_verdict=previous.grounding_verdict if previous else "not_checked",
-        grounding_reasons=list(previous.grounding_reasons or []) if previous else [],
+        grounding_verdict=verdict,
+        grounding_reasons=reasons,
         demo_models=previous.demo_models if previous else False,
         author_fk=g.user.id,
     )

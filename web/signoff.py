@@ -36,6 +36,7 @@ from reporting.dicom_base import derived_uid
 from reporting.fhir import build_fhir_bundle, bundle_json
 from reporting.outputs import DICOM_MEDIA_TYPE, FHIR_MEDIA_TYPE
 from reporting.sr import write_signed_sr
+from reporting.typed_text import advise
 from reporting.types import DraftReport, Signature, SourceLoop
 from web.audit import write_event
 from web.export_resume import UnfinishedExport, unfinished_signoff_exports
@@ -74,6 +75,28 @@ def observer_name(user: User) -> str:
 def report_text(structured: str, narrative: str) -> str:
     """The words the signed SR and FHIR carry: the structured part, then the narrative."""
     return "\n\n".join(p.strip() for p in (structured, narrative) if p.strip())
+
+
+def edit_grounding(
+    session: Session, study: Study, structured_text: str, narrative_text: str
+) -> tuple[str, list[str]]:
+    """(verdict, reasons) for a new version with these words. Unchanged from the previous
+    version: its verdict still holds. Changed: the text is a person's, so the guard runs on the
+    lines they typed as advice only (``reporting.typed_text``) and the verdict is never the
+    model's "pass"."""
+    versions = list(study.report_versions)
+    previous = versions[-1] if versions else None
+    if previous is not None and (previous.structured_text, previous.narrative_text) == (
+        structured_text, narrative_text
+    ):
+        return previous.grounding_verdict, list(previous.grounding_reasons or [])
+    node = next((v for v in reversed(versions) if v.status == "preliminary"), None)
+    node_text = report_text(node.structured_text, node.narrative_text) if node else ""
+    analysis = latest_analysis(session, study.id)
+    measurements = Measurements.from_json(analysis.measurements) if analysis else None
+    advice = advise(report_text(structured_text, narrative_text), node_text, measurements,
+                    study.patient.sex if study.patient else None)  # fmt: skip
+    return advice.verdict, list(advice.reasons)
 
 
 def _previous_sr(session: Session, study_id: int, analysis: Analysis) -> Artifact:
@@ -165,14 +188,15 @@ def finalise(
     fhir_path = folder / f"fhir_bundle_v{number}.json"
     fhir_path.write_text(bundle_json(bundle), encoding="utf-8")
 
+    verdict, reasons = edit_grounding(session, study, structured_text, narrative_text)
     version = ReportVersion(
         study_fk=study.id,
         version=number,
         status="amended" if amending else "signed",
         structured_text=structured_text,
         narrative_text=narrative_text,
-        grounding_verdict=previous.grounding_verdict if previous else "not_checked",
-        grounding_reasons=list(previous.grounding_reasons or []) if previous else [],
+        grounding_verdict=verdict,
+        grounding_reasons=reasons,
         demo_models=analysis.demo_models,
         author_fk=user.id,
         signed_by_fk=user.id,

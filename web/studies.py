@@ -31,6 +31,7 @@ from pacs_agent.db.models import (
 from pacs_agent.export import export_status
 from pacs_agent.fhir_delivery import delivery_status, destination_name, study_delivery
 from pacs_agent.outputs import algorithms_for
+from reporting.typed_text import grounding_label, shown_reasons, typed_by_person
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
 from reporting.values import (
     KEY_LVEF_DISKS,
@@ -308,6 +309,7 @@ def report_version_dict(session: Session, version: ReportVersion) -> dict[str, A
         user = session.get(User, user_id) if user_id else None
         return (user.display_name or user.username) if user else ""
 
+    reasons = list(version.grounding_reasons or [])
     return {
         "id": version.id,
         "version": version.version,
@@ -315,7 +317,10 @@ def report_version_dict(session: Session, version: ReportVersion) -> dict[str, A
         "structured_text": version.structured_text,
         "narrative_text": version.narrative_text,
         "grounding_verdict": version.grounding_verdict,
-        "grounding_reasons": list(version.grounding_reasons or []),
+        # a person's text: advice of the guard, never the model's verdict (reporting.typed_text)
+        "grounding_reasons": shown_reasons(version.grounding_verdict, reasons),
+        "grounding_label": grounding_label(version.grounding_verdict, reasons),
+        "typed_by_person": typed_by_person(version.grounding_verdict, reasons),
         "demo_models": version.demo_models,
         "author": name(version.author_fk),
         "signed_by": name(version.signed_by_fk),

@@ -115,7 +115,9 @@
     const g = $("grounding");
     Echo.clear(g);
     if (r) {
-      g.appendChild(Echo.el("span", "Grounding check: " + r.grounding_verdict, "verdict verdict-" + r.grounding_verdict));
+      // a person's text says so and carries advice only, never the language model's verdict
+      const badge = r.typed_by_person ? "verdict verdict-advisory" : "verdict verdict-" + r.grounding_verdict;
+      g.appendChild(Echo.el("span", r.grounding_label, badge));
       if (r.grounding_reasons.length) {
         const reasons = Echo.el("ul", null, "grounding-reasons small");
         for (const reason of r.grounding_reasons) reasons.appendChild(Echo.el("li", String(reason)));
