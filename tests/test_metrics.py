@@ -239,7 +239,7 @@ def test_a_running_node_reports_its_work_and_its_models(
     assert value(parsed, "echo_agent_model_load_seconds", model="cnn") > 0
     assert value(parsed, "echo_agent_model_ready", model="cnn") == 1
     assert ready == {"status": "ready", "checks": {
-        "database": "ok", "schema": "ok", "store": "ok", "models": "ok"}}
+        "database": "ok", "schema": "ok", "store": "ok", "disk": "ok", "models": "ok"}}
     assert "Roe" not in text
 
 
