@@ -147,7 +147,10 @@ def test_review_sign_and_chat_in_chromium(browser, server) -> None:
     row = page.locator(f"tr[data-study-id='{server['study_id']}']")
     row.wait_for()
     assert row.locator("a.study-link").inner_text() == SCRIPT_NAME  # text, never markup
-    assert row.locator("td.ef").inner_text() == f"{server['ef']:.1f} %"
+    # the EF, and under it the loop's quality score (the validity gate's, 0-1)
+    ef_cell = row.locator("td.ef").inner_text().splitlines()
+    assert ef_cell[0] == f"{server['ef']:.1f} %"
+    assert re.fullmatch(r"Image quality score 0\.\d\d.*", ef_cell[1])
     _shot(page, server, "worklist.png")
     row.locator("a.study-link").click()
     page.wait_for_url(re.compile(rf"/studies/{server['study_id']}$"))
