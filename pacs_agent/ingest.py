@@ -4,6 +4,10 @@ Several associations ingest at once, on SQLite and on PostgreSQL. Parent rows ar
 ``INSERT ... ON CONFLICT DO NOTHING`` so two instances of a new study arriving together both
 find the one study row; the instance row itself is a plain insert, so a second copy of the same
 SOP instance fails on the unique constraint and the caller treats it as a duplicate.
+
+An instance whose patient identity conflicts with the patient its study was first received
+under is never recorded (``PatientConflictError``, rules in ``pacs_agent.identity``): it would
+otherwise be analysed into another patient's report.
 """
 
 from __future__ import annotations
@@ -19,13 +23,22 @@ from sqlalchemy.orm import Session
 
 from pacs_agent.db.models import Instance, Patient, Series, Study, utcnow
 from pacs_agent.dicom.validate import InstanceHeader
+from pacs_agent.identity import NODE_ISSUER_PREFIX, PatientIdentity, identity_conflict
 
 log = logging.getLogger("echo_agent.ingest")
 
 RECEIVING = "receiving"
 # Patient ID is type 2 (present, may be empty). Instances without one are kept apart per study
 # instead of merging every anonymous patient into one record.
-NO_PATIENT_ID_ISSUER_PREFIX = "NOID:"
+NO_PATIENT_ID_ISSUER_PREFIX = NODE_ISSUER_PREFIX
+
+
+class PatientConflictError(Exception):
+    """The instance names another patient than its study; ``reason`` carries no PHI."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,18 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
     ).one_or_none()
 
 
+def study_patient_conflict(session: Session, header: InstanceHeader) -> str | None:
+    """Why the instance cannot join its already known study (None: it can, or it is new).
+
+    A cheap look before anything is written; ``record_instance`` checks again inside its
+    transaction, where a study created meanwhile by another association is seen too.
+    """
+    patient_fk = session.scalar(
+        select(Study.patient_fk).where(Study.study_instance_uid == header.study_instance_uid)
+    )
+    return None if patient_fk is None else _patient_conflict(session, header, patient_fk)
+
+
 def record_instance(
     session: Session,
     header: InstanceHeader,
@@ -52,11 +77,18 @@ def record_instance(
 ) -> Instance:
     """Adds the instance and whatever parent rows are missing, and flushes (does not commit).
 
-    Raises ``sqlalchemy.exc.IntegrityError`` when the SOP instance is already recorded. A study
-    that was past "receiving" goes back to "receiving", so that assembly reopens it.
+    Raises ``sqlalchemy.exc.IntegrityError`` when the SOP instance is already recorded, and
+    ``PatientConflictError`` (the caller rolls back) when the study belongs to a patient the
+    instance is not. A study that was past "receiving" goes back to "receiving", so that
+    assembly reopens it.
     """
     now = now or utcnow()
-    patient_fk = _ensure_patient(session, header, now)
+    # an instance of a known study joins the study's patient: a second patient row for the
+    # same person (an issuer one sender leaves out) would only be an orphan
+    known = session.scalar(
+        select(Study.patient_fk).where(Study.study_instance_uid == header.study_instance_uid)
+    )
+    patient_fk = known if known is not None else _ensure_patient(session, header, now)
     study_fk = _ensure_study(session, header, patient_fk, now)
     series_fk = _ensure_series(session, header, study_fk)
     instance = Instance(
@@ -131,21 +163,36 @@ def _ensure_study(
     row = session.execute(
         select(Study.id, Study.status, Study.patient_fk).where(Study.study_instance_uid == uid)
     ).one()
+    # before the study is touched: a refused instance must not reopen it either
+    reason = _patient_conflict(session, header, row.patient_fk)
+    if reason is not None:
+        raise PatientConflictError(reason)
     changes: dict[str, Any] = {"last_received_at": now}
     if row.status != RECEIVING:
         changes.update(status=RECEIVING, status_reason=f"reopened: instance after '{row.status}'")
         log.info(
             "study %s reopened by instance %s (was %s)", uid, header.sop_instance_uid, row.status
         )
-    if row.patient_fk != patient_fk:
-        log.warning(
-            "instance %s names another patient than the study %s it belongs to; "
-            "kept under the study's patient",
-            header.sop_instance_uid,
-            uid,
-        )
     session.execute(update(Study).where(Study.id == row.id).values(**changes))
     return int(row.id)
+
+
+def _patient_conflict(session: Session, header: InstanceHeader, patient_fk: int) -> str | None:
+    patient = session.execute(
+        select(Patient.patient_id, Patient.issuer, Patient.name, Patient.birth_date).where(
+            Patient.id == patient_fk
+        )
+    ).one()
+    return identity_conflict(
+        PatientIdentity(patient.patient_id, patient.issuer, patient.name, patient.birth_date),
+        # cut as the patient row stores them, so a long value compares with its stored self
+        PatientIdentity(
+            _fit(header.patient_id, 64),
+            _fit(header.issuer_of_patient_id, 64),
+            _fit(header.patient_name, 324),
+            header.patient_birth_date,
+        ),
+    )
 
 
 def _ensure_series(session: Session, header: InstanceHeader, study_fk: int) -> int:

@@ -7,6 +7,10 @@ transaction committed. If the commit fails the file is removed again. The unique
 UID in the database decides between two associations sending the same instance at once: the
 second insert fails (PostgreSQL makes it wait for the first to commit, SQLite serialises the
 writers), so only the first renames its file into place.
+
+An instance whose patient identity conflicts with its study's (``pacs_agent.identity``) joins
+no study: it is written to ``<home>/quarantine`` instead, recorded as a
+``QuarantinedInstance`` for an admin, and ``QuarantinedError`` tells the caller to refuse it.
 """
 
 from __future__ import annotations
@@ -24,17 +28,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pacs_agent.db.models import Instance
+from pacs_agent.db.models import Instance, QuarantinedInstance, utcnow
 from pacs_agent.dicom.validate import InstanceHeader
 from pacs_agent.disk_guard import BYTES_PER_MB, disk_guard_shortfall
-from pacs_agent.ingest import StoredFile, find_instance, record_instance
+from pacs_agent.ingest import (
+    PatientConflictError,
+    StoredFile,
+    find_instance,
+    record_instance,
+    study_patient_conflict,
+)
 
 log = logging.getLogger("echo_agent.store")
 
 INCOMING_DIR_NAME = ".incoming"
+QUARANTINE_DIR_NAME = "quarantine"  # under the node's home, beside the store
 PARTIAL_SUFFIX = ".partial"
 # Large writes in pieces, so a signal or a slow disk never sees one giant system call.
 WRITE_CHUNK_BYTES = 4 * BYTES_PER_MB
@@ -52,16 +64,40 @@ class OutOfSpaceError(StoreError):
     """Keeping the instance would leave less free disk than ``dicom.min_free_disk_mb``."""
 
 
+class QuarantinedError(Exception):
+    """The instance was refused: its patient is not its study's. It is kept in quarantine
+    (``relative_path`` under the node's home, row ``quarantine_id``); ``reason`` has no PHI."""
+
+    def __init__(self, reason: str, quarantine_id: int, relative_path: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.quarantine_id = quarantine_id
+        self.relative_path = relative_path
+
+
 @dataclass(frozen=True)
 class InstanceStore:
-    """Where instances live, and how much disk must stay free (MiB)."""
+    """Where instances live, and how much disk must stay free (MiB).
+
+    ``data_dir`` is the node's home, which holds the quarantine; None: the store's parent
+    folder (the default layout, ``<home>/store``).
+    """
 
     root: Path
     min_free_disk_mb: int = 0
+    data_dir: Path | None = None
 
     @property
     def incoming(self) -> Path:
         return self.root / INCOMING_DIR_NAME
+
+    @property
+    def home(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.root.parent
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / QUARANTINE_DIR_NAME
 
 
 @dataclass(frozen=True)
@@ -78,12 +114,19 @@ class StoreResult:
         return self.outcome == "stored"
 
 
-def open_store(root: Path, min_free_disk_mb: int = 0) -> InstanceStore:
+def open_store(
+    root: Path, min_free_disk_mb: int = 0, data_dir: Path | None = None
+) -> InstanceStore:
     """Creates the store's folders and removes partial files a killed process left behind.
 
-    Only the node's listener writes to ``.incoming``, so at start nothing in it is in use.
+    Only the node's listener writes to ``.incoming`` and the quarantine, so at start nothing
+    in them is in use.
     """
-    store = InstanceStore(root=root.resolve(), min_free_disk_mb=min_free_disk_mb)
+    store = InstanceStore(
+        root=root.resolve(),
+        min_free_disk_mb=min_free_disk_mb,
+        data_dir=None if data_dir is None else data_dir.resolve(),
+    )
     store.incoming.mkdir(parents=True, exist_ok=True)
     removed = sweep_partial_files(store)
     if removed:
@@ -93,9 +136,10 @@ def open_store(root: Path, min_free_disk_mb: int = 0) -> InstanceStore:
 
 def sweep_partial_files(store: InstanceStore) -> int:
     removed = 0
-    for path in store.incoming.glob(f"*{PARTIAL_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        removed += 1
+    for folder in (store.incoming, store.quarantine):
+        for path in folder.glob(f"*{PARTIAL_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 
@@ -134,24 +178,34 @@ def store_instance(
     ``parts`` are typically the encoded File Meta Information and the dataset as received. A
     SOP Instance UID already recorded is a duplicate: nothing is written and the existing row is
     returned. Raises ``OutOfSpaceError``, ``StoreError`` or the database's SQLAlchemy error,
-    having kept nothing.
+    having kept nothing, and ``QuarantinedError`` when the instance's patient conflicts with
+    its study's: then nothing of it is in the store, only in the quarantine.
     """
     size = sum(memoryview(p).nbytes for p in parts)
     with sessions() as session:
         existing = find_instance(session, header.sop_instance_uid)
         if existing is not None:
             return _duplicate(store, existing, size, None)
+        # the common case, before a loop is written: a study already known under another patient
+        conflict = study_patient_conflict(session, header)
+    if conflict is not None:
+        raise quarantine_instance(store, sessions, header, parts, calling_ae, conflict)
     check_free_space(store, size)
     partial, sha256 = _write_partial(store, parts)
     relative = instance_relative_path(
         header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
     )
+    conflict = None
     try:
         with sessions() as session:
             try:
                 instance = record_instance(
                     session, header, StoredFile(relative, size, sha256), calling_ae
                 )
+            except PatientConflictError as exc:
+                # the study was created meanwhile, by another association, for another patient
+                session.rollback()
+                conflict = exc.reason
             except IntegrityError:
                 session.rollback()
                 existing = find_instance(session, header.sop_instance_uid)
@@ -162,6 +216,8 @@ def store_instance(
                     header.sop_instance_uid,
                 )
                 return _duplicate(store, existing, size, sha256)
+            if conflict is not None:
+                raise quarantine_instance(store, sessions, header, parts, calling_ae, conflict)
             final = _place(store, partial, relative)
             try:
                 session.commit()
@@ -174,6 +230,77 @@ def store_instance(
                     _remove(final)
                 raise
             return StoreResult("stored", instance.id, final, size)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def quarantine_instance(
+    store: InstanceStore,
+    sessions: sessionmaker[Session],
+    header: InstanceHeader,
+    parts: Sequence[Buffer],
+    calling_ae: str,
+    reason: str,
+) -> QuarantinedError:
+    """Keeps a refused instance in the quarantine and records it; returns the error to raise.
+
+    The file is written like a stored one (fsynced, renamed into place), so nothing is lost of
+    an instance the node refused. A resend of the same bytes finds its earlier row and keeps
+    no second copy, so a sender that retries does not fill the disk. Raises
+    ``OutOfSpaceError``, ``StoreError`` or the database's error, having kept nothing.
+    """
+    size = sum(memoryview(p).nbytes for p in parts)
+    shortfall = disk_guard_shortfall(store.home, store.min_free_disk_mb, size)
+    if shortfall:
+        raise OutOfSpaceError(shortfall)
+    folder = store.quarantine
+    try:
+        _make_dirs(store.home, folder)
+    except OSError as exc:
+        raise StoreError(f"cannot create {folder}: {exc.strerror}") from exc
+    partial, sha256 = _write_new(folder, parts)
+    name = f"{partial.name.removesuffix(PARTIAL_SUFFIX)}.dcm"
+    relative = f"{QUARANTINE_DIR_NAME}/{name}"
+    try:
+        with sessions() as session:
+            earlier = session.scalars(
+                select(QuarantinedInstance)
+                .where(
+                    QuarantinedInstance.sop_instance_uid == header.sop_instance_uid,
+                    QuarantinedInstance.sha256 == sha256,
+                )
+                .order_by(QuarantinedInstance.id)
+                .limit(1)
+            ).one_or_none()
+            if earlier is not None and (store.home / earlier.file_path).is_file():
+                return QuarantinedError(reason, earlier.id, earlier.file_path)
+            row = QuarantinedInstance(
+                received_at=utcnow(),
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                calling_ae=calling_ae[:16],
+                reason=reason[:256],
+                file_path=relative,
+                file_size_bytes=size,
+                sha256=sha256,
+            )
+            session.add(row)
+            session.flush()
+            final = folder / name
+            try:
+                os.replace(partial, final)
+                _fsync_dir(folder)
+            except OSError as exc:
+                _remove(final)
+                raise StoreError(f"cannot place {relative}: {exc.strerror}") from exc
+            try:
+                session.commit()
+            except BaseException:
+                _remove(final)
+                raise
+            return QuarantinedError(reason, row.id, relative)
     finally:
         partial.unlink(missing_ok=True)
 
@@ -210,12 +337,17 @@ def _duplicate(
 
 
 def _write_partial(store: InstanceStore, parts: Sequence[Buffer]) -> tuple[Path, str]:
-    """Writes and fsyncs a new file in ``.incoming``; returns it and the SHA-256 of its bytes.
+    """Writes and fsyncs a new file in ``.incoming``; returns it and the SHA-256 of its bytes."""
+    return _write_new(store.incoming, parts)
+
+
+def _write_new(folder: Path, parts: Sequence[Buffer]) -> tuple[Path, str]:
+    """Writes and fsyncs a new partial file in ``folder``; returns it and its SHA-256.
 
     The hash runs in a second thread while this one writes: hashlib and os.write both release
     the GIL, so a large loop is hashed for free instead of adding a third of the write time.
     """
-    path = store.incoming / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+    path = folder / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
     views = [memoryview(part).cast("B") for part in parts]
     digest = hashlib.sha256()
     hasher = threading.Thread(target=_hash_into, args=(digest, views), name="echo-agent-hash")

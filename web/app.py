@@ -20,7 +20,7 @@ from pacs_agent.config import Config
 from pacs_agent.db import make_session_factory
 from pacs_agent.metrics import node_registry
 from pacs_agent.readiness import ModelStatus
-from web import api, audit, auth, chat, fhir_api, health, media, openapi, pages
+from web import api, audit, auth, chat, fhir_api, health, media, openapi, pages, quarantine
 from web.chat_backend import ChatBackend, measurements_backend
 from web.csrf import csrf_token
 from web.db import close_db
@@ -81,7 +81,7 @@ def create_app(
     app.after_request(add_security_headers)
     app.teardown_appcontext(close_db)
     for blueprint in (auth.bp, pages.bp, api.bp, media.bp, chat.bp, openapi.bp, health.bp,
-                      fhir_api.bp):
+                      fhir_api.bp, quarantine.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(404)

@@ -177,6 +177,12 @@ def document() -> dict[str, Any]:
                 ],
                 "responses": {"200": _json(obj), **_errors(401, 403)},
             }},
+            "/api/quarantine": {"get": {
+                "summary": "Instances refused because their patient differs from their study's "
+                           "(admin): reason, time, UIDs, sending AE; newest first",
+                "parameters": [{"name": "before", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": _json(obj), **_errors(401, 403)},
+            }},
             "/api/openapi.json": {"get": {
                 "summary": "This document", "responses": {"200": _json(obj)}}},
             "/api/status/models": {"get": {

@@ -151,6 +151,31 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
+class QuarantinedInstance(Base):
+    """An instance refused because its patient identity conflicts with its study's.
+
+    It belongs to no study: no row links it to one, so nothing analyses or shows it; the file
+    is kept byte for byte (``file_path`` is relative to the node's home) for an admin to
+    resolve. ``reason`` names what differs, never a value: no PHI in the row.
+    """
+
+    __tablename__ = "quarantined_instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    reason: Mapped[str] = mapped_column(String(256))
+    file_path: Mapped[str] = mapped_column(String(512))
+    file_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 class Job(Base):
     """The analysis of one loop: a small state machine with attempts and back-off.
 

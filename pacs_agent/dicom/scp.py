@@ -2,8 +2,9 @@
 
 Each instance is validated in the form it arrived in, stored byte for byte with a File Meta
 header of the node's own, recorded in the database, and only then acknowledged. A refused
-instance leaves nothing behind; the reason goes to the sender as the status and to the log
-(logger ``echo_agent.dicom``; UIDs and AE titles, never patient names).
+instance leaves nothing behind, except one whose patient conflicts with its study's: that one
+is kept in the quarantine, outside every study, for an admin. The reason goes to the sender as
+the status and to the log (logger ``echo_agent.dicom``; UIDs and AE titles, never patient names).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pacs_agent.dicom.filemeta import (
 from pacs_agent.dicom.server import ListenerServer
 from pacs_agent.dicom.status import (
     OUT_OF_RESOURCES,
+    PATIENT_CONFLICT,
+    PATIENT_CONFLICT_COMMENT,
     PROCESSING_FAILURE,
     SUCCESS,
     response,
@@ -46,6 +49,7 @@ from pacs_agent.store import (
     BYTES_PER_MB,
     InstanceStore,
     OutOfSpaceError,
+    QuarantinedError,
     StoreError,
     open_store,
     store_instance,
@@ -114,6 +118,20 @@ class StoreService:
         meta = encode_file_meta(header.sop_class_uid, header.sop_instance_uid, syntax)
         try:
             result = store_instance(self.store, self.sessions, header, [meta, data], calling_ae)
+        except QuarantinedError as exc:
+            # the reason names the attribute that differs, never its value: no PHI in the log
+            log.warning(
+                "refused SOP instance %s of study %s from %s (0x%04X): %s; kept in quarantine "
+                "as %s (entry %d)",
+                sop_instance,
+                header.study_instance_uid,
+                calling_ae,
+                PATIENT_CONFLICT,
+                exc.reason,
+                exc.relative_path,
+                exc.quarantine_id,
+            )
+            return response(PATIENT_CONFLICT, PATIENT_CONFLICT_COMMENT)
         except OutOfSpaceError as exc:
             log.error("refused SOP instance %s from %s: %s", sop_instance, calling_ae, exc)
             return response(OUT_OF_RESOURCES, "out of disk space")
@@ -237,7 +255,7 @@ def start_storage_scp(config: Config, engine: Engine) -> StorageSCP:
             "needs received datasets in memory"
         )
     dicom = config.dicom
-    store = open_store(config.store_path, dicom.min_free_disk_mb)
+    store = open_store(config.store_path, dicom.min_free_disk_mb, data_dir=config.home_path)
     tls_context = server_tls_context(dicom)
     service = StoreService(store=store, sessions=make_session_factory(engine))
     _check_database(service.sessions)

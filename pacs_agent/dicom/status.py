@@ -17,6 +17,12 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000  # generic: decoded, but not usable
 CANNOT_PARSE = 0xC210  # the bytes are not a well-formed dataset in the agreed syntax
 PIXEL_DATA_INCOMPLETE = 0xC220  # fewer pixel bytes or frames than the header promises
+# The instance's patient identity conflicts with its study's (pacs_agent.identity). An error in
+# the dataset, so 0xCxxx (Cannot understand): the sender must not retry it unchanged, and a
+# person has to resolve it. Not 0x0110, which says the node failed and invites a retry; not
+# 0xA900, which is about the SOP class. The object itself is kept in the node's quarantine.
+PATIENT_CONFLICT = 0xC230
+PATIENT_CONFLICT_COMMENT = "patient differs from the study's; kept in quarantine"
 
 # (0000,0902) Error Comment is LO: at most 64 characters.
 ERROR_COMMENT_MAX_CHARS = 64
