@@ -13,6 +13,7 @@ are fixed by the design (``ECHO_AGENT_AE_TITLE``). Lists are comma-separated in 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -125,6 +126,9 @@ class WebConfig:
     port: int = 8080
     # /metrics: empty = answered to loopback clients only; set = "Authorization: Bearer <token>"
     metrics_token: str = ""
+    # reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed; empty:
+    # the TCP peer is the client (an untrusted peer could forge the header to dodge login limits)
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -533,6 +537,13 @@ def _check_ranges(config: Config) -> None:
         if not 1 <= dest.port <= 65535:
             raise ConfigError(f"{where}.port must be between 1 and 65535, got {dest.port}")
     _check_queue(config.queue)
+    for entry in config.web.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"web.trusted_proxies entries must be IP addresses or networks, got {entry!r}"
+            ) from None
     for name, value in (
         ("queue.backoff_initial_s", config.queue.backoff_initial_s),
         ("queue.backoff_max_s", config.queue.backoff_max_s),

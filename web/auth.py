@@ -3,14 +3,20 @@
 Pages without a session redirect to the login page; API calls get 401 JSON (a script cannot
 follow a redirect to a form). The role is read from the database on each request, never from
 the cookie, so a changed role or a disabled account takes effect at once. Sessions expire after
-``IDLE_TIMEOUT_S`` without a request and ``ABSOLUTE_TIMEOUT_S`` after login; logout revokes the
-session id for the rest of its lifetime.
+``IDLE_TIMEOUT_S`` without a request and ``ABSOLUTE_TIMEOUT_S`` after login.
+
+The cookie is Flask's signed session; what ends a session early lives in the database, so that
+every web process, and the same one after a restart, agrees: logout records the session id (its
+hash) as revoked for the rest of its lifetime, and "log out everywhere" bumps the account's
+``session_generation``, which every cookie must match.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from functools import cache, wraps
@@ -28,14 +34,15 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from pacs_agent.db.models import User, utcnow
+from pacs_agent.db.models import RevokedSession, User, utcnow
 from web import audit
 from web.csrf import csrf_ok, rotate_csrf_token
 from web.db import db
 from web.ratelimit import LoginRateLimiter
+from web.security import client_address
 
 bp = Blueprint("auth", __name__)
 
@@ -45,8 +52,6 @@ BACKGROUND_HEADER = "X-Echo-Background"
 PUBLIC_ENDPOINTS = frozenset(
     {"health.healthz", "health.readyz", "health.metrics", "static", "auth.login"}
 )
-_revoked: dict[str, float] = {}
-_revoked_lock = threading.Lock()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,19 +97,33 @@ def guard() -> Any:
     return None
 
 
+def _sid_hash(sid: str) -> str:
+    """What the revocation table keeps: the session id is a bearer secret, its hash is not."""
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def _name_key(username: str) -> str:
+    """The login limiter's key for a typed user name, keyed with the node's secret (people type
+    passwords into the user name field; a plain hash of one could be guessed offline)."""
+    return hmac.new(current_app.secret_key, username.lower().encode(), hashlib.sha256).hexdigest()
+
+
 def _session_user() -> User | None:
     uid, sid = session.get("uid"), session.get("sid")
     if uid is None or not sid:
         return None
     now = now_s()
     issued, seen = float(session.get("iat", 0)), float(session.get("seen", 0))
-    with _revoked_lock:
-        revoked = sid in _revoked
-    if revoked or now - issued > ABSOLUTE_TIMEOUT_S or now - seen > IDLE_TIMEOUT_S:
+    if now - issued > ABSOLUTE_TIMEOUT_S or now - seen > IDLE_TIMEOUT_S:
         session.clear()
         return None
     user = db().get(User, int(uid))
-    if user is None or not user.active:
+    if (
+        user is None
+        or not user.active
+        or session.get("gen") != user.session_generation
+        or db().get(RevokedSession, _sid_hash(str(sid))) is not None
+    ):
         session.clear()
         return None
     if request.headers.get(BACKGROUND_HEADER) != "1":
@@ -146,25 +165,30 @@ def login() -> Any:
         return render_template("login.html", next=request.args.get("next", ""), error="")
     username = (request.form.get("username") or "").strip()[:64]
     password = request.form.get("password") or ""
-    address = request.remote_addr or ""
+    address, name_key = client_address(), _name_key(username)
     limiter: LoginRateLimiter = current_app.config["ECHO_AGENT_LOGIN_LIMITER"]
-    wait_s = limiter.retry_after_s(username, address)
+    wait_s = limiter.retry_after_s(db(), name_key, address)
     if wait_s:
+        db().rollback()  # end the read before the audit writes on its own connection
         audit.record("login_blocked", username=username, user_id=None, detail={})
         message = f"Too many failed attempts. Try again in {int(wait_s // 60) + 1} minutes."
-        return render_template("login.html", next=request.form.get("next", ""), error=message), 429
+        page = render_template("login.html", next=request.form.get("next", ""), error=message)
+        return page, 429, {"Retry-After": str(int(wait_s) + 1)}
     user = db().scalar(select(User).where(User.username == username))
     ok = check_password_hash(user.password_hash if user else _dummy_hash(), password)
     if user is None or not ok or not user.active:
-        limiter.failed(username, address)
+        limiter.failed(db(), name_key, address)
+        db().commit()  # before the audit: SQLite allows one writer at a time
         audit.record("login_failed", username=username, user_id=None, detail={})
         return render_template(
             "login.html", next=request.form.get("next", ""), error="Wrong username or password."
         ), 401
-    limiter.succeeded(username, address)
+    limiter.succeeded(db(), name_key, address)
     session.clear()  # a new session id at login: no fixation
     now = now_s()
-    session.update(uid=user.id, sid=secrets.token_urlsafe(24), iat=now, seen=now)
+    session.update(
+        uid=user.id, sid=secrets.token_urlsafe(24), iat=now, seen=now, gen=user.session_generation
+    )
     session.permanent = False
     rotate_csrf_token()
     user.last_login_at = utcnow()
@@ -176,14 +200,37 @@ def login() -> Any:
 
 @bp.post("/logout")
 def logout() -> Any:
+    """Ends this session, or with ``everywhere=1`` every session of the account (another
+    workstation left logged in, a cookie that may have leaked)."""
+    user: User | None = g.get("user")
     sid = session.get("sid")
-    if sid:
-        with _revoked_lock:
-            now = now_s()
-            for old in [s for s, t in _revoked.items() if now - t > ABSOLUTE_TIMEOUT_S]:
-                del _revoked[old]
-            _revoked[sid] = now
-    if g.get("user") is not None:
-        audit.record("logout", target_type="user", target_id=g.user.id)
+    everywhere = request.form.get("everywhere") == "1"
+    if user is not None and sid:
+        if everywhere:
+            db().execute(
+                update(User)
+                .where(User.id == user.id)
+                .values(session_generation=User.session_generation + 1)
+            )
+        else:
+            _revoke(str(sid), float(session.get("iat", 0)))
+        db().commit()
+        audit.record(
+            "logout",
+            target_type="user",
+            target_id=user.id,
+            detail={"everywhere": True} if everywhere else {},
+        )
     session.clear()
     return redirect(url_for("auth.login"))
+
+
+def _revoke(sid: str, issued_s: float) -> None:
+    """Keeps the revocation until the session would have expired anyway, and drops the
+    revocations whose sessions have."""
+    now = dt.datetime.fromtimestamp(now_s(), dt.UTC)
+    expires = dt.datetime.fromtimestamp(issued_s + ABSOLUTE_TIMEOUT_S, dt.UTC)
+    db().execute(delete(RevokedSession).where(RevokedSession.expires_at < now))
+    key = _sid_hash(sid)
+    if db().get(RevokedSession, key) is None:
+        db().add(RevokedSession(sid_hash=key, expires_at=max(expires, now)))

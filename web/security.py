@@ -7,8 +7,13 @@ carry patient data and are never cached; static assets are.
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+import ipaddress
+from functools import lru_cache
+
+from flask import Flask, Response, current_app, request
 from flask.sessions import SecureCookieSessionInterface
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -33,3 +38,34 @@ def add_security_headers(response: Response) -> Response:
     if request.endpoint != "static":
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _is_trusted(address: str, networks: tuple[IpNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address() -> str:
+    """The address the login limits count against: the TCP peer, unless the peer is one of
+    ``[web] trusted_proxies``; then the right-most ``X-Forwarded-For`` entry that is not a
+    trusted proxy (what our own proxy saw; entries left of it are whatever the client wrote).
+    A header from any other peer is ignored, or it would let a client pick a fresh address
+    for every guess."""
+    peer = request.remote_addr or ""
+    trusted = _networks(tuple(current_app.config["ECHO_AGENT_CONFIG"].web.trusted_proxies))
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for v in request.headers.getlist("X-Forwarded-For") for h in v.split(",")]
+    hops = [h for h in hops if h]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop[:64]
+    return hops[0][:64] if hops else peer

@@ -311,6 +311,36 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # every web session carries the generation it was issued under; bumping it ends all of the
+    # account's sessions at once, in every web process ("log out everywhere")
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class RevokedSession(Base):
+    """A web session ended by logout before it expired, kept in the database so that every web
+    process, and the same process after a restart, refuses its cookie. ``sid_hash`` is the
+    SHA-256 of the session id (the id itself is a bearer secret); a row can go once
+    ``expires_at`` has passed, as the cookie is refused for its age from then on."""
+
+    __tablename__ = "revoked_sessions"
+
+    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class LoginFailure(Base):
+    """One failed login, counted against two budgets shared by every web process: per client
+    address across all user names (password spraying) and per (user name, address) (guessing
+    one account). ``username_hash`` is keyed with the node's secret, because people type
+    passwords into the user name field."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_address_at", "address", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    address: Mapped[str] = mapped_column(String(64))
+    username_hash: Mapped[str] = mapped_column(String(64))
 
 
 class AuditEvent(Base):
