@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from web_helpers import PASSWORD, Node, csrf_from, login, make_node
 
 from pacs_agent.config import ConfigError, WebConfig, load_config
 from pacs_agent.db import make_engine
+from pacs_agent.db.models import AuditEvent
 from web.app import SESSION_COOKIE_NAME, create_app
 from web.ratelimit import MAX_FAILURES_PER_ADDRESS, MAX_FAILURES_PER_USER, WINDOW_S
 
@@ -31,6 +33,7 @@ OTHER_PROCESS = """
 import json, sys
 from pacs_agent.config import Config, DatabaseConfig, LlmConfig
 from pacs_agent.db import make_engine
+from pacs_agent.db.models import AuditEvent
 from web.app import SESSION_COOKIE_NAME, create_app
 
 home, url, cookies = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -216,3 +219,24 @@ def test_trusted_proxies_are_addresses_or_networks(tmp_path: Path) -> None:
     assert load_config(environ=env).web.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
     with pytest.raises(ConfigError, match=r"web\.trusted_proxies"):
         load_config(environ={"ECHO_AGENT_WEB_TRUSTED_PROXIES": "proxy.example"})
+
+
+def test_behind_a_trusted_proxy_metrics_and_the_audit_trail_see_the_forwarded_client(
+    node: Node,
+) -> None:
+    """A reverse proxy on loopback makes every request arrive from 127.0.0.1: /metrics must not
+    take that for a local scraper, and the audit trail must name the client, not the proxy."""
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    plain = create_app(node.engine, node.config).test_client()
+    assert plain.get("/metrics", headers=forwarded).status_code == 200  # header ignored
+    config = dataclasses.replace(node.config, web=WebConfig(trusted_proxies=["127.0.0.1"]))
+    app = create_app(node.engine, config)
+    client = app.test_client()
+    assert client.get("/metrics", headers=forwarded).status_code == 403
+    assert client.get("/metrics").status_code == 200  # the proxy host itself, no header
+    assert _try_login(client, "cardio", PASSWORD, headers=forwarded).status_code == 302
+    with node.session_factory() as session:
+        addresses = session.scalars(
+            select(AuditEvent.remote_addr).where(AuditEvent.action == "login")
+        ).all()
+    assert addresses and addresses[-1] == "203.0.113.9"

@@ -12,10 +12,11 @@ import threading
 import time
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_agent.db.models import AuditEvent
+from web.security import client_address
 
 VIEW_DEDUP_S = 60.0
 
@@ -60,7 +61,7 @@ def record(
         study_id=study_id,
         target_type=target_type,
         target_id=str(target_id),
-        remote_addr=request.remote_addr or "",
+        remote_addr=client_address(),
         detail=detail or {},
     )
 

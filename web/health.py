@@ -23,6 +23,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pacs_agent.config import Config
 from pacs_agent.metrics import CONTENT_TYPE, exposition
 from pacs_agent.readiness import ModelStatus, check_ready
+from web.security import client_address
 
 bp = Blueprint("health", __name__)
 
@@ -70,7 +71,9 @@ def _metrics_refusal(token: str) -> Any | None:
             content_type="text/plain; charset=utf-8",
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
-    if _is_loopback(request.remote_addr):
+    # behind a trusted reverse proxy on loopback the forwarded client decides, or every
+    # proxied request would look local
+    if _is_loopback(client_address()):
         return None
     return Response(
         "metrics are served to loopback clients only; set web.metrics_token to scrape from "
