@@ -5,9 +5,19 @@ Several associations ingest at once, on SQLite and on PostgreSQL. Parent rows ar
 find the one study row; the instance row itself is a plain insert, so a second copy of the same
 SOP instance fails on the unique constraint and the caller treats it as a duplicate.
 
-An instance whose patient identity conflicts with the patient its study was first received
-under is never recorded (``PatientConflictError``, rules in ``pacs_agent.identity``): it would
-otherwise be analysed into another patient's report.
+An instance that contradicts what is already recorded is never recorded (``ConflictError``,
+with a ``kind``); it would otherwise be analysed into another patient's or study's report:
+
+* "patient": its patient identity conflicts with the patient its study was first received
+  under (rules in ``pacs_agent.identity``).
+* "series": its Series Instance UID is already recorded under another study. A series belongs
+  to exactly one study (PS3.3 A.1.2.3), so this is a conflict even when the patient is the
+  same: filing the instance into that series would move it into the other study, and filing it
+  into a second series row with the same UID is impossible (the UID is unique).
+* "instance": its SOP Instance UID is already stored, under another patient or another study.
+  That is not a resend of the same object, so it is not acknowledged as a duplicate. A resend
+  under the same study and patient stays a duplicate, even in another series (logged): the
+  first copy is kept and no other patient or study is touched.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -33,12 +43,27 @@ RECEIVING = "receiving"
 NO_PATIENT_ID_ISSUER_PREFIX = NODE_ISSUER_PREFIX
 
 
-class PatientConflictError(Exception):
-    """The instance names another patient than its study; ``reason`` carries no PHI."""
+# Reasons name what is wrong, never a value: they go to the log and the quarantine list.
+SERIES_IN_ANOTHER_STUDY = "Series Instance UID belongs to another study"
+SOP_INSTANCE_ELSEWHERE = "SOP Instance UID already stored for another patient/study"
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+ConflictKind = Literal["patient", "series", "instance"]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Why an instance cannot be recorded: which rule (``kind``) and a reason without PHI."""
+
+    kind: ConflictKind
+    reason: str
+
+
+class ConflictError(Exception):
+    """The instance contradicts what is recorded (see the module); nothing of it is recorded."""
+
+    def __init__(self, conflict: Conflict) -> None:
+        super().__init__(conflict.reason)
+        self.conflict = conflict
 
 
 @dataclass(frozen=True)
@@ -56,16 +81,54 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
     ).one_or_none()
 
 
-def study_patient_conflict(session: Session, header: InstanceHeader) -> str | None:
-    """Why the instance cannot join its already known study (None: it can, or it is new).
+def new_instance_conflict(session: Session, header: InstanceHeader) -> Conflict | None:
+    """Why a not yet stored instance cannot join its known study or series (None: it can).
 
     A cheap look before anything is written; ``record_instance`` checks again inside its
-    transaction, where a study created meanwhile by another association is seen too.
+    transaction, where a study or series created meanwhile by another association is seen too.
     """
     patient_fk = session.scalar(
         select(Study.patient_fk).where(Study.study_instance_uid == header.study_instance_uid)
     )
-    return None if patient_fk is None else _patient_conflict(session, header, patient_fk)
+    if patient_fk is not None:
+        reason = _patient_conflict(session, header, patient_fk)
+        if reason is not None:
+            return Conflict("patient", reason)
+    series_study_uid = session.scalar(
+        select(Study.study_instance_uid)
+        .join(Series, Series.study_fk == Study.id)
+        .where(Series.series_instance_uid == header.series_instance_uid)
+    )
+    if series_study_uid is not None and series_study_uid != header.study_instance_uid:
+        return Conflict("series", SERIES_IN_ANOTHER_STUDY)
+    return None
+
+
+def resend_conflict(
+    session: Session, existing: Instance, header: InstanceHeader
+) -> Conflict | None:
+    """Why an instance whose SOP Instance UID is ``existing``'s is not a resend of it.
+
+    None: it names the same study and a patient that may be the study's (the identity rules),
+    so it is a duplicate. Another series under the same study is only logged: the stored copy
+    stays where it is and nothing of another patient or study is touched.
+    """
+    stored = session.execute(
+        select(Study.study_instance_uid, Study.patient_fk, Series.series_instance_uid)
+        .join(Series, Series.study_fk == Study.id)
+        .where(Series.id == existing.series_fk)
+    ).one()
+    if stored.study_instance_uid != header.study_instance_uid:
+        return Conflict("instance", SOP_INSTANCE_ELSEWHERE)
+    if _patient_conflict(session, header, stored.patient_fk) is not None:
+        return Conflict("instance", SOP_INSTANCE_ELSEWHERE)
+    if stored.series_instance_uid != header.series_instance_uid:
+        log.warning(
+            "SOP instance %s received again under another series of its study; "
+            "the first copy is kept",
+            header.sop_instance_uid,
+        )
+    return None
 
 
 def record_instance(
@@ -78,9 +141,9 @@ def record_instance(
     """Adds the instance and whatever parent rows are missing, and flushes (does not commit).
 
     Raises ``sqlalchemy.exc.IntegrityError`` when the SOP instance is already recorded, and
-    ``PatientConflictError`` (the caller rolls back) when the study belongs to a patient the
-    instance is not. A study that was past "receiving" goes back to "receiving", so that
-    assembly reopens it.
+    ``ConflictError`` (the caller rolls back) when the study belongs to a patient the instance
+    is not ("patient") or the series to another study ("series"). A study that was past
+    "receiving" goes back to "receiving", so that assembly reopens it.
     """
     now = now or utcnow()
     # an instance of a known study joins the study's patient: a second patient row for the
@@ -166,7 +229,7 @@ def _ensure_study(
     # before the study is touched: a refused instance must not reopen it either
     reason = _patient_conflict(session, header, row.patient_fk)
     if reason is not None:
-        raise PatientConflictError(reason)
+        raise ConflictError(Conflict("patient", reason))
     changes: dict[str, Any] = {"last_received_at": now}
     if row.status != RECEIVING:
         changes.update(status=RECEIVING, status_reason=f"reopened: instance after '{row.status}'")
@@ -216,11 +279,8 @@ def _ensure_series(session: Session, header: InstanceHeader, study_fk: int) -> i
         select(Series.id, Series.study_fk).where(Series.series_instance_uid == uid)
     ).one()
     if row.study_fk != study_fk:
-        log.warning(
-            "series %s already belongs to another study; instance %s kept in that series",
-            uid,
-            header.sop_instance_uid,
-        )
+        # a series spans no studies, whoever the patient: never file it into the other study
+        raise ConflictError(Conflict("series", SERIES_IN_ANOTHER_STUDY))
     return int(row.id)
 
 

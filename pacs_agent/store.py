@@ -8,9 +8,11 @@ UID in the database decides between two associations sending the same instance a
 second insert fails (PostgreSQL makes it wait for the first to commit, SQLite serialises the
 writers), so only the first renames its file into place.
 
-An instance whose patient identity conflicts with its study's (``pacs_agent.identity``) joins
-no study: it is written to ``<home>/quarantine`` instead, recorded as a
-``QuarantinedInstance`` for an admin, and ``QuarantinedError`` tells the caller to refuse it.
+An instance that contradicts what is recorded (``pacs_agent.ingest.Conflict``: its patient is
+not its study's, its series belongs to another study, or its SOP Instance UID is already stored
+for another patient or study) joins no study: it is written to ``<home>/quarantine`` instead,
+recorded as a ``QuarantinedInstance`` for an admin, and ``QuarantinedError`` tells the caller
+to refuse it.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ from pacs_agent.db.models import Instance, QuarantinedInstance, utcnow
 from pacs_agent.dicom.validate import InstanceHeader
 from pacs_agent.disk_guard import BYTES_PER_MB, disk_guard_shortfall
 from pacs_agent.ingest import (
-    PatientConflictError,
+    Conflict,
+    ConflictError,
+    ConflictKind,
     StoredFile,
     find_instance,
+    new_instance_conflict,
     record_instance,
-    study_patient_conflict,
+    resend_conflict,
 )
 
 log = logging.getLogger("echo_agent.store")
@@ -65,14 +70,18 @@ class OutOfSpaceError(StoreError):
 
 
 class QuarantinedError(Exception):
-    """The instance was refused: its patient is not its study's. It is kept in quarantine
-    (``relative_path`` under the node's home, row ``quarantine_id``); ``reason`` has no PHI."""
+    """The instance was refused: it contradicts what is recorded (``kind``, see
+    ``pacs_agent.ingest``). It is kept in quarantine (``relative_path`` under the node's home,
+    row ``quarantine_id``); ``reason`` has no PHI."""
 
-    def __init__(self, reason: str, quarantine_id: int, relative_path: str) -> None:
+    def __init__(
+        self, reason: str, quarantine_id: int, relative_path: str, kind: ConflictKind
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.quarantine_id = quarantine_id
         self.relative_path = relative_path
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -176,18 +185,23 @@ def store_instance(
     """Keeps one instance, whose file is the concatenation of ``parts``, exactly once.
 
     ``parts`` are typically the encoded File Meta Information and the dataset as received. A
-    SOP Instance UID already recorded is a duplicate: nothing is written and the existing row is
-    returned. Raises ``OutOfSpaceError``, ``StoreError`` or the database's SQLAlchemy error,
-    having kept nothing, and ``QuarantinedError`` when the instance's patient conflicts with
-    its study's: then nothing of it is in the store, only in the quarantine.
+    SOP Instance UID already recorded under the same study and patient is a duplicate: nothing
+    is written and the existing row is returned. Raises ``OutOfSpaceError``, ``StoreError`` or
+    the database's SQLAlchemy error, having kept nothing, and ``QuarantinedError`` when the
+    instance contradicts what is recorded (``pacs_agent.ingest.Conflict``): then nothing of it
+    is in the store, only in the quarantine.
     """
     size = sum(memoryview(p).nbytes for p in parts)
     with sessions() as session:
         existing = find_instance(session, header.sop_instance_uid)
         if existing is not None:
-            return _duplicate(store, existing, size, None)
-        # the common case, before a loop is written: a study already known under another patient
-        conflict = study_patient_conflict(session, header)
+            conflict = resend_conflict(session, existing, header)
+            if conflict is None:
+                return _duplicate(store, existing, size, None)
+        else:
+            # the common case, before a loop is written: a study already known under another
+            # patient, or a series already known in another study
+            conflict = new_instance_conflict(session, header)
     if conflict is not None:
         raise quarantine_instance(store, sessions, header, parts, calling_ae, conflict)
     check_free_space(store, size)
@@ -202,10 +216,11 @@ def store_instance(
                 instance = record_instance(
                     session, header, StoredFile(relative, size, sha256), calling_ae
                 )
-            except PatientConflictError as exc:
-                # the study was created meanwhile, by another association, for another patient
+            except ConflictError as exc:
+                # the study or series was created meanwhile, by another association, for
+                # another patient or study
                 session.rollback()
-                conflict = exc.reason
+                conflict = exc.conflict
             except IntegrityError:
                 session.rollback()
                 existing = find_instance(session, header.sop_instance_uid)
@@ -215,7 +230,10 @@ def store_instance(
                     "SOP instance %s was recorded by another association meanwhile",
                     header.sop_instance_uid,
                 )
-                return _duplicate(store, existing, size, sha256)
+                conflict = resend_conflict(session, existing, header)
+                if conflict is None:
+                    return _duplicate(store, existing, size, sha256)
+                session.rollback()  # end the read before the quarantine writes
             if conflict is not None:
                 raise quarantine_instance(store, sessions, header, parts, calling_ae, conflict)
             final = _place(store, partial, relative)
@@ -240,7 +258,7 @@ def quarantine_instance(
     header: InstanceHeader,
     parts: Sequence[Buffer],
     calling_ae: str,
-    reason: str,
+    conflict: Conflict,
 ) -> QuarantinedError:
     """Keeps a refused instance in the quarantine and records it; returns the error to raise.
 
@@ -273,7 +291,9 @@ def quarantine_instance(
                 .limit(1)
             ).one_or_none()
             if earlier is not None and (store.home / earlier.file_path).is_file():
-                return QuarantinedError(reason, earlier.id, earlier.file_path)
+                return QuarantinedError(
+                    conflict.reason, earlier.id, earlier.file_path, conflict.kind
+                )
             row = QuarantinedInstance(
                 received_at=utcnow(),
                 sop_instance_uid=header.sop_instance_uid,
@@ -281,7 +301,7 @@ def quarantine_instance(
                 study_instance_uid=header.study_instance_uid,
                 series_instance_uid=header.series_instance_uid,
                 calling_ae=calling_ae[:16],
-                reason=reason[:256],
+                reason=conflict.reason[:256],
                 file_path=relative,
                 file_size_bytes=size,
                 sha256=sha256,
@@ -300,7 +320,7 @@ def quarantine_instance(
             except BaseException:
                 _remove(final)
                 raise
-            return QuarantinedError(reason, row.id, relative)
+            return QuarantinedError(conflict.reason, row.id, relative, conflict.kind)
     finally:
         partial.unlink(missing_ok=True)
 

@@ -58,6 +58,7 @@ from pacs_agent.identity import (
     identity_conflict,
     normalized_name,
 )
+from pacs_agent.ingest import SERIES_IN_ANOTHER_STUDY, SOP_INSTANCE_ELSEWHERE
 from pacs_agent.store import (
     INCOMING_DIR_NAME,
     QUARANTINE_DIR_NAME,
@@ -257,53 +258,203 @@ def test_the_same_patient_written_differently_joins_the_study(
     assert listener.quarantine_files() == []
 
 
-def test_instances_of_two_patients_racing_into_one_new_study_are_never_merged(
-    listener: Listener, tmp_path: Path
-) -> None:
-    """Whichever patient's instance creates the study, the other's are quarantined: the check
-    inside the recording transaction sees a study another association just created."""
+def _encoded(ds: pydicom.Dataset) -> tuple[InstanceHeader, list[bytes]]:
+    """The header and file parts ``store_instance`` gets from the listener for ``ds``."""
+    data = encode_dataset(ds, ExplicitVRLittleEndian)
+    header = inspect_dataset(
+        data, ExplicitVRLittleEndian, str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+    )
+    meta = encode_file_meta(header.sop_class_uid, header.sop_instance_uid, ExplicitVRLittleEndian)
+    return header, [meta, data]
+
+
+def _store_all_at_once(listener: Listener, datasets: list[pydicom.Dataset]) -> list[str]:
+    """Stores the datasets from one thread each, released together; per dataset "stored" or
+    the kind of conflict it was quarantined for."""
     store = open_store(listener.config.store_path, data_dir=listener.config.home_path)
-    study = Ids.new()
-    jobs: list[tuple[InstanceHeader, list[bytes]]] = []
-    for n in range(6):
-        patient_id, name = (A_ID, A_NAME) if n % 2 else (B_ID, B_NAME)
-        ds = us_loop_dataset(
-            Ids.new(study.study), frames=2, patient_id=patient_id, patient_name=name
-        )
-        data = encode_dataset(ds, ExplicitVRLittleEndian)
-        header = inspect_dataset(
-            data, ExplicitVRLittleEndian, str(ds.SOPClassUID), str(ds.SOPInstanceUID)
-        )
-        meta = encode_file_meta(
-            header.sop_class_uid, header.sop_instance_uid, ExplicitVRLittleEndian
-        )
-        jobs.append((header, [meta, data]))
+    jobs = [_encoded(ds) for ds in datasets]
     barrier = threading.Barrier(len(jobs))
-    outcomes: dict[str, str] = {}
+    outcomes = [""] * len(jobs)
     errors: list[BaseException] = []
 
-    def save(header: InstanceHeader, parts: list[bytes]) -> None:
+    def save(n: int) -> None:
+        header, parts = jobs[n]
         try:
             barrier.wait()
             store_instance(store, listener.sessions, header, parts, SENDER_AE)
-            outcomes[header.patient_id] = outcomes.get(header.patient_id, "") + "s"
-        except QuarantinedError:
-            outcomes[header.patient_id] = outcomes.get(header.patient_id, "") + "q"
+            outcomes[n] = "stored"
+        except QuarantinedError as exc:
+            outcomes[n] = exc.kind
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=save, args=job) for job in jobs]
+    threads = [threading.Thread(target=save, args=(n,)) for n in range(len(jobs))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    assert sorted(outcomes.values()) == ["qqq", "sss"], outcomes
+    assert list(store.quarantine.glob("*.partial")) == []
+    return outcomes
+
+
+def test_instances_of_two_patients_racing_into_one_new_study_are_never_merged(
+    listener: Listener, tmp_path: Path
+) -> None:
+    """Whichever patient's instance creates the study, the other's are quarantined: the check
+    inside the recording transaction sees a study another association just created."""
+    study = Ids.new()
+    patients = [(A_ID, A_NAME) if n % 2 else (B_ID, B_NAME) for n in range(6)]
+    datasets = [
+        us_loop_dataset(Ids.new(study.study), frames=2, patient_id=patient_id, patient_name=name)
+        for patient_id, name in patients
+    ]
+    outcomes = _store_all_at_once(listener, datasets)
+    by_patient = {
+        patient_id: sorted(
+            o for (p, _), o in zip(patients, outcomes, strict=True) if p == patient_id
+        )
+        for patient_id in (A_ID, B_ID)
+    }
+    assert sorted(by_patient.values()) == [["patient"] * 3, ["stored"] * 3], outcomes
     assert listener.count(Patient) == 1
     assert listener.count(Instance) == 3
     assert listener.count(QuarantinedInstance) == 3
     assert len(listener.quarantine_files()) == 3
-    assert list(store.quarantine.glob("*.partial")) == []
+
+
+@pytest.mark.parametrize(
+    ("patient_id", "name"), [(A_ID, A_NAME), (B_ID, B_NAME)], ids=["same", "other"]
+)
+def test_an_instance_of_a_new_study_in_another_studys_series_is_refused(
+    listener: Listener, tmp_path: Path, patient_id: str, name: str
+) -> None:
+    """A series belongs to one study: a new Study UID with a known Series UID is quarantined
+    whoever the patient is, and neither the new study nor the series' study gains anything."""
+    first = Ids.new()
+    stored = _small_loop(tmp_path, "a", first, patient_id=A_ID, patient_name=A_NAME)
+    assert listener.send(stored) == [status.SUCCESS]
+    before = listener.study(first.study)
+
+    intruder = Ids.new(series=first.series)  # a new study, the first study's series
+    wrong = _small_loop(tmp_path, "b", intruder, patient_id=patient_id, patient_name=name)
+    assert listener.send(wrong) == [status.SERIES_CONFLICT]
+    assert 0xC000 <= status.SERIES_CONFLICT <= 0xCFFF
+
+    assert listener.count(Study, Study.study_instance_uid == intruder.study) == 0
+    assert listener.count(Instance, Instance.sop_instance_uid == intruder.sop) == 0
+    assert (listener.count(Study), listener.count(Series), listener.count(Instance)) == (1, 1, 1)
+    assert listener.count(Patient) == 1
+    after = listener.study(first.study)
+    assert (after.status, after.last_received_at) == (before.status, before.last_received_at)
+    assert [p.name for p in listener.store_files()] == [f"{first.sop}.dcm"]
+    with listener.sessions() as session:
+        entry = session.scalars(sa.select(QuarantinedInstance)).one()
+    assert (entry.sop_instance_uid, entry.study_instance_uid, entry.series_instance_uid) == (
+        intruder.sop,
+        intruder.study,
+        first.series,
+    )
+    assert entry.reason == SERIES_IN_ANOTHER_STUDY
+    assert listener.quarantine_files() == [listener.config.home_path / entry.file_path]
+    # a second instance of the first study in that series still joins it
+    more = _small_loop(tmp_path, "c", Ids.new(first.study, first.series), patient_id=A_ID)
+    assert listener.send(more) == [status.SUCCESS]
+    assert (listener.count(Series), listener.count(Instance)) == (1, 2)
+
+
+def test_new_studies_racing_into_one_series_leave_it_in_one_study(
+    listener: Listener,
+) -> None:
+    """The check inside the recording transaction sees a series another association has just
+    filed under its own new study."""
+    series = generate_uid()
+    datasets = [
+        us_loop_dataset(Ids.new(series=series), frames=2, patient_id=A_ID, patient_name=A_NAME)
+        for _ in range(4)
+    ]
+    outcomes = _store_all_at_once(listener, datasets)
+    assert sorted(outcomes) == ["series", "series", "series", "stored"], outcomes
+    assert (listener.count(Study), listener.count(Series), listener.count(Instance)) == (1, 1, 1)
+    with listener.sessions() as session:
+        reasons = session.scalars(sa.select(QuarantinedInstance.reason)).all()
+    assert reasons == [SERIES_IN_ANOTHER_STUDY] * 3
+    assert len(listener.quarantine_files()) == 3
+
+
+def test_a_stored_sop_instance_resent_for_another_patient_or_study_is_refused(
+    listener: Listener, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An identical resend (the same patient, however padded) is a duplicate as before; the
+    same SOP Instance UID under another patient or study is quarantined, and the stored copy,
+    its row and its study stay as they were."""
+    ids = Ids.new()
+    stored = _small_loop(tmp_path, "a", ids, patient_id=A_ID, patient_name=A_NAME)
+    assert listener.send(stored) == [status.SUCCESS]
+    (kept_file,) = listener.store_files()
+    kept_bytes = kept_file.read_bytes()
+    study_before = listener.study(ids.study)
+
+    padded = _small_loop(tmp_path, "a2", ids, patient_id=f"{A_ID} ", patient_name=A_NAME.upper())
+    other_patient = _small_loop(tmp_path, "b", ids, patient_id=B_ID, patient_name=B_NAME)
+    moved = Ids(generate_uid(), generate_uid(), ids.sop)  # same patient, another study
+    other_study = _small_loop(tmp_path, "c", moved, patient_id=A_ID, patient_name=A_NAME)
+    with caplog.at_level(logging.DEBUG):
+        statuses = listener.send(stored, padded, other_patient, other_study, other_patient)
+    assert statuses == [
+        status.SUCCESS,
+        status.SUCCESS,
+        status.INSTANCE_CONFLICT,
+        status.INSTANCE_CONFLICT,
+        status.INSTANCE_CONFLICT,  # a retry: refused again, no second copy
+    ]
+    assert 0xC000 <= status.INSTANCE_CONFLICT <= 0xCFFF
+
+    assert listener.store_files() == [kept_file]
+    assert kept_file.read_bytes() == kept_bytes
+    assert (listener.count(Study), listener.count(Series), listener.count(Instance)) == (1, 1, 1)
+    assert listener.count(Patient) == 1
+    with listener.sessions() as session:
+        row = session.scalars(sa.select(Instance)).one()
+        assert row.series.series_instance_uid == ids.series
+    study = listener.study(ids.study)
+    assert (study.status, study.last_received_at) == (
+        study_before.status,
+        study_before.last_received_at,
+    )
+    with listener.sessions() as session:
+        entries = session.scalars(
+            sa.select(QuarantinedInstance).order_by(QuarantinedInstance.id)
+        ).all()
+    assert [(e.study_instance_uid, e.reason) for e in entries] == [
+        (ids.study, SOP_INSTANCE_ELSEWHERE),
+        (moved.study, SOP_INSTANCE_ELSEWHERE),
+    ]
+    assert listener.quarantine_files() == sorted(
+        listener.config.home_path / e.file_path for e in entries
+    )
+    assert dataset_bytes(listener.quarantine_files()[0]) in (
+        dataset_bytes(other_patient),
+        dataset_bytes(other_study),
+    )
+    logged = "\n".join(r.getMessage() for r in caplog.records).casefold()
+    assert not [word for word in PHI if word.casefold() in logged]
+
+
+def test_one_sop_instance_racing_in_under_several_studies_is_stored_once(
+    listener: Listener,
+) -> None:
+    """Whichever copy is recorded first, the others (another study each) are not taken for
+    duplicates when their insert meets the stored row: they are quarantined."""
+    sop = generate_uid()
+    datasets = [
+        us_loop_dataset(Ids(generate_uid(), generate_uid(), sop), frames=2, patient_id=A_ID)
+        for _ in range(4)
+    ]
+    outcomes = _store_all_at_once(listener, datasets)
+    assert sorted(outcomes) == ["instance", "instance", "instance", "stored"], outcomes
+    assert (listener.count(Study), listener.count(Series), listener.count(Instance)) == (1, 1, 1)
+    assert listener.count(QuarantinedInstance) == 3
 
 
 def test_the_quarantine_is_listed_for_admins_only(listener: Listener, tmp_path: Path) -> None:

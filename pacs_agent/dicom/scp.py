@@ -2,9 +2,11 @@
 
 Each instance is validated in the form it arrived in, stored byte for byte with a File Meta
 header of the node's own, recorded in the database, and only then acknowledged. A refused
-instance leaves nothing behind, except one whose patient conflicts with its study's: that one
-is kept in the quarantine, outside every study, for an admin. The reason goes to the sender as
-the status and to the log (logger ``echo_agent.dicom``; UIDs and AE titles, never patient names).
+instance leaves nothing behind, except one that contradicts what is recorded (its patient is
+not its study's, its series is another study's, or its SOP Instance UID is stored for another
+patient or study; 0xC230-0xC232): that one is kept in the quarantine, outside every study, for
+an admin. The reason goes to the sender as the status and to the log (logger
+``echo_agent.dicom``; UIDs and AE titles, never patient names).
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ from pacs_agent.dicom.filemeta import (
 )
 from pacs_agent.dicom.server import ListenerServer
 from pacs_agent.dicom.status import (
+    CONFLICT_RESPONSES,
     OUT_OF_RESOURCES,
-    PATIENT_CONFLICT,
-    PATIENT_CONFLICT_COMMENT,
     PROCESSING_FAILURE,
     SUCCESS,
     response,
@@ -119,6 +120,7 @@ class StoreService:
         try:
             result = store_instance(self.store, self.sessions, header, [meta, data], calling_ae)
         except QuarantinedError as exc:
+            code, comment = CONFLICT_RESPONSES[exc.kind]
             # the reason names the attribute that differs, never its value: no PHI in the log
             log.warning(
                 "refused SOP instance %s of study %s from %s (0x%04X): %s; kept in quarantine "
@@ -126,12 +128,12 @@ class StoreService:
                 sop_instance,
                 header.study_instance_uid,
                 calling_ae,
-                PATIENT_CONFLICT,
+                code,
                 exc.reason,
                 exc.relative_path,
                 exc.quarantine_id,
             )
-            return response(PATIENT_CONFLICT, PATIENT_CONFLICT_COMMENT)
+            return response(code, comment)
         except OutOfSpaceError as exc:
             log.error("refused SOP instance %s from %s: %s", sop_instance, calling_ae, exc)
             return response(OUT_OF_RESOURCES, "out of disk space")

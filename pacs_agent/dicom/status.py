@@ -23,6 +23,18 @@ PIXEL_DATA_INCOMPLETE = 0xC220  # fewer pixel bytes or frames than the header pr
 # 0xA900, which is about the SOP class. The object itself is kept in the node's quarantine.
 PATIENT_CONFLICT = 0xC230
 PATIENT_CONFLICT_COMMENT = "patient differs from the study's; kept in quarantine"
+# The same family, same handling (refused, kept in quarantine, a person resolves it); a code of
+# its own each, so a PACS operator can tell from the status alone what to look at.
+SERIES_CONFLICT = 0xC231  # the Series Instance UID is recorded under another study
+SERIES_CONFLICT_COMMENT = "series belongs to another study; kept in quarantine"
+INSTANCE_CONFLICT = 0xC232  # the SOP Instance UID is stored for another patient or study
+INSTANCE_CONFLICT_COMMENT = "SOP instance stored for other patient/study; quarantined"
+# by pacs_agent.ingest.ConflictKind
+CONFLICT_RESPONSES: dict[str, tuple[int, str]] = {
+    "patient": (PATIENT_CONFLICT, PATIENT_CONFLICT_COMMENT),
+    "series": (SERIES_CONFLICT, SERIES_CONFLICT_COMMENT),
+    "instance": (INSTANCE_CONFLICT, INSTANCE_CONFLICT_COMMENT),
+}
 
 # (0000,0902) Error Comment is LO: at most 64 characters.
 ERROR_COMMENT_MAX_CHARS = 64
