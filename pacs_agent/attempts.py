@@ -6,6 +6,10 @@ rows are the only state, so a crash mid-try, a restart or a second caller resume
 stood: a dangling "pending" try is closed as failed and counts, and a sent artifact is never
 sent again. What differs between transports is only how one try is made and which failures no
 retry can mend.
+
+Two ways to drive the tries: ``send_once`` makes one try and returns (a delivery job,
+``pacs_agent.deliveries``, which the queue retries with back-off while no worker waits), and
+``send_with_retries`` loops in the caller's thread, waiting out the back-off.
 """
 
 from __future__ import annotations
@@ -149,21 +153,55 @@ def send_with_retries(
             delay_s = (due - clock()).total_seconds()
             if delay_s > 0 and wait(delay_s):
                 return status
-        number = len(rows) + 1
-        attempt_id = _start_attempt(session_factory, artifact_id, destination, number, clock())
-        outcome = send()
-        _finish_attempt(session_factory, attempt_id, outcome, clock())
-        if outcome.ok:
-            log.info("artifact %d sent to %s (%s)", artifact_id, destination, outcome.status_code)
-        else:
-            log.warning(
-                "artifact %d to %s, try %d of %d: %s",
-                artifact_id,
-                destination,
-                number,
-                policy.max_attempts,
-                outcome.error,
-            )
+        _try(session_factory, artifact_id, destination, send, len(rows) + 1, policy, clock)
+
+
+def send_once(
+    session_factory: sessionmaker[Session],
+    artifact_id: int,
+    destination: str,
+    send: Callable[[], Outcome],
+    policy: RetryPolicy,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> DestinationStatus:
+    """One try, unless the artifact is already sent or failed for good; returns where it
+    stands afterwards ("pending": another try may succeed). No waiting: the caller schedules
+    the next try (``policy.backoff.delay_s(status.attempts)`` from now)."""
+    with session_factory.begin() as session:
+        close_interrupted(session, artifact_id, destination, clock())
+    with session_factory() as session:
+        status = standing(session, artifact_id, destination, policy.max_attempts, policy.permanent)
+    if status.state in ("sent", "failed"):
+        return status
+    _try(session_factory, artifact_id, destination, send, status.attempts + 1, policy, clock)
+    with session_factory() as session:
+        return standing(session, artifact_id, destination, policy.max_attempts, policy.permanent)
+
+
+def _try(
+    session_factory: sessionmaker[Session],
+    artifact_id: int,
+    destination: str,
+    send: Callable[[], Outcome],
+    number: int,
+    policy: RetryPolicy,
+    clock: Callable[[], dt.datetime],
+) -> None:
+    """One try recorded as one row: "pending" before ``send``, its outcome after."""
+    attempt_id = _start_attempt(session_factory, artifact_id, destination, number, clock())
+    outcome = send()
+    _finish_attempt(session_factory, attempt_id, outcome, clock())
+    if outcome.ok:
+        log.info("artifact %d sent to %s (%s)", artifact_id, destination, outcome.status_code)
+    else:
+        log.warning(
+            "artifact %d to %s, try %d of %d: %s",
+            artifact_id,
+            destination,
+            number,
+            policy.max_attempts,
+            outcome.error,
+        )
 
 
 def _start_attempt(

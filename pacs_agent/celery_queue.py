@@ -15,6 +15,12 @@ its job with the same kind of conditional UPDATE the local threads use, so:
 
 The Celery app is built from a ``Config`` by ``make_celery_app``; there is no module-level app,
 so a worker's settings are exactly those of its configuration file and environment.
+
+Delivery jobs (``pacs_agent.deliveries``) travel the same way and the worker dispatches by the
+job's kind. A delivery makes one try per message, bounded by the transport's timeout, and a
+failed try comes back as a message published with a countdown, so no worker process sleeps
+through a back-off; an analysis behind it in the queue waits at most one try's timeout (more
+workers, ``queue.workers``, take that away too).
 """
 
 from __future__ import annotations
@@ -282,6 +288,9 @@ class WorkerRuntime:
         self._runner: Callable[[int], None] | None = None
         self._models: ModelCache | None = None
         self.model_status = ModelStatus()  # what this process's /metrics reports
+        # publishes the delivery jobs an analysis queues (set by ``register_worker_task``);
+        # None: they wait in the table for the listener's sweeper
+        self.publish: Callable[[int], None] | None = None
 
     @property
     def worker_id(self) -> str:
@@ -309,6 +318,7 @@ class WorkerRuntime:
         from pacs_agent.analysis import ModelCache
         from pacs_agent.db import make_engine, make_session_factory
         from pacs_agent.db.engine import PoolSettings
+        from pacs_agent.deliveries import job_runner
         from pacs_agent.drafting import TextModelCache
         from pacs_agent.pipeline import run_job
 
@@ -325,12 +335,14 @@ class WorkerRuntime:
                 models = ModelCache(config)
                 text_models = TextModelCache(config)
 
-                def runner(job_id: int) -> None:
-                    run_job(job_id, session_factory, config, models, text_models)
+                def analyse(job_id: int) -> None:
+                    run_job(
+                        job_id, session_factory, config, models, text_models, submit=self.publish
+                    )
 
                 self._session_factory, self._runner, self._models = (
                     session_factory,
-                    runner,
+                    job_runner(session_factory, config, analyse),
                     models,
                 )
                 self._pid = os.getpid()
@@ -340,6 +352,7 @@ class WorkerRuntime:
 
 def register_worker_task(app: Celery, runtime: WorkerRuntime) -> Any:
     """Registers the task that runs delivered jobs with ``runtime``; returns it."""
+    runtime.publish = lambda job_id: publish(app, job_id)
 
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job_task(job_id: int) -> str:

@@ -6,7 +6,8 @@ happened per destination is visible without reading logs. Failed tries are retri
 exponential back-off up to ``export.max_attempts``; after that the artifact is "failed" for that
 destination until an operator asks again. An export interrupted by a crash resumes where it
 stopped: its dangling "pending" try is closed as failed and counts, and an artifact already
-sent is not sent again.
+sent is not sent again. The node sends through delivery jobs (``pacs_agent.deliveries``), one
+try per job run (``export_once``); ``export_artifact`` retries in the caller's thread.
 
 Files go out in their own transfer syntax (the only one proposed), byte for byte: converting a
 SEG or SR on the way could silently change what a cardiologist signed.
@@ -33,6 +34,7 @@ from pacs_agent.attempts import (
     DestinationStatus,
     RetryPolicy,
     Wait,
+    send_once,
     send_with_retries,
     sleep_wait,
     standing,
@@ -214,6 +216,20 @@ def export_status(session: Session, artifact_id: int, config: Config) -> list[De
     ]
 
 
+def export_policy(config: Config) -> RetryPolicy:
+    """``[export]``: how many tries per artifact and destination, and the back-off between."""
+    limits = config.export
+    return RetryPolicy(limits.max_attempts, Backoff(limits.backoff_initial_s, limits.backoff_max_s))
+
+
+def _stored_path(session_factory: sessionmaker[Session], artifact_id: int, config: Config) -> Path:
+    with session_factory() as session:
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is None:
+            raise ValueError(f"artifact {artifact_id} does not exist")
+        return artifact_path(config, artifact)
+
+
 def export_artifact(
     session_factory: sessionmaker[Session],
     artifact_id: int,
@@ -224,21 +240,34 @@ def export_artifact(
 ) -> DestinationStatus:
     """Sends the artifact to ``dest``, retrying with back-off; blocks until sent, out of
     attempts, or ``wait`` says stop. Safe to call again: resumes, never resends a sent one."""
-    limits = config.export
-    with session_factory() as session:
-        artifact = session.get(Artifact, artifact_id)
-        if artifact is None:
-            raise ValueError(f"artifact {artifact_id} does not exist")
-        path = artifact_path(config, artifact)
-    backoff = Backoff(limits.backoff_initial_s, limits.backoff_max_s)
-    policy = RetryPolicy(limits.max_attempts, backoff)
+    path = _stored_path(session_factory, artifact_id, config)
     return send_with_retries(
         session_factory,
         artifact_id,
         dest.name,
         lambda: c_store_file(path, dest, config.dicom.ae_title),
-        policy,
+        export_policy(config),
         wait,
+        clock,
+    )
+
+
+def export_once(
+    session_factory: sessionmaker[Session],
+    artifact_id: int,
+    dest: DestinationConfig,
+    config: Config,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> DestinationStatus:
+    """One C-STORE try of the artifact to ``dest`` (none when it is already sent or failed for
+    good); at most ``NETWORK_TIMEOUT_S`` per network step against a peer that never answers."""
+    path = _stored_path(session_factory, artifact_id, config)
+    return send_once(
+        session_factory,
+        artifact_id,
+        dest.name,
+        lambda: c_store_file(path, dest, config.dicom.ae_title),
+        export_policy(config),
         clock,
     )
 

@@ -32,9 +32,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_agent.attempts import (
     DestinationStatus,
+    Outcome,
     RetryPolicy,
     Wait,
     attempt_rows,
+    send_once,
     send_with_retries,
     sleep_wait,
     standing,
@@ -213,6 +215,13 @@ def _bearer_token(ehr: EhrConfig) -> str:
     return token
 
 
+def delivery_policy(config: Config) -> RetryPolicy:
+    """``[ehr]``: tries per bundle, the back-off between, and which answers end it at once."""
+    ehr = config.ehr
+    backoff = Backoff(ehr.backoff_initial_s, ehr.backoff_max_s)
+    return RetryPolicy(ehr.max_attempts, backoff, _permanent)
+
+
 def deliver_artifact(
     session_factory: sessionmaker[Session],
     artifact_id: int,
@@ -222,11 +231,33 @@ def deliver_artifact(
 ) -> DestinationStatus:
     """Sends the FHIR artifact to the EHR, retrying with back-off; blocks until delivered,
     failed, or ``wait`` says stop. Safe to call again: resumes, never resends a delivered one."""
+    destination, send = _sender(session_factory, artifact_id, config)
+    policy = delivery_policy(config)
+    return send_with_retries(session_factory, artifact_id, destination, send, policy, wait, clock)
+
+
+def deliver_once(
+    session_factory: sessionmaker[Session],
+    artifact_id: int,
+    config: Config,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> DestinationStatus:
+    """One POST of the bundle (none when it is already delivered or failed for good), for a
+    delivery job; ``ehr.timeout_s`` bounds it against an EHR that never answers."""
+    destination, send = _sender(session_factory, artifact_id, config)
+    policy = delivery_policy(config)
+    return send_once(session_factory, artifact_id, destination, send, policy, clock)
+
+
+def _sender(
+    session_factory: sessionmaker[Session], artifact_id: int, config: Config
+) -> tuple[str, Callable[[], Outcome]]:
+    """The EHR's destination name and one try's POST of the stored bundle; ValueError when
+    no EHR is configured or the artifact is no FHIR bundle."""
     ehr = config.ehr
     if not ehr.fhir_base_url:
         raise ValueError("no EHR is configured (ehr.fhir_base_url is empty)")
     destination = destination_name(ehr)
-    backoff = Backoff(ehr.backoff_initial_s, ehr.backoff_max_s)
     with session_factory.begin() as session:
         artifact = session.get(Artifact, artifact_id)
         if artifact is None:
@@ -248,8 +279,7 @@ def deliver_artifact(
             ehr.fhir_base_url, body, n_entries, timeout_s=ehr.timeout_s, bearer_token=token
         )
 
-    policy = RetryPolicy(ehr.max_attempts, backoff, _permanent)
-    return send_with_retries(session_factory, artifact_id, destination, send, policy, wait, clock)
+    return destination, send
 
 
 def current_bundles(
@@ -273,18 +303,24 @@ def current_bundle(session: Session, study_id: int) -> Artifact | None:
     return current_bundles(session, [study_id]).get(study_id)
 
 
+def is_current(session: Session, artifact_id: int) -> bool:
+    """Whether the bundle is its study's current one: only that one may go to the EHR (a
+    re-analysis after sign-off must never put a preliminary report over the final one)."""
+    artifact = session.get(Artifact, artifact_id)
+    current = current_bundle(session, artifact.study_fk) if artifact else None
+    return current is not None and current.id == artifact_id
+
+
 def deliver_if_current(
     session_factory: sessionmaker[Session], artifact_id: int | None, config: Config
 ) -> DestinationStatus | None:
-    """The pipeline's delivery of a preliminary bundle: only with an EHR configured, and only
-    while it is the study's current bundle (a re-analysis after sign-off must never put a
-    preliminary report over the final one in the EHR). None when nothing was sent."""
+    """A blocking delivery of a preliminary bundle: only with an EHR configured, and only
+    while it is the study's current bundle (``is_current``). None when nothing was sent."""
     if artifact_id is None or not config.ehr.fhir_base_url:
         return None
     with session_factory() as session:
-        artifact = session.get(Artifact, artifact_id)
-        current = current_bundle(session, artifact.study_fk) if artifact else None
-    if current is None or current.id != artifact_id:
+        current = is_current(session, artifact_id)
+    if not current:
         log.info("FHIR bundle %s is not its study's current one: not sent", artifact_id)
         return None
     return deliver_artifact(session_factory, artifact_id, config)

@@ -1,4 +1,6 @@
-"""Jobs: the analysis of one loop as a database row that outlives the process running it.
+"""Jobs: work as a database row that outlives the process running it: the analysis of one
+loop (``analyze``), or the delivery of one artifact to one destination (``deliver_dicom``,
+``deliver_fhir``; ``pacs_agent.deliveries``).
 
 States: ``received`` (the row exists, no queue has it yet) -> ``queued`` -> ``running`` ->
 ``done`` | ``failed``. A failed attempt goes back to ``queued`` with ``next_attempt_at`` pushed
@@ -9,6 +11,9 @@ PostgreSQL database) can never both win the same transition; the row count says 
 Attempts are counted when a job is claimed, so an attempt that a crash cut short still counts:
 a loop that kills the node every time it is decoded stops after ``max_attempts`` restarts
 instead of looping forever.
+
+Workers claim from a lane: the analysis lane takes every kind but the deliveries, the delivery
+lane only deliveries (see ``pacs_agent.queue``), so analysis never waits behind a network try.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ from pacs_agent.logcontext import job_log_context
 log = logging.getLogger(__name__)
 
 KIND_ANALYZE = "analyze"
+KIND_DELIVER_DICOM = "deliver_dicom"  # one artifact to one PACS destination by C-STORE
+KIND_DELIVER_FHIR = "deliver_fhir"  # one FHIR bundle to the EHR
+DELIVERY_KINDS = (KIND_DELIVER_DICOM, KIND_DELIVER_FHIR)
+# which kinds a worker claims: None = every kind
+LANE_ANALYSIS = "analysis"  # every kind but the deliveries
+LANE_DELIVERY = "delivery"  # deliveries only
+LANES = (LANE_ANALYSIS, LANE_DELIVERY)
 TERMINAL_STATES = ("done", "failed")
 # last_error is Text, but a whole traceback in a status column helps no reader
 MAX_ERROR_CHARS = 2000
@@ -37,6 +49,15 @@ MAX_ERROR_CHARS = 2000
 
 class PermanentJobError(Exception):
     """Retrying cannot help (corrupt pixel data, a file missing from the store): fail now."""
+
+
+class RetryLater(Exception):  # noqa: N818 - it is an outcome, not a fault
+    """The attempt failed and another may succeed after ``delay_s`` (a delivery's own back-off
+    policy, which differs from the queue's): back to ``queued``, due then."""
+
+    def __init__(self, message: str, delay_s: float) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
 
 
 @dataclass(frozen=True)
@@ -84,12 +105,8 @@ def create_job(
     racing a late instance) cannot both create the job, and the losing one's transaction is not
     spoiled by an IntegrityError.
     """
-    dialect = session.get_bind().dialect.name
-    insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert_fn is None:  # pragma: no cover - the node supports exactly these two
-        raise RuntimeError(f"unsupported database {dialect}")
     stmt = (
-        insert_fn(Job)
+        _insert(session)(Job)
         .values(
             study_fk=study_id,
             instance_fk=instance_id,
@@ -105,6 +122,49 @@ def create_job(
         .returning(Job.id)
     )
     return session.execute(stmt).scalar_one_or_none()
+
+
+def create_delivery_job(
+    session: Session,
+    kind: str,
+    study_id: int,
+    artifact_id: int,
+    destination: str,
+    now: dt.datetime,
+    max_attempts: int,
+) -> int | None:
+    """Inserts the job sending ``artifact_id`` to ``destination`` unless one exists; returns
+    the new id or None (ON CONFLICT DO NOTHING, as ``create_job``)."""
+    if kind not in DELIVERY_KINDS:
+        raise ValueError(f"{kind!r} is not a delivery kind")
+    stmt = (
+        _insert(session)(Job)
+        .values(
+            study_fk=study_id,
+            instance_fk=None,
+            artifact_fk=artifact_id,
+            destination=destination,
+            kind=kind,
+            state="received",
+            attempts=0,
+            max_attempts=max_attempts,
+            last_error="",
+            worker_id="",
+            created_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(Job.id)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT DO NOTHING."""
+    dialect = session.get_bind().dialect.name
+    insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert_fn is None:  # pragma: no cover - the node supports exactly these two
+        raise RuntimeError(f"unsupported database {dialect}")
+    return insert_fn
 
 
 def enqueue(session: Session, job_ids: Iterable[int], now: dt.datetime) -> list[int]:
@@ -124,9 +184,14 @@ def enqueue(session: Session, job_ids: Iterable[int], now: dt.datetime) -> list[
 
 @retry_on_disconnect("claiming a job")
 def claim_next(
-    session_factory: sessionmaker[Session], worker_id: str, now: dt.datetime, batch: int = 8
+    session_factory: sessionmaker[Session],
+    worker_id: str,
+    now: dt.datetime,
+    batch: int = 8,
+    lane: str | None = None,
 ) -> int | None:
-    """Takes the oldest due queued job for ``worker_id``; None when nothing is due.
+    """Takes the oldest due queued job of ``lane`` (None: any kind) for ``worker_id``; None
+    when nothing is due.
 
     Candidates are read first and then claimed one by one with UPDATE ... WHERE state =
     'queued': a candidate another worker took in between simply updates no row.
@@ -137,6 +202,7 @@ def claim_next(
             .where(
                 Job.state == "queued",
                 or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+                *_lane_filter(lane),
             )
             .order_by(Job.next_attempt_at, Job.id)
             .limit(batch)
@@ -152,6 +218,16 @@ def claim_next(
             if result.rowcount == 1:
                 return job_id
     return None
+
+
+def _lane_filter(lane: str | None) -> list[Any]:
+    if lane is None:
+        return []
+    if lane == LANE_DELIVERY:
+        return [Job.kind.in_(DELIVERY_KINDS)]
+    if lane == LANE_ANALYSIS:
+        return [Job.kind.not_in(DELIVERY_KINDS)]
+    raise ValueError(f"lane must be one of {', '.join(LANES)} or None, got {lane!r}")
 
 
 def _claimed(worker_id: str, now: dt.datetime) -> dict[str, Any]:
@@ -205,8 +281,10 @@ def fail_attempt(
     now: dt.datetime,
     backoff: Backoff,
     permanent: bool = False,
+    delay_s: float | None = None,
 ) -> str | None:
-    """running -> queued (later) or failed (no attempts left, or ``permanent``).
+    """running -> queued (later) or failed (no attempts left, or ``permanent``); ``delay_s``
+    replaces ``backoff``'s delay (a delivery's own policy, ``RetryLater``).
 
     Returns the new state, or None when the job is no longer this worker's.
     """
@@ -220,7 +298,8 @@ def fail_attempt(
         if final:
             values.update(state="failed", finished_at=now)
         else:
-            delay = dt.timedelta(seconds=backoff.delay_s(job.attempts))
+            seconds = backoff.delay_s(job.attempts) if delay_s is None else max(0.0, delay_s)
+            delay = dt.timedelta(seconds=seconds)
             values.update(state="queued", next_attempt_at=now + delay)
         result = session.execute(
             update(Job)
@@ -236,8 +315,13 @@ def fail_attempt(
 
 
 def _fail_study_if_nothing_left(session: Session, study_id: int, now: dt.datetime) -> None:
-    """A study whose every job failed is failed too, so the worklist does not say 'analysing'."""
-    states = set(session.scalars(select(Job.state).where(Job.study_fk == study_id)))
+    """A study whose every analysis job failed is failed too, so the worklist does not say
+    'analysing'. A delivery that failed leaves the analysed study as it is."""
+    states = set(
+        session.scalars(
+            select(Job.state).where(Job.study_fk == study_id, Job.kind.not_in(DELIVERY_KINDS))
+        )
+    )
     if states == {"failed"}:
         session.execute(
             update(Study)
@@ -248,12 +332,14 @@ def _fail_study_if_nothing_left(session: Session, study_id: int, now: dt.datetim
 
 
 def recover_interrupted(session: Session, now: dt.datetime) -> Recovery:
-    """Start-up recovery for the local backend, where this node runs every job.
+    """Start-up recovery for the local backend, where this node runs every job, deliveries
+    included.
 
     A job still ``running`` was cut short by a crash or a hard stop: it goes back to ``queued``
-    (its attempt stays counted) or, out of attempts, to ``failed``. A job left ``received``
-    (created, never queued) is queued. Must not run while another node's workers share the
-    database: their running jobs would look interrupted too.
+    (its attempt stays counted) or, out of attempts, to ``failed``; a delivery's try that the
+    stop cut short is closed as failed when the job runs again (``attempts.close_interrupted``).
+    A job left ``received`` (created, never queued) is queued. Must not run while another
+    node's workers share the database: their running jobs would look interrupted too.
     """
     requeued, failed = _put_back_running(session, now, stale_before=None)
     received = session.scalars(select(Job.id).where(Job.state == "received")).all()
@@ -412,6 +498,11 @@ def _execute(
 ) -> str | None:
     try:
         runner(job_id)
+    except RetryLater as exc:
+        log.warning("job %d attempt failed, retried in %.1f s: %s", job_id, exc.delay_s, exc)
+        return fail_attempt(
+            session_factory, job_id, worker_id, str(exc), clock(), backoff, delay_s=exc.delay_s
+        )
     except PermanentJobError as exc:
         log.warning("job %d failed permanently: %s", job_id, exc)
         return fail_attempt(

@@ -33,6 +33,7 @@ from pacs_agent.config import Config, ConfigError
 from pacs_agent.db import ensure_schema, make_engine, make_session_factory
 from pacs_agent.db.engine import PoolSettings
 from pacs_agent.db.models import utcnow
+from pacs_agent.deliveries import job_runner
 from pacs_agent.dicom import StorageSCP, start_storage_scp
 from pacs_agent.drafting import TextModelCache
 from pacs_agent.jobs import Backoff, recover_interrupted
@@ -45,6 +46,9 @@ from pacs_agent.view_classifier import ViewClassifierError, load_view_classifier
 log = logging.getLogger("echo_agent.node")
 
 ASSEMBLE_INTERVAL_S = 1.0
+# local backend: worker threads for delivery jobs, beside [queue] workers for analysis (see
+# pacs_agent.queue for why deliveries have their own lane)
+DELIVERY_WORKERS = 1
 # How long shutdown waits for a running job before leaving it to start-up recovery.
 WORKER_STOP_TIMEOUT_S = 10.0
 ASSOCIATION_GRACE_S = 10.0
@@ -162,6 +166,7 @@ def start_node(
                 config,
                 chat_backend=chat_backend_for(config, text_models),
                 model_status=model_status,
+                submit_job=queue.submit if queue is not None else _web_submitter(config),
             )
             web_server = waitress.create_server(
                 app,
@@ -198,6 +203,21 @@ def start_node(
     )
 
 
+def _left_in_the_table(job_id: int) -> None:
+    """The listener's delivery worker polls the shared jobs table: nothing to hand on."""
+
+
+def _web_submitter(config: Config) -> Callable[[int], None]:
+    """How a ``web``-role process hands on the delivery jobs a sign-off queues: with the local
+    backend the listener's delivery worker finds them in the shared table (within its poll
+    interval); with Celery they are published for the workers."""
+    if config.queue.backend != "celery":
+        return _left_in_the_table
+    from pacs_agent.celery_queue import make_celery_app, publish
+
+    return functools.partial(publish, make_celery_app(config))
+
+
 def _resume_signoff_exports(app: Any) -> None:
     """Sign-off sends a stop cut short go on (``web.export_resume``). A failure here is
     logged, never fatal: the study pages still show where each send stands."""
@@ -215,9 +235,10 @@ def _start_queue(
     model_status: ModelStatus,
 ) -> JobQueue:
     """The started queue of a listening process. Local backend: jobs a crash left running are
-    queued again, the models load, and worker threads here run the jobs. Celery: a publisher
-    whose sweeper recovers jobs of dead workers and lost messages; the workers hold the models,
-    and start-up recovery must not run (other machines' running jobs would look interrupted).
+    queued again, the models load, and worker threads here run the jobs (deliveries on their
+    own thread, ``DELIVERY_WORKERS``). Celery: a publisher whose sweeper recovers jobs of dead
+    workers and lost messages; the workers hold the models, and start-up recovery must not run
+    (other machines' running jobs would look interrupted).
     """
     if config.queue.backend == "celery":
         from pacs_agent.celery_queue import CeleryQueue, make_celery_app
@@ -235,15 +256,17 @@ def _start_queue(
         )
     warm_models(config, models, text_models, model_status)
 
-    def runner(job_id: int) -> None:
-        run_job(job_id, session_factory, config, models, text_models)
+    def analyse(job_id: int) -> None:
+        # the analysis hands the delivery jobs it queues to this queue's delivery worker
+        run_job(job_id, session_factory, config, models, text_models, submit=queue.submit)
 
     queue = make_queue(
         config.queue.backend,
         session_factory,
-        runner,
+        job_runner(session_factory, config, analyse),
         config.queue.workers,
         Backoff(config.queue.backoff_initial_s, config.queue.backoff_max_s),
+        delivery_workers=DELIVERY_WORKERS,
     )
     queue.start()
     for job_id in recovery.requeued:

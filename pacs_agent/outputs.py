@@ -1,10 +1,10 @@
 """From an analysed loop to recorded results: the reporting objects written into the job's
-folder, one ``Artifact`` row each, the study's preliminary report version, and the export of the
-DICOM objects to the configured PACS destinations.
+folder, one ``Artifact`` row each, and the study's preliminary report version. Sending them is
+not done here: the job queues delivery jobs (``pacs_agent.deliveries``) and finishes.
 
 Everything here is safe to run twice for the same job (a retry, or recovery after a crash): the
-files have fixed names and derived UIDs, the job's artifact rows are replaced, and the report
-version is updated in place while nobody has signed it.
+files have fixed names and derived UIDs, the job's artifact rows are replaced (with their
+delivery jobs), and the report version is updated in place while nobody has signed it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from inference.types import Cine, Measurements
 from pacs_agent import __version__
 from pacs_agent.analysis import Models
 from pacs_agent.config import Config
-from pacs_agent.db.models import Artifact, ReportVersion, Study
+from pacs_agent.db.models import Artifact, Job, ReportVersion, Study
 from pacs_agent.drafting import report_parts, report_text
-from pacs_agent.export import export_to_all
 from reporting.drafting import Draft
 from reporting.outputs import WrittenObject, write_report_objects
 from reporting.types import AlgorithmInfo, Algorithms, DraftReport
@@ -32,8 +31,6 @@ from reporting.types import AlgorithmInfo, Algorithms, DraftReport
 log = logging.getLogger("echo_agent.outputs")
 
 OUTPUTS_DIR_NAME = "outputs"
-# what PACS receives; the browser video, raw PDF and FHIR bundle go elsewhere
-PACS_KINDS = ("seg", "sr", "secondary_capture", "pdf")
 
 
 @dataclass(frozen=True)
@@ -101,23 +98,6 @@ def write_and_record(
     return RecordedOutputs(artifact_ids=ids, report_version_id=version_id)
 
 
-def export_to_pacs(
-    outputs: RecordedOutputs, session_factory: sessionmaker[Session], config: Config
-) -> None:
-    """Sends the DICOM objects to every destination (blocking: retries with back-off)."""
-    for kind in PACS_KINDS:
-        artifact_id = outputs.artifact_ids.get(kind)
-        if artifact_id is not None:
-            for status in export_to_all(session_factory, artifact_id, config):
-                log.info(
-                    "artifact %d (%s) -> %s: %s",
-                    artifact_id,
-                    kind,
-                    status.destination,
-                    status.state,
-                )
-
-
 def _upsert_preliminary_report(session: Session, study_id: int, draft: Draft, demo: bool) -> int:
     versions = session.scalars(
         select(ReportVersion)
@@ -149,6 +129,10 @@ def _replace_artifacts(
     written: list[WrittenObject],
     config: Config,
 ) -> dict[str, int]:
+    replaced = Job.artifact_fk.in_(select(Artifact.id).where(Artifact.job_fk == job_id))
+    # no foreign key carries the delete over (migration 0004 says why): the replaced
+    # artifacts' delivery jobs go with them, and the new artifacts get their own
+    session.execute(delete(Job).where(replaced).execution_options(synchronize_session=False))
     session.execute(delete(Artifact).where(Artifact.job_fk == job_id))
     session.flush()
     ids: dict[str, int] = {}

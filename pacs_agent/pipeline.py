@@ -3,8 +3,10 @@
 Load the instance from the store; decode it on a background thread while the frames already
 decoded are preprocessed and segmented; EF and measurements; the language-model draft, checked
 by the grounding guard; the reporting objects (SEG, SR, overlay, secondary capture, PDF, FHIR)
-recorded as artifacts; C-STORE to the PACS destinations and the FHIR bundle to the EHR. Each
-stage's seconds go to the job log (``stages_s`` of the "analysed" line).
+recorded as artifacts; then the deliveries (C-STORE to the PACS destinations, the FHIR bundle
+to the EHR) are queued as jobs of their own (``pacs_agent.deliveries``) and the job finishes,
+so a destination that never answers holds up no analysis. Each stage's seconds go to the job
+log (``stages_s`` of the "analysed" line).
 
 A job may run more than once (a retry, a redelivered Celery task, or a crash and recovery after
 the outputs were written but before the job was marked done), so every output is written so that
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +36,10 @@ from inference.types import Cine
 from pacs_agent.analysis import LoopResult, ModelCache, Models, measurements_document
 from pacs_agent.config import Config
 from pacs_agent.db.models import Analysis, Instance, Job, utcnow
+from pacs_agent.deliveries import queue_outputs
 from pacs_agent.drafting import TextModelCache, draft_for_job, header_sex
-from pacs_agent.fhir_delivery import deliver_if_current
 from pacs_agent.jobs import KIND_ANALYZE, PermanentJobError
-from pacs_agent.outputs import (
-    OUTPUTS_DIR_NAME,
-    algorithms_for,
-    export_to_pacs,
-    write_and_record,
-)
+from pacs_agent.outputs import OUTPUTS_DIR_NAME, algorithms_for, write_and_record
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +85,15 @@ def run_job(
     config: Config,
     models: ModelCache | None = None,
     text_models: TextModelCache | None = None,
+    submit: Callable[[int], None] | None = None,
 ) -> None:
     """Runs one job's stages. Raises PermanentJobError subclasses for what a retry cannot fix;
     any other exception is a failed attempt that the queue retries with back-off.
 
     ``models`` None runs the stages that need no network (decode and record) only;
-    ``text_models`` is the process's language model for the draft (see ``analyse_and_report``)."""
+    ``text_models`` is the process's language model for the draft (see ``analyse_and_report``);
+    ``submit`` hands the queued delivery jobs to the queue (None: they wait in the table for a
+    worker that polls it)."""
     context = load_context(job_id, session_factory, config)
     write_log(context, "attempt", attempt=context.attempt)
     analysed = None if models is None else decode_and_analyse(context.path, config, models)
@@ -103,7 +104,14 @@ def run_job(
     _test_delay()
     if models is not None:
         analyse_and_report(
-            context, loop, session_factory, config, models, text_models, analysed=analysed
+            context,
+            loop,
+            session_factory,
+            config,
+            models,
+            text_models,
+            analysed=analysed,
+            submit=submit,
         )
     else:
         write_log(context, "analysis", status="skipped", why="no models given to this run")
@@ -221,10 +229,12 @@ def analyse_and_report(
     text_models: TextModelCache | None = None,
     *,
     analysed: LoopResult | None = None,
+    submit: Callable[[int], None] | None = None,
 ) -> None:
     """Segmentation, EF and measurements, the language-model draft (``llm.draft``; the model
     from ``text_models``, loaded for this job alone when None), then the reporting objects
-    (SEG, SR, overlay, PDF, FHIR) and their export.
+    (SEG, SR, overlay, PDF, FHIR) and the queueing of their deliveries (handed to ``submit``
+    when given; they run after this job, never inside it).
 
     A re-run replaces instead of adding: ``measurements.json`` is written then renamed, and the
     one ``Analysis`` row per job (``job_fk`` is unique) is updated in place.
@@ -286,8 +296,12 @@ def analyse_and_report(
         seconds=round(timings["write_outputs_s"], 3),
     )
     exporting_started = time.perf_counter()
-    export_to_pacs(outputs, session_factory, config)
-    deliver_if_current(session_factory, outputs.artifact_ids.get("fhir"), config)
+    queued = queue_outputs(
+        session_factory, config, context.study_id, outputs.artifact_ids, utcnow()
+    )
+    for delivery_job_id in queued:
+        _submit(submit, delivery_job_id)
+    # queueing only: the sends are the delivery jobs' (their tries are ExportAttempt rows)
     timings["export_s"] = time.perf_counter() - exporting_started
     write_log(
         context,
@@ -297,7 +311,19 @@ def analyse_and_report(
         ef_disks_percent=measurements.ef_disks_percent,
         flags=[flag.code for flag in measurements.flags],
         demo_models=loaded.demo,
+        delivery_jobs=queued,
     )
+
+
+def _submit(submit: Callable[[int], None] | None, job_id: int) -> None:
+    """A queue that cannot take the job now (a broker down) costs nothing: the job is queued in
+    the table, where polling workers and the Celery sweeper find it."""
+    if submit is None:
+        return
+    try:
+        submit(job_id)
+    except Exception as exc:
+        log.warning("delivery job %d queued, but not handed to the queue: %s", job_id, exc)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

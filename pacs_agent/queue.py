@@ -4,6 +4,17 @@
 ``submit`` only wakes one early. A job submitted just before the process dies is therefore not
 lost: it is still ``queued`` in the table, and the next start-up finds it. The Celery backend
 (``pacs_agent.celery_queue``) sits behind the same ``JobQueue`` interface.
+
+Deliveries (``pacs_agent.deliveries``) run on their own worker thread, a lane apart from the
+analysis workers, rather than on the analysis workers with a claim order that prefers analysis:
+a preference only orders what is due at the moment of the claim, so a delivery claimed a moment
+before a study arrives would still hold the (default: single) analysis worker for a whole
+network timeout against a dead peer, per try. A thread that spends its time waiting on sockets
+costs the node no CPU or GPU, so the analysis workers are never the ones that wait. Each try is
+bounded by the transport's timeout (C-STORE ``export.NETWORK_TIMEOUT_S`` per step, the EHR's
+``ehr.timeout_s``), and the back-off between tries is spent with the job queued in the table,
+not by a sleeping worker, so a dead destination delays other deliveries by at most one timeout
+per try.
 """
 
 from __future__ import annotations
@@ -43,7 +54,12 @@ class JobQueue(Protocol):
 
 
 class LocalThreadQueue:
-    """``workers`` threads that claim due jobs from the table and run ``runner(job_id)``."""
+    """``workers`` threads that claim due jobs from the table and run ``runner(job_id)``.
+
+    With ``delivery_workers`` > 0, that many more threads run the delivery jobs and the
+    ``workers`` run everything else (the lanes of ``jobs.claim_next``); with 0, the ``workers``
+    run every kind.
+    """
 
     def __init__(
         self,
@@ -54,17 +70,22 @@ class LocalThreadQueue:
         heartbeat_interval_s: float = 5.0,
         backoff: jobs.Backoff = jobs.DEFAULT_JOB_BACKOFF,
         clock: Callable[[], dt.datetime] = utcnow,
+        delivery_workers: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if delivery_workers < 0:
+            raise ValueError(f"delivery_workers must not be negative, got {delivery_workers}")
         self._session_factory = session_factory
         self._runner = runner
         self._workers = workers
+        self._delivery_workers = delivery_workers
         self._poll_interval_s = poll_interval_s
         self._heartbeat_interval_s = heartbeat_interval_s
         self._backoff = backoff
         self._clock = clock
-        self._wakeups = threading.Semaphore(0)
+        # one wake-up per lane: a delivery submitted must not be swallowed by an analysis worker
+        self._wakeups = {lane: threading.Semaphore(0) for lane in self._lanes()}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[int, str] = {}  # job id -> worker id, for the heartbeat thread
@@ -72,16 +93,39 @@ class LocalThreadQueue:
         # unique per process and thread, and readable in the jobs table
         self._id_prefix = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
+    def _lanes(self) -> tuple[str | None, ...]:
+        if self._delivery_workers == 0:
+            return (None,)
+        return (jobs.LANE_ANALYSIS, jobs.LANE_DELIVERY)
+
+    def _lane_workers(self) -> list[tuple[str | None, str, str]]:
+        """(lane, worker id, thread name) of every worker thread."""
+        if self._delivery_workers == 0:
+            return [
+                (None, f"{self._id_prefix}:w{i}", f"job-worker-{i}") for i in range(self._workers)
+            ]
+        analysis = [
+            (jobs.LANE_ANALYSIS, f"{self._id_prefix}:w{i}", f"job-worker-{i}")
+            for i in range(self._workers)
+        ]
+        delivery = [
+            (jobs.LANE_DELIVERY, f"{self._id_prefix}:d{i}", f"delivery-worker-{i}")
+            for i in range(self._delivery_workers)
+        ]
+        return analysis + delivery
+
     def submit(self, job_id: int) -> None:
-        self._wakeups.release()
+        """Wakes one worker of each lane (the job's kind is in the table, not asked here):
+        the one whose lane it is claims it, the other finds nothing and waits again."""
+        for wakeup in self._wakeups.values():
+            wakeup.release()
 
     def start(self) -> None:
         if self._threads:
             raise RuntimeError("queue already started")
-        for index in range(self._workers):
-            worker_id = f"{self._id_prefix}:w{index}"
+        for lane, worker_id, name in self._lane_workers():
             thread = threading.Thread(
-                target=self._work, args=(worker_id,), name=f"job-worker-{index}", daemon=True
+                target=self._work, args=(worker_id, lane), name=name, daemon=True
             )
             self._threads.append(thread)
         self._threads.append(threading.Thread(target=self._beat, name="job-heartbeat", daemon=True))
@@ -90,8 +134,9 @@ class LocalThreadQueue:
 
     def stop(self, timeout_s: float) -> bool:
         self._stopping.set()
-        for _ in range(self._workers):
-            self._wakeups.release()
+        for _ in range(self._workers + self._delivery_workers):
+            for wakeup in self._wakeups.values():
+                wakeup.release()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -106,15 +151,16 @@ class LocalThreadQueue:
         with self._running_lock:
             return dict(self._running)
 
-    def _work(self, worker_id: str) -> None:
+    def _work(self, worker_id: str, lane: str | None) -> None:
+        wakeup = self._wakeups[lane]
         while not self._stopping.is_set():
             try:
-                job_id = jobs.claim_next(self._session_factory, worker_id, self._clock())
+                job_id = jobs.claim_next(self._session_factory, worker_id, self._clock(), lane=lane)
             except Exception:
                 log.exception("worker %s cannot claim jobs; retrying", worker_id)
                 job_id = None
             if job_id is None:
-                self._wakeups.acquire(timeout=self._poll_interval_s)
+                wakeup.acquire(timeout=self._poll_interval_s)
                 continue
             with self._running_lock:
                 self._running[job_id] = worker_id
@@ -153,9 +199,16 @@ def make_queue(
     runner: Callable[[int], None],
     workers: int,
     backoff: jobs.Backoff = jobs.DEFAULT_JOB_BACKOFF,
+    delivery_workers: int = 0,
 ) -> JobQueue:
     """The queue named by ``queue.backend``."""
     if backend == "local":
-        return LocalThreadQueue(session_factory, runner, workers=workers, backoff=backoff)
+        return LocalThreadQueue(
+            session_factory,
+            runner,
+            workers=workers,
+            backoff=backoff,
+            delivery_workers=delivery_workers,
+        )
     # celery needs the whole configuration (broker, timings): see pacs_agent.celery_queue
     raise ValueError(f"queue backend {backend!r} is not built here (make_queue runs 'local')")

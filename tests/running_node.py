@@ -17,6 +17,7 @@ from support import find_free_port, phantom_truth
 from pacs_agent.config import Config, DatabaseConfig, DicomConfig, LlmConfig, WebConfig
 from pacs_agent.db import upgrade
 from pacs_agent.db.models import Job
+from pacs_agent.jobs import DELIVERY_KINDS, KIND_ANALYZE, TERMINAL_STATES
 from pacs_agent.node import RunningNode, start_node
 from pacs_agent.startup import prepare_home
 
@@ -76,14 +77,18 @@ def job_states(node: RunningNode) -> list[str]:
 
 
 def wait_for_jobs_done(node: RunningNode, count: int, timeout_s: float = 240.0) -> None:
-    """Until ``count`` jobs are done; a failed job ends the wait at once with its error."""
+    """Until ``count`` analysis jobs are done and the deliveries they queued have ended; a
+    failed job ends the wait at once with its error."""
 
     def done() -> bool:
         with node.session_factory() as session:
-            rows = session.execute(select(Job.state, Job.last_error)).all()
-        failed = [error for state, error in rows if state == "failed"]
+            rows = session.execute(select(Job.kind, Job.state, Job.last_error)).all()
+        failed = [error for _, state, error in rows if state == "failed"]
         if failed:
             raise AssertionError(f"job failed: {failed[0]}")
-        return sum(state == "done" for state, _ in rows) >= count
+        analysed = sum(kind == KIND_ANALYZE and state == "done" for kind, state, _ in rows)
+        delivering = any(state not in TERMINAL_STATES for kind, state, _ in rows
+                         if kind in DELIVERY_KINDS)  # fmt: skip
+        return analysed >= count and not delivering
 
     wait_for(done, timeout_s, f"{count} job(s) done")

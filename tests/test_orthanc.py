@@ -24,6 +24,7 @@ from sqlalchemy import select
 from pacs_agent.config import load_config
 from pacs_agent.db.models import Artifact, Instance, Job, Series, Study
 from pacs_agent.export import export_artifact, export_status
+from pacs_agent.jobs import KIND_ANALYZE, KIND_DELIVER_DICOM, TERMINAL_STATES
 from pacs_agent.node import start_node
 from pacs_agent.pipeline import read_log
 
@@ -68,7 +69,9 @@ def test_orthanc_routes_a_study_in_and_receives_an_artifact_back(setup, study_fi
 
     def job_finished() -> Job | None:
         with sessions() as s:
-            return s.scalars(select(Job).where(Job.state.in_(("done", "failed")))).first()
+            return s.scalars(
+                select(Job).where(Job.kind == KIND_ANALYZE, Job.state.in_(TERMINAL_STATES))
+            ).first()
 
     job = wait_until(job_finished, 180, "the A4C loop's job to finish", step_s=0.5)
     assert (job.state, job.attempts, job.last_error) == ("done", 1, "")
@@ -79,7 +82,8 @@ def test_orthanc_routes_a_study_in_and_receives_an_artifact_back(setup, study_fi
         assert instance.sop_instance_uid == truth(a4c)["sop_instance_uid"]
         series = {r.series_instance_uid: r for r in s.scalars(select(Series))}
         study = s.scalars(select(Study)).one()
-        assert len(s.scalars(select(Job)).all()) == 1, "one job: the PLAX loop gets none"
+        analyses = s.scalars(select(Job).where(Job.kind == KIND_ANALYZE)).all()
+        assert len(analyses) == 1, "one analysis job: the PLAX loop gets none"
     assert study.status == "drafted"
     assert series[truth(a4c)["series_instance_uid"]].eligibility == "eligible"
     rejected = series[truth(plax)["series_instance_uid"]]
@@ -89,8 +93,15 @@ def test_orthanc_routes_a_study_in_and_receives_an_artifact_back(setup, study_fi
     decoded = [e for e in log if e["event"] == "decoded"]
     assert [e["n_frames"] for e in decoded] == [truth(a4c)["n_frames"]]
 
-    # the pipeline sent its DICOM objects back: SEG, SR, secondary capture and PDF arrive in
-    # Orthanc in the source study, each exported once
+    # the pipeline sent its DICOM objects back through delivery jobs: SEG, SR, secondary
+    # capture and PDF arrive in Orthanc in the source study, each exported once
+    def delivered() -> list[Job] | None:
+        with sessions() as s:
+            sends = s.scalars(select(Job).where(Job.kind == KIND_DELIVER_DICOM)).all()
+        return sends if sends and all(j.state in TERMINAL_STATES for j in sends) else None
+
+    sends = wait_until(delivered, 60, "the delivery jobs to end", step_s=0.2)
+    assert [(j.state, j.destination, j.attempts) for j in sends] == [("done", "orthanc", 1)] * 4
     with sessions() as s:
         sent = {
             a.kind: a.sop_instance_uid

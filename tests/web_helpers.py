@@ -30,6 +30,7 @@ from pacs_agent.analysis import Models
 from pacs_agent.config import Config, DatabaseConfig, LlmConfig
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import Instance, Job, Patient, Series, Study
+from pacs_agent.deliveries import see_through
 from pacs_agent.pipeline import JobContext, analyse_and_report, job_output_dir
 from pacs_agent.users import add_user
 
@@ -142,7 +143,9 @@ def seed_study(
     accession: str | None = None,
 ) -> int:
     """Copies a loop into the store, records its rows as ingestion would, and (with
-    ``models``) runs the pipeline's analysis stage on it. Returns the study id."""
+    ``models``) runs the pipeline's analysis stage on it, then the delivery jobs it queued
+    (to the configured PACS and EHR) as a node's delivery worker would. Returns the study
+    id."""
     ds = pydicom.dcmread(source, stop_before_pixels=True)
     if patient_name is not None:
         ds = pydicom.dcmread(source)
@@ -194,8 +197,10 @@ def seed_study(
     if models is not None:
         context = JobContext(job_id, study_id, instance_id, 1, target,
                              job_output_dir(node.config, job_id))
+        queued: list[int] = []
         analyse_and_report(context, read_cine(target), node.session_factory, node.config,
-                           models)  # type: ignore[arg-type]
+                           models, submit=queued.append)  # type: ignore[arg-type]
+        see_through(node.session_factory, node.config, queued)
     return study_id
 
 

@@ -10,6 +10,7 @@ login page and the static assets.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, jsonify, render_template
@@ -39,13 +40,15 @@ def create_app(
     chat_backend: ChatBackend | None = None,
     secret_key: bytes | None = None,
     model_status: ModelStatus | None = None,
+    submit_job: Callable[[int], None] | None = None,
 ) -> Flask:
     """``config`` None: the defaults (home ``./var``) with a random in-memory session key, so
     a caller that passes no configuration writes nothing to disk (sessions then end with the
     process); with a configuration, the key stored under its home (created on first start).
     ``chat_backend`` None: the measurements-only fallback. ``model_status``: the models this
     process loads (the node's; None in a web-only process), for the banner, ``/readyz`` and
-    ``/metrics``."""
+    ``/metrics``. ``submit_job``: hands the delivery jobs a sign-off queues to the node's job
+    queue; None (the app on its own) runs them in the app's process (``ExportRunner``)."""
     if secret_key is None:
         secret_key = (
             secrets.token_bytes(32) if config is None
@@ -62,7 +65,7 @@ def create_app(
         ECHO_AGENT_LOGIN_LIMITER=LoginRateLimiter(),
         ECHO_AGENT_MEDIA_CACHE=media.MediaCache(),
         ECHO_AGENT_RECENT_VIEWS=audit.RecentViews(),
-        ECHO_AGENT_EXPORTS=ExportRunner(session_factory, config),
+        ECHO_AGENT_EXPORTS=ExportRunner(session_factory, config, submit_job),
         ECHO_AGENT_MODEL_STATUS=model_status,
         ECHO_AGENT_METRICS=node_registry(session_factory, config.home_path, model_status),
         SECRET_KEY=secret_key,

@@ -1,15 +1,17 @@
-"""Sign-off exports that a stop cut short are taken up again when the review app starts.
+"""Sign-off sends that a stop cut short are queued again when the review app starts.
 
-Sign-off sends the signed SR to PACS and the final bundle to the EHR from a thread of the web
-process. A restart in the middle (a deploy, a crash, a power cut) would otherwise leave a signed
-report that never reached PACS or the EHR while the page kept saying "retrying". A job's own
-exports need nothing here: they run inside the job, and a job cut short runs again.
+Sign-off queues its sends as delivery jobs (``pacs_agent.deliveries``), which outlive a stop by
+themselves. What is left for this module: sends that began and never ended without a job to
+carry them on (tries recorded by a version that sent from a thread of the web process), so that
+a signed report does not sit unsent while the page says "retrying". The review app queues
+delivery jobs for them (``ExportRunner.resume_unfinished``); a send whose job still exists
+keeps it. A job's own exports need nothing here: the job queued them as jobs.
 
 Only sends that had begun are resumed: an artifact whose tries with a destination neither got
 it there nor ran out of attempts (``standing`` "pending": a try cut short, or a back-off wait).
 A destination or an EHR added to the configuration later has no tries, so old signed reports
-are not sent to it behind the operator's back. The next try keeps the back-off the recorded
-tries call for, and the superseded bundle of an amended report is never sent over the newer one.
+are not sent to it behind the operator's back. The superseded bundle of an amended report is
+never sent over the newer one.
 """
 
 from __future__ import annotations

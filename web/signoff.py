@@ -2,10 +2,10 @@
 
 Signing (or amending a signed report) writes a new ``ReportVersion`` (never editing one in
 place), a signed DICOM SR that names the previous SR as its predecessor, and a FHIR bundle whose
-DiagnosticReport is ``final`` (``amended`` after an amendment), then sends the SR to every PACS
-destination and the bundle to the EHR (when one is configured) in a background thread, so the
-request returns at once (a send that a stop cuts short is taken up at the next start:
-``web.export_resume``). The files go under
+DiagnosticReport is ``final`` (``amended`` after an amendment), then queues the sends of the SR
+to every PACS destination and of the bundle to the EHR (when one is configured) as delivery
+jobs (``pacs_agent.deliveries``), so the request returns at once and a stop loses no send: the
+jobs are rows that the next worker takes up. The files go under
 ``<home>/reports/<study>/`` and are recorded without a job, so a re-analysis of the loop (which
 replaces its job's artifacts) can never delete what was signed.
 """
@@ -13,7 +13,6 @@ replaces its job's artifacts) can never delete what was signed.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import logging
 import threading
@@ -28,9 +27,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inference.types import Measurements
 from pacs_agent.config import Config
-from pacs_agent.db.models import Analysis, Artifact, Instance, ReportVersion, Study, User, utcnow
-from pacs_agent.export import artifact_path, export_artifact, export_to_all
-from pacs_agent.fhir_delivery import deliver_artifact
+from pacs_agent.db.models import (
+    Analysis,
+    Artifact,
+    Instance,
+    Job,
+    ReportVersion,
+    Study,
+    User,
+    utcnow,
+)
+from pacs_agent.deliveries import ACTIVE_STATES, active_for_study, queue_deliveries, see_through
+from pacs_agent.export import artifact_path, destination_status
+from pacs_agent.fhir_delivery import delivery_status
+from pacs_agent.jobs import DELIVERY_KINDS, KIND_DELIVER_FHIR
 from pacs_agent.outputs import node_identifier_system
 from reporting.dicom_base import derived_uid
 from reporting.fhir import build_fhir_bundle, bundle_json
@@ -47,6 +57,8 @@ log = logging.getLogger("echo_agent.web.signoff")
 REPORTS_DIR_NAME = "reports"
 # who the audit log names for sends the node takes up again on its own after a restart
 RESUMING_USER = "echo-agent (resumed after restart)"
+# (study id, [(artifact id, PACS destination names or None for all)], FHIR artifact id)
+Sends = tuple[int, list[tuple[int, tuple[str, ...] | None]], int | None]
 
 
 class SignOffError(ValueError):
@@ -241,18 +253,35 @@ def _artifact(
 
 
 class ExportRunner:
-    """Runs exports in background threads and remembers, per study, whether one is running:
-    the DICOM artifacts to every PACS destination, then the FHIR bundle to the EHR."""
+    """Queues the sends of a sign-off as delivery jobs: the DICOM artifacts to the PACS
+    destinations and the FHIR bundle to the EHR, the same jobs an analysis queues.
 
-    def __init__(self, session_factory: sessionmaker[Session], config: Config) -> None:
+    With ``submit`` (the review app inside a node) each job goes to the node's queue, whose
+    delivery worker runs it. Without (the app on its own), a thread per sign-off sees its jobs
+    through (``deliveries.see_through``) and then writes the outcome to the audit log. Either
+    way the jobs are rows in the table, so a stop loses no send.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        config: Config,
+        submit: Callable[[int], None] | None = None,
+    ) -> None:
         self.session_factory = session_factory
         self.config = config
-        self._running: dict[int, int] = {}
+        self._submit = submit
+        self._watching: dict[int, int] = {}  # study id -> threads seeing its jobs through
         self._lock = threading.Lock()
 
     def running(self, study_id: int) -> bool:
+        """Whether a send of the study is queued or under way (or its outcome still being
+        written to the audit log)."""
         with self._lock:
-            return self._running.get(study_id, 0) > 0
+            if self._watching.get(study_id, 0) > 0:
+                return True
+        with self.session_factory() as session:
+            return active_for_study(session, study_id)
 
     def will_send(self, artifact_ids: list[int], fhir_artifact_id: int | None) -> bool:
         return bool(
@@ -267,24 +296,20 @@ class ExportRunner:
         user_id: int,
         username: str,
         fhir_artifact_id: int | None = None,
-    ) -> threading.Thread | None:
-        """None when there is nowhere to send anything (no destination, no EHR)."""
+    ) -> list[int] | None:
+        """Queues the sends; returns the ids of the delivery jobs that carry them, or None
+        when there is nowhere to send anything (no destination, no EHR)."""
         if not self.will_send(artifact_ids, fhir_artifact_id):
             return None
-        with self._lock:
-            self._running[study_id] = self._running.get(study_id, 0) + 1
-        thread = threading.Thread(
-            target=self._run,
-            args=(study_id, artifact_ids, user_id, username, fhir_artifact_id),
-            name=f"export-study-{study_id}",
-            daemon=True,
-        )
-        thread.start()
-        return thread
+        sends: Sends = (study_id, [(a, None) for a in artifact_ids], fhir_artifact_id)
+        job_ids = self._queue(sends)
+        self._hand_on(sends, job_ids, user_id, username, resumed=False)
+        return job_ids
 
     def resume_unfinished(self) -> list[threading.Thread]:
-        """Takes up the sign-off sends a stop cut short (``web.export_resume``); called once
-        when the review app starts serving. Each runs in its own thread, as at sign-off."""
+        """Queues the sign-off sends a stop cut short (``web.export_resume``); called once
+        when the review app starts serving. Returns the threads seeing them through (none
+        when a queue runs them)."""
         with self.session_factory() as session:
             items = unfinished_signoff_exports(session, self.config)
         return self.resume(items)
@@ -298,91 +323,121 @@ class ExportRunner:
                 ", ".join(f"{a} -> {'/'.join(names)}" for a, names in item.sr_destinations) or "-",
                 item.fhir_artifact_id if item.fhir_artifact_id is not None else "-",
             )
-            with self._lock:
-                self._running[item.study_id] = self._running.get(item.study_id, 0) + 1
-            thread = threading.Thread(
-                target=self._resume_one,
-                args=(item,),
-                name=f"export-resume-study-{item.study_id}",
-                daemon=True,
+            sends: Sends = (
+                item.study_id,
+                [(artifact_id, names) for artifact_id, names in item.sr_destinations],
+                item.fhir_artifact_id,
             )
-            thread.start()
-            threads.append(thread)
+            job_ids = self._queue(sends)
+            thread = self._hand_on(sends, job_ids, None, RESUMING_USER, resumed=True)
+            if thread is not None:
+                threads.append(thread)
         return threads
 
-    def _resume_one(self, item: UnfinishedExport) -> None:
-        try:
-            for artifact_id, names in item.sr_destinations:
-                self._send(
-                    item.study_id, artifact_id, None, RESUMING_USER,
-                    functools.partial(self._to_named_pacs, names=names), resumed=True,
+    def _queue(self, sends: Sends) -> list[int]:
+        """Creates the jobs (an artifact and destination that has one keeps it) and returns
+        every unfinished delivery job of these artifacts, new or older."""
+        study_id, pacs, fhir_artifact_id = sends
+        with self.session_factory.begin() as session:
+            for artifact_id, names in pacs:
+                queue_deliveries(
+                    session, self.config, study_id, utcnow(),
+                    dicom_artifacts=[artifact_id], destinations=names,
                 )  # fmt: skip
-            if item.fhir_artifact_id is not None:
-                self._send(
-                    item.study_id, item.fhir_artifact_id, None, RESUMING_USER, self._to_ehr,
-                    resumed=True,
-                )  # fmt: skip
-        finally:
-            with self._lock:
-                self._running[item.study_id] -= 1
+            if fhir_artifact_id is not None:
+                queue_deliveries(session, self.config, study_id, utcnow(),
+                                 fhir_artifact=fhir_artifact_id)  # fmt: skip
+            artifacts = [a for a, _ in pacs] + ([fhir_artifact_id] if fhir_artifact_id else [])
+            return list(session.scalars(
+                select(Job.id)
+                .where(Job.artifact_fk.in_(artifacts), Job.kind.in_(DELIVERY_KINDS),
+                       Job.state.in_(ACTIVE_STATES))
+                .order_by(Job.id)
+            ))  # fmt: skip
 
-    def _run(
+    def _hand_on(
         self,
-        study_id: int,
-        artifact_ids: list[int],
-        user_id: int,
-        username: str,
-        fhir_artifact_id: int | None,
-    ) -> None:
-        try:
-            if self.config.destinations:
-                for artifact_id in artifact_ids:
-                    self._send(study_id, artifact_id, user_id, username, self._to_pacs)
-            if fhir_artifact_id is not None and self.config.ehr.fhir_base_url:
-                self._send(study_id, fhir_artifact_id, user_id, username, self._to_ehr)
-        finally:
-            with self._lock:
-                self._running[study_id] -= 1
-
-    def _to_pacs(self, artifact_id: int) -> dict[str, str]:
-        statuses = export_to_all(self.session_factory, artifact_id, self.config)
-        return {s.destination: s.state for s in statuses}
-
-    def _to_named_pacs(self, artifact_id: int, names: tuple[str, ...]) -> dict[str, str]:
-        results = {}
-        for dest in self.config.destinations:
-            if dest.name in names:
-                status = export_artifact(self.session_factory, artifact_id, dest, self.config)
-                results[status.destination] = status.state
-        return results
-
-    def _to_ehr(self, artifact_id: int) -> dict[str, str]:
-        status = deliver_artifact(self.session_factory, artifact_id, self.config)
-        return {status.destination: status.state}
-
-    def _send(
-        self,
-        study_id: int,
-        artifact_id: int,
+        sends: Sends,
+        job_ids: list[int],
         user_id: int | None,
         username: str,
-        send: Callable[[int], dict[str, str]],
-        resumed: bool = False,
-    ) -> None:
-        try:
-            detail: dict[str, object] = {"artifact_id": artifact_id, "results": send(artifact_id)}
-        except Exception as exc:  # recorded and shown; the thread must not die silently
-            log.exception("export of artifact %d failed", artifact_id)
-            detail = {"artifact_id": artifact_id, "error": f"{type(exc).__name__}: {exc}"}
-        if resumed:
-            detail["resumed"] = True
-        write_event(
-            self.session_factory,
-            action="export",
-            user_id=user_id,
-            username=username,
-            study_id=study_id,
-            target_type="artifact",
-            target_id=str(artifact_id),
-            detail=detail,
+        resumed: bool,
+    ) -> threading.Thread | None:
+        """To the queue when there is one; else a thread that runs the jobs here."""
+        if self._submit is not None:
+            for job_id in job_ids:
+                try:
+                    self._submit(job_id)
+                except Exception as exc:  # queued in the table all the same
+                    log.warning("delivery job %d not handed to the queue: %s", job_id, exc)
+            return None
+        study_id = sends[0]
+        with self._lock:
+            self._watching[study_id] = self._watching.get(study_id, 0) + 1
+        thread = threading.Thread(
+            target=self._see_through,
+            args=(sends, job_ids, user_id, username, resumed),
+            name=f"deliveries-study-{study_id}",
+            daemon=True,
         )
+        thread.start()
+        return thread
+
+    def _see_through(
+        self,
+        sends: Sends,
+        job_ids: list[int],
+        user_id: int | None,
+        username: str,
+        resumed: bool,
+    ) -> None:
+        study_id, pacs, fhir_artifact_id = sends
+        try:
+            error = ""
+            try:
+                see_through(self.session_factory, self.config, job_ids)
+            except Exception as exc:  # recorded and shown; the thread must not die silently
+                log.exception("sending the sign-off of study %d failed", study_id)
+                error = f"{type(exc).__name__}: {exc}"
+            artifacts = [a for a, _ in pacs] + ([fhir_artifact_id] if fhir_artifact_id else [])
+            for artifact_id in artifacts:
+                detail: dict[str, object] = {"artifact_id": artifact_id}
+                if error:
+                    detail["error"] = error
+                else:
+                    detail["results"] = self._results(artifact_id, job_ids)
+                if resumed:
+                    detail["resumed"] = True
+                write_event(
+                    self.session_factory,
+                    action="export",
+                    user_id=user_id,
+                    username=username,
+                    study_id=study_id,
+                    target_type="artifact",
+                    target_id=str(artifact_id),
+                    detail=detail,
+                )
+        finally:
+            with self._lock:
+                self._watching[study_id] -= 1
+
+    def _results(self, artifact_id: int, job_ids: list[int]) -> dict[str, str]:
+        """Destination -> where the artifact stands with it, for the destinations it had
+        jobs for (``attempts.DestinationStatus.state``)."""
+        results: dict[str, str] = {}
+        with self.session_factory() as session:
+            rows = session.execute(
+                select(Job.kind, Job.destination)
+                .where(Job.id.in_(job_ids), Job.artifact_fk == artifact_id)
+                .order_by(Job.id)
+            ).all()
+            for kind, destination in rows:
+                if kind == KIND_DELIVER_FHIR:
+                    limit = self.config.ehr.max_attempts
+                    status = delivery_status(session, artifact_id, destination or "", limit)
+                else:
+                    limit = self.config.export.max_attempts
+                    status = destination_status(session, artifact_id, destination or "", limit)
+                results[status.destination] = status.state
+        return results

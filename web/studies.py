@@ -30,6 +30,7 @@ from pacs_agent.db.models import (
 )
 from pacs_agent.export import export_status
 from pacs_agent.fhir_delivery import delivery_status, destination_name, study_delivery
+from pacs_agent.jobs import DELIVERY_KINDS
 from pacs_agent.outputs import algorithms_for
 from reporting.typed_text import grounding_label, shown_reasons, typed_by_person
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
@@ -291,7 +292,7 @@ def not_analysed(session: Session, study: Study) -> list[dict[str, Any]]:
         if s.eligibility == "not_eligible"
     ]
     for job in study.jobs:
-        if job.state == "failed":
+        if job.state == "failed" and job.kind not in DELIVERY_KINDS:  # a send is no analysis
             out.append(
                 {
                     "series_instance_uid": "",

@@ -177,10 +177,13 @@ class QuarantinedInstance(Base):
 
 
 class Job(Base):
-    """The analysis of one loop: a small state machine with attempts and back-off.
+    """A durable unit of work: a small state machine with attempts and back-off.
 
-    One job per (study, instance, kind): a job delivered twice must find its own row and
-    produce its outputs once.
+    ``kind`` "analyze": the analysis of one loop, one job per (study, instance, kind), so a
+    job delivered twice finds its own row and produces its outputs once. Delivery kinds
+    (``pacs_agent.deliveries``): one artifact to one destination (``artifact_fk``,
+    ``destination``), one job per (artifact, destination, kind). Each unique rule leaves rows
+    of the other family alone, because NULLs never collide in a unique index.
     """
 
     __tablename__ = "jobs"
@@ -188,6 +191,10 @@ class Job(Base):
         _one_of("state", JOB_STATES),
         UniqueConstraint("study_fk", "instance_fk", "kind", name="uq_jobs_study_instance_kind"),
         Index("ix_jobs_state_next_attempt_at", "state", "next_attempt_at"),
+        # an index, not a constraint: SQLite adds it without rebuilding the table (0004)
+        Index(
+            "uq_jobs_artifact_destination_kind", "artifact_fk", "destination", "kind", unique=True
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -204,6 +211,10 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # delivery jobs only. No foreign key: SQLite can add one only by rebuilding ``jobs`` (see
+    # migration 0004); ``outputs`` deletes an artifact's delivery jobs with the artifact.
+    artifact_fk: Mapped[int | None] = mapped_column(Integer)
+    destination: Mapped[str | None] = mapped_column(String(256))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     analysis: Mapped[Analysis | None] = relationship(back_populates="job")
