@@ -77,6 +77,45 @@ class DestinationConfig:
 
 
 @dataclass(frozen=True)
+class Hl7DestinationConfig:
+    """A peer the node sends ORU^R01 results to over MLLP (an EHR or interface engine).
+    ``receiving_application`` / ``receiving_facility`` go to MSH-5 / MSH-6 (HD namespace ids);
+    2575 is the port IANA registers for HL7 over MLLP."""
+
+    name: str = ""
+    host: str = ""
+    port: int = 2575
+    timeout_s: float = 30.0
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
+def check_hl7_destinations(entries: list[Hl7DestinationConfig]) -> None:
+    """Name and host set, names unique, a port and a positive timeout; the MSH-5/6 values
+    without HL7 delimiters (a namespace id, not a composite) and at most 20 characters."""
+    names: set[str] = set()
+    for index, dest in enumerate(entries):
+        where = f"hl7_destinations[{index}]"
+        for required in ("name", "host"):
+            if not getattr(dest, required).strip():
+                raise ConfigError(f"{where}.{required} must be set")
+        if dest.name in names:
+            raise ConfigError(f"{where}.name {dest.name!r} is used twice")
+        names.add(dest.name)
+        if not 1 <= dest.port <= 65535:
+            raise ConfigError(f"{where}.port must be between 1 and 65535, got {dest.port}")
+        if dest.timeout_s <= 0:
+            raise ConfigError(f"{where}.timeout_s must be positive, got {dest.timeout_s}")
+        for key in ("receiving_application", "receiving_facility"):
+            value = getattr(dest, key)
+            if len(value) > 20 or any(c in value for c in "|^~\\&") or not value.isprintable():
+                raise ConfigError(
+                    f"{where}.{key} must be at most 20 printable characters without "
+                    f"|, ^, ~, \\ or &, got {value!r}"
+                )
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """Retries with exponential back-off, then a final failed state per destination."""
 
@@ -245,6 +284,7 @@ class Config:
     llm: LlmConfig = field(default_factory=LlmConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     destinations: list[DestinationConfig] = field(default_factory=list)
+    hl7_destinations: list[Hl7DestinationConfig] = field(default_factory=list)
     source: str = field(default="defaults", compare=False)
 
     @property
@@ -267,7 +307,10 @@ class Config:
 # Keys whose value is read by other code from the file but is not itself a setting.
 _NOT_SETTINGS = frozenset({"source"})
 # Arrays of tables ([[destinations]]): set in the file only, one table per entry.
-_TABLE_LISTS: dict[str, type] = {"destinations": DestinationConfig}
+_TABLE_LISTS: dict[str, type] = {
+    "destinations": DestinationConfig,
+    "hl7_destinations": Hl7DestinationConfig,
+}
 
 _CHOICES: dict[tuple[str, str], frozenset[str]] = {
     ("queue", "backend"): frozenset({"local", "celery"}),
@@ -537,6 +580,7 @@ def _check_ranges(config: Config) -> None:
         if not 1 <= dest.port <= 65535:
             raise ConfigError(f"{where}.port must be between 1 and 65535, got {dest.port}")
     _check_queue(config.queue)
+    check_hl7_destinations(config.hl7_destinations)
     for entry in config.web.trusted_proxies:
         try:
             ipaddress.ip_network(entry, strict=False)
