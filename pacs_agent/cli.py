@@ -205,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_throughput.add_argument("--out", type=Path, help="also write the table to this file")
     bench_throughput.set_defaults(func=cmd_bench_throughput, needs_config=False)
 
+    bench_fuzz = bench_sub.add_parser(
+        "fuzz",
+        help="malformed DICOM (seeded mutations of phantom objects) against a listener: "
+        "crashes, partial files, lost instances",
+    )
+    bench_fuzz.add_argument("--cases", type=int, default=5000, help="cases to send")
+    bench_fuzz.add_argument("--seed", type=int, default=1, help="seed of the mutations")
+    bench_fuzz.add_argument("--out", type=Path, help="also write the table to this file")
+    bench_fuzz.set_defaults(func=cmd_bench_fuzz, needs_config=False)
+
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_sub.add_parser("show", help="print the effective configuration").set_defaults(
@@ -509,6 +519,26 @@ def cmd_worker(args: argparse.Namespace, config: Config | None) -> int:
     prepare_home(config)
     metrics = (args.metrics_host, args.metrics_port) if args.metrics_port else None
     return run_worker(config, metrics_address=metrics)
+
+
+def cmd_bench_fuzz(args: argparse.Namespace, _config: Config | None) -> int:
+    """Exit status 0 when no invariant broke (no crash, no partial file, no lost instance,
+    every refusal a failure status), 1 otherwise: usable as a check, not only a figure."""
+    import tempfile
+
+    from pacs_agent.bench.fuzz import format_table, run_fuzz
+
+    if args.cases < 1:
+        raise ValueError("--cases must be at least 1")
+
+    def progress(done: int, total: int) -> None:
+        if done % 500 == 0 or done == total:
+            print(f"fuzz: {done}/{total} cases", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="echo-agent-bench-") as workdir:
+        report = run_fuzz(Path(workdir), args.cases, args.seed, progress=progress)
+    _print_table(format_table(report), args.out)
+    return 0 if report.ok else 1
 
 
 def cmd_bench_throughput(args: argparse.Namespace, _config: Config | None) -> int:

@@ -158,6 +158,30 @@ INTERPRETATION_LOW = ClinicalCode("L", "HL7-OBSINT", "Low")
 INTERPRETATION_HIGH = ClinicalCode("H", "HL7-OBSINT", "High")
 
 
+# --- TID 5200 Echocardiography Procedure Report (reporting.echo_sr) ---------------------------
+# Codes checked against PS3.16 as published (the TID 5200 / 5202 tables, CID 7000, 12224, 12233)
+# and against pydicom's PS3.16-generated concept and context-group tables; the SNOMED CT codes of
+# the modifier concept names are the SCT equivalents PS3.16 gives for the retired SNOMED-RT codes
+# the templates were written with (G-0373 "Image Mode", R-4089A "Cardiac Cycle Point").
+# TID 5200 row 1 (CID 7000): the document's root container
+ADULT_ECHO_PROCEDURE_REPORT = ClinicalCode(
+    "125200", "DCM", "Adult Echocardiography Procedure Report"
+)
+# TID 5202 row 1, the section container. Editions before the SNOMED/LOINC rework (and many
+# scanners) write (121070, DCM, "Findings"); PS3.2's TID 5200 conformance example (Table
+# N.10-4) uses this LOINC code, which CID 7001 also lists.
+FINDINGS = ClinicalCode("59776-5", "LN", "Findings")
+FINDING_SITE = ClinicalCode("363698007", "SCT", "Finding Site")  # TID 5202 row 2
+MEASUREMENT_GROUP = ClinicalCode("125007", "DCM", "Measurement Group")  # TID 5202 row 3
+IMAGE_MODE = ClinicalCode("399264008", "SCT", "Image Mode")  # TID 5202 row 4 (SRT G-0373)
+IMAGE_MODE_2D = ClinicalCode("399064001", "SCT", "2D mode")  # CID 12224 Ultrasound Image Mode
+# TID 5203's cardiac phase modifier (SRT R-4089A); values from CID 12233 Cardiac Phase
+CARDIAC_CYCLE_POINT = ClinicalCode("272518008", "SCT", "Cardiac Cycle Point")
+END_DIASTOLE = ClinicalCode("416190007", "SCT", "End diastole")
+END_SYSTOLE = ClinicalCode("416430001", "SCT", "End Systole")
+DERIVATION = ClinicalCode("121401", "DCM", "Derivation")  # TID 5203 / TID 300: value CID 3627
+
+
 def all_codes() -> dict[str, ClinicalCode]:
     """Every code above by its constant name (for tests and for documentation)."""
     return {name: value for name, value in globals().items() if isinstance(value, ClinicalCode)}

@@ -16,6 +16,7 @@ from pathlib import Path
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import PersonName
 
 # Series numbers of the derived series: high, so they sort after the scanner's own series.
 SERIES_NUMBER_SEG = 9001
@@ -44,6 +45,21 @@ class Equipment:
     @property
     def software_versions(self) -> str:
         return self.software_version or _package_version()
+
+
+def person_name(pn: str) -> PersonName:
+    """``pn`` (DICOM PN form) as a pydicom PersonName that highdicom accepts silently.
+
+    highdicom's ``check_person_name`` warns about a name without a caret ("DOE JANE", "Admin")
+    and its UserWarning quotes the name, which then reaches stderr and the logs. A name of one
+    component gets the trailing caret DICOM allows (PS3.5 6.2.1.2: trailing empty components
+    may be left out, so ``Admin^`` and ``Admin`` are the same family name); nothing else
+    changes.
+    """
+    groups = pn.split("=")
+    if groups[0].strip() and "^" not in groups[0]:
+        groups[0] = groups[0] + "^"
+    return PersonName("=".join(groups))
 
 
 def new_uid() -> str:

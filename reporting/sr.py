@@ -50,6 +50,7 @@ from reporting.dicom_base import (
     derived_uid,
     local_now,
     new_uid,
+    person_name,
     save,
 )
 from reporting.types import DEMO_LABEL_ASCII, AlgorithmInfo, Algorithms, DraftReport
@@ -114,7 +115,8 @@ def build_sr(
         is_final=signature is not None,
         is_verified=signature is not None,
         institution_name=equipment.institution_name,
-        verifying_observer_name=None if signature is None else signature.observer_name,
+        # built so that highdicom's person-name check (whose warning quotes it) stays silent
+        verifying_observer_name=None if signature is None else person_name(signature.observer_name),
         verifying_organization=None if signature is None else signature.organisation,
         previous_versions=previous_versions,
         specific_character_set=_character_set(source_ds, texts),

@@ -32,7 +32,9 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
-from support import need_tool
+from support import need_tool, require_or_skip
+
+from pacs_agent.bench.dcmtk import SHADOWED_BY_PYNETDICOM, dcmtk_path, find_dcmtk_tool
 
 STORESCU = "storescu"
 ECHOSCU = "echoscu"
@@ -56,7 +58,14 @@ STORESCU_PROPOSE = {
 
 
 def require_tool(name: str) -> str:
-    """dcmtk's (or openssl's) binary, never pynetdicom's same-named script in the venv."""
+    """dcmtk's binary at its absolute path (``/usr/bin/storescu``, ``pacs_agent.bench.dcmtk``),
+    never pynetdicom's same-named script that comes first on PATH in the venv; other tools
+    (openssl) from PATH."""
+    if name in SHADOWED_BY_PYNETDICOM:
+        try:
+            return find_dcmtk_tool(name)
+        except FileNotFoundError:
+            require_or_skip(f"{dcmtk_path(name)} is not installed (apt-get install dcmtk)")
     return need_tool(name, "dcmtk")
 
 

@@ -1,27 +1,41 @@
-"""Finding dcmtk's command-line tools, the peers the benchmarks measure against.
+"""dcmtk's command-line tools, the peers the benchmarks (and tests) measure against, by their
+absolute path.
 
-pynetdicom 3 installs Python scripts named ``storescu``, ``storescp`` and ``echoscu`` into the
-virtual environment's ``bin``; with the environment activated they come first on PATH and take
-none of dcmtk's options. A benchmark that silently ran them would measure the wrong peer.
+pynetdicom 3 installs Python scripts named ``storescu``, ``storescp``, ``echoscu``, ``findscu``,
+``movescu`` (and a few more) into the virtual environment's ``bin``; with the environment
+activated they come first on PATH and take none of dcmtk's options. A benchmark that ran
+whatever PATH finds first would measure the wrong peer, so every command the project builds for
+dcmtk names ``DCMTK_BIN/<tool>`` (``/usr/bin/storescu``: where Debian's ``dcmtk`` package puts
+them), never a bare name.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
+# The one place that says where dcmtk lives (Debian/Ubuntu package ``dcmtk``).
+DCMTK_BIN = Path("/usr/bin")
+# dcmtk tools that pynetdicom's console scripts of the same name shadow on PATH
+SHADOWED_BY_PYNETDICOM = frozenset(
+    {"echoscp", "echoscu", "findscu", "getscu", "movescu", "qrscp", "storescp", "storescu"}
+)
+
+
+def dcmtk_path(name: str) -> str:
+    """``DCMTK_BIN/name`` as a string, checked for nothing (see ``find_dcmtk_tool``)."""
+    if "/" in name or not name:
+        raise ValueError(f"a dcmtk tool name, not a path: {name!r}")
+    return str(DCMTK_BIN / name)
+
 
 def find_dcmtk_tool(name: str) -> str:
-    """The path of dcmtk's ``name``; FileNotFoundError when dcmtk is not installed."""
-    folders = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    folders += ["/usr/bin", "/usr/local/bin"]
-    for folder in dict.fromkeys(folders):
-        candidate = shutil.which(name, path=folder)
-        if candidate is not None and _is_dcmtk(candidate):
-            return candidate
-    raise FileNotFoundError(f"{name} (Debian package dcmtk) is needed here")
+    """dcmtk's ``name`` at ``/usr/bin``; FileNotFoundError when that is missing or is not
+    dcmtk's compiled tool (a script: pynetdicom's). PATH is never consulted."""
+    path = dcmtk_path(name)
+    if not Path(path).is_file() or not _is_dcmtk(path):
+        raise FileNotFoundError(f"{path} (Debian package dcmtk) is needed here")
+    return path
 
 
 def _is_dcmtk(path: str) -> bool:

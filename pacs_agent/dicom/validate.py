@@ -11,6 +11,7 @@ assembler and the analysis.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 import struct
 from collections.abc import Callable
@@ -49,10 +50,21 @@ JXL_CODESTREAM_SIGNATURE = b"\xff\x0a"
 JXL_CONTAINER_SIGNATURE = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 # Sequence nesting deeper than this is not an echo dataset but an attempt to exhaust the stack.
 MAX_NESTING = 32
+# Groups no dataset holds at its top level: command elements (0000), File Meta (0002: a reader
+# of the stored file takes them for the file's own, Transfer Syntax UID included) and item or
+# delimitation tags (FFFE), which belong inside sequences only. Found by ``bench fuzz``.
+FORBIDDEN_TOP_LEVEL_GROUPS = frozenset({0x0000, 0x0002, 0xFFFE})
+# Pixel Data is OB or OW in an explicit VR syntax (PS3.5 8.2; OB when encapsulated, A.4)
+PIXEL_DATA_VRS = frozenset({b"OB", b"OW"})
+# An RLE frame's header: the segment count and 15 segment offsets (PS3.5 G.3.1)
+RLE_HEADER_BYTES = 64
 # A frame header split over fragments is read from at most this many of the frame's first bytes.
 FRAME_HEADER_MAX_BYTES = 1024 * 1024
 # SR-based documents: their content is a tree under a root CONTAINER (PS3.3 C.17.3).
 SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+# An IS value is a 32-bit signed integer (PS3.5 6.2)
+IS_MIN, IS_MAX = -(2**31), 2**31 - 1
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -149,6 +161,7 @@ def inspect_dataset(
     _check_sop_class(ds, header)
     if pixel is not None and header.sop_class_uid in contexts.IMAGE_SOP_CLASSES:
         _check_pixel_data(view, ds, header, pixel)
+    _check_decodable(ds, 0)  # last: it converts the raw values the checks above read
     return header
 
 
@@ -187,14 +200,26 @@ def _walk_top_level(view: memoryview, implicit: bool) -> PixelDataLayout | None:
     pixel: PixelDataLayout | None = None
     while pos < end:
         start = pos
-        tag, _, length, value_pos = _element_header(view, pos, end, implicit)
+        tag, vr, length, value_pos = _element_header(view, pos, end, implicit)
         if tag <= last_tag:
             raise _StructureError(
                 f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {start} is out of order "
                 "(not a dataset in the agreed transfer syntax)"
             )
         last_tag = tag
+        if tag >> 16 in FORBIDDEN_TOP_LEVEL_GROUPS:
+            raise _StructureError(
+                f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {start} does not belong "
+                "in a dataset (command, File Meta or item tag)"
+            )
         in_pixel = tag == PIXEL_DATA_TAG
+        if in_pixel and vr and vr not in PIXEL_DATA_VRS:
+            # UN of undefined length reads as a sequence (PS3.5 6.2.2): the stored file would
+            # not read back (found by bench fuzz)
+            raise _StructureError(
+                f"pixel data with VR {vr.decode('ascii', 'replace')!r}, not OB or OW",
+                in_pixel_data=False,
+            )
         if length == UNDEFINED_LENGTH:
             if in_pixel:
                 pos, items = _walk_items(view, value_pos, end, implicit, 1, fragments_only=True)
@@ -269,6 +294,30 @@ def _walk_nested_dataset(view: memoryview, pos: int, end: int, implicit: bool, d
                 "(truncated dataset)"
             )
         pos = value_pos + length
+
+
+def _check_decodable(ds: Dataset, depth: int) -> None:
+    """Every element in front of the pixel data converts to its value, nested ones too.
+
+    The structural walk checks lengths only: an element whose VR was changed (an FD of two
+    bytes), or a defined-length sequence whose items do not parse, would be stored and then
+    break every reader of the file. The reason names the tag, never the value (PHI).
+    """
+    if depth > MAX_NESTING:
+        raise InvalidInstanceError(
+            CANNOT_PARSE, f"sequences nested deeper than {MAX_NESTING} levels"
+        )
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+            value = element.value
+        except Exception as exc:  # pydicom raises many types for what it cannot convert
+            raise InvalidInstanceError(
+                CANNOT_PARSE, f"element {tag} cannot be decoded ({type(exc).__name__})"
+            ) from None
+        if element.VR == "SQ":
+            for item in value:
+                _check_decodable(item, depth + 1)
 
 
 # --- attributes ------------------------------------------------------------------------------
@@ -353,7 +402,12 @@ def _parse_is(raw: bytes) -> int | None:
     text = raw.decode("ascii", "replace").strip(" \x00")
     if not text:
         return None
-    return int(text.split("\\")[0])
+    value = int(text.split("\\")[0])
+    if not IS_MIN <= value <= IS_MAX:
+        # beyond what IS may hold, and beyond the database's integer columns (a 20-digit
+        # Series Number made the insert fail: 0x0110 and a traceback, found by bench fuzz)
+        raise ValueError(f"{value} is outside the IS range")
+    return value
 
 
 def _parse_us(raw: bytes) -> int | None:
@@ -504,7 +558,8 @@ def _check_declared_sizes(
     to the decoder, which refuses it without allocating (``inference.frame_size``)."""
     syntax = header.transfer_syntax_uid
     if syntax == contexts.RLE_LOSSLESS:
-        return  # RLE declares no size: its decoder uses Rows and Columns
+        _check_rle_headers(view, ds, fragments)  # RLE declares no size, only its segments
+        return
     rows, columns = header.rows or 0, header.columns or 0
     samples = _integer(ds, "SamplesPerPixel", _parse_us) or 1
     for number, frame in enumerate(_frame_fragments(view, syntax, fragments), start=1):
@@ -516,6 +571,36 @@ def _check_declared_sizes(
             raise InvalidInstanceError(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS, f"frame {number}: {problem}"
             )
+
+
+def _check_rle_headers(
+    view: memoryview, ds: Dataset, fragments: tuple[tuple[int, int], ...]
+) -> None:
+    """Each RLE frame starts with its 64-byte header (PS3.5 G.3.1): as many segments as
+    SamplesPerPixel x BitsAllocated/8, the first right after the header, each inside the
+    frame. Without this a frame of some other encoding (JPEG bytes sent as RLE, found by
+    bench fuzz) was stored and failed only at decoding."""
+    samples = _integer(ds, "SamplesPerPixel", _parse_us) or 1
+    bits = _integer(ds, "BitsAllocated", _parse_us) or 8
+    expected = samples * ((bits + 7) // 8)
+    for number, (offset, length) in enumerate(fragments, start=1):
+        header = view[offset : offset + min(length, RLE_HEADER_BYTES)].tobytes()
+        problem = ""
+        if len(header) < RLE_HEADER_BYTES:
+            problem = f"{length} bytes, shorter than the RLE header"
+        else:
+            segments, *offsets = struct.unpack("<16I", header)
+            used = offsets[:segments]
+            if segments != expected or not 0 < segments <= len(offsets):
+                problem = f"{segments} RLE segments, {expected} expected"
+            elif (
+                used[0] != RLE_HEADER_BYTES
+                or any(b <= a for a, b in itertools.pairwise(used))
+                or used[-1] >= length
+            ):
+                problem = "RLE segment offsets outside the frame"
+        if problem:
+            raise InvalidInstanceError(CANNOT_PARSE, f"frame {number}: {problem}")
 
 
 def _frame_fragments(
