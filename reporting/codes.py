@@ -138,6 +138,8 @@ LOOP_QUALITY_SCORE = ClinicalCode("LOOP-QUALITY", PRIVATE_SCHEME, "Image quality
 REPORT_US_HEART = ClinicalCode("42148-7", "LN", "US Heart")
 CATEGORY_CARDIAC_ULTRASOUND = ClinicalCode("CUS", "HL7-0074", "Cardiac Ultrasound")
 CATEGORY_CARDIOLOGY = ClinicalCode("LP29708-2", "LN", "Cardiology")  # LOINC part (US Core)
+# the report text as one OBX of an HL7 v2 ORU (reporting.hl7_oru)
+CONCLUSIONS_DOCUMENT = ClinicalCode("55110-1", "LN", "Conclusions [Interpretation] Document")
 OBSERVATION_CATEGORY_IMAGING = ClinicalCode("imaging", "HL7-OBSCAT", "Imaging")
 IDENTIFIER_TYPE_MRN = ClinicalCode("MR", "HL7-0203", "Medical record number")
 

@@ -87,14 +87,14 @@ SAFE_CHUNK_CHARS = MAX_VALUE_CHARS // 3  # an escape sequence is 3 characters fo
 # HL7 table 0123 (OBR-25) and table 0085 (OBX-11) share these letters for a report's states
 RESULT_STATUS: dict[str, str] = {"preliminary": "P", "final": "F", "amended": "C"}
 RESULT_CANNOT_BE_OBTAINED = "X"  # table 0085: a withheld value
-DIAGNOSTIC_SERVICE_SECTION = codes.CATEGORY_CARDIAC_ULTRASOUND.value  # table 0074: "CUS"
+DIAGNOSTIC_SERVICE_SECTION = codes.CATEGORY_CARDIAC_ULTRASOUND.value  # HL7 table 0074
 ORDER_CONTROL_RESULTS = "RE"  # table 0119: observations / performed service to follow
 NOTE_SOURCE_FILLER = "L"  # table 0105: ancillary (filler) department is the source of the note
 NOTE_TYPE_REMARK = "RE"  # table 0364: remark
 IDENTIFIER_TYPE_MRN = codes.IDENTIFIER_TYPE_MRN.value  # table 0203: "MR"
 # The report text's OBX code: DICOM CID 7001's LOINC heading for conclusions, the v2 home of
 # the FHIR DiagnosticReport.conclusion.
-CONCLUSIONS = ClinicalCode("55110-1", "LN", "Conclusions [Interpretation] Document")
+CONCLUSIONS = codes.CONCLUSIONS_DOCUMENT
 
 # DICOM coding scheme designator -> HL7 v2 coding system (table 0396); "99zzz" is a local
 # system in both, so this node's private scheme keeps its name.
