@@ -153,8 +153,10 @@ def inspect_dataset(
     try:
         ds = read_dataset(BytesIO(view[:header_end].tobytes()), implicit, True)
     except Exception as exc:  # pydicom raises many types for malformed input
+        # the exception's type only: pydicom's message can quote the dataset's bytes (a patient
+        # name), and this reason goes to the log and to the sender's Error Comment
         raise InvalidInstanceError(
-            CANNOT_PARSE, f"dataset header cannot be decoded: {exc}"
+            CANNOT_PARSE, f"dataset header cannot be decoded ({type(exc).__name__})"
         ) from None
     header = _header_from(ds, transfer_syntax_uid, pixel)
     _check_matches_request(header, affected_sop_class_uid, affected_sop_instance_uid)
