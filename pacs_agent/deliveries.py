@@ -7,13 +7,16 @@ only creates the delivery jobs and moves on:
 
 * ``deliver_dicom``: one artifact to one ``[[destinations]]`` entry (``Job.destination`` is its
   name) by C-STORE;
-* ``deliver_fhir``: one FHIR bundle to the EHR (``Job.destination`` is ``fhir:<base url>``).
+* ``deliver_fhir``: one FHIR bundle to the EHR (``Job.destination`` is ``fhir:<base url>``);
+* ``deliver_hl7``: one stored ORU^R01 to one ``[[hl7_destinations]]`` entry over MLLP
+  (``Job.destination`` is ``hl7:<name>``; ``pacs_agent.hl7_delivery``).
 
 One run of a delivery job makes ONE try, recorded as an ``ExportAttempt`` row exactly as before
 (the study page and the API read those rows). Sent: the job is done. Failed for good (out of
 the destination's attempts, or an answer no retry mends): the job fails. Otherwise the job goes
-back to ``queued``, due after the destination's own back-off (``[export]`` or ``[ehr]``), and no
-worker sleeps meanwhile. The queue runs deliveries on their own lane (``pacs_agent.queue``).
+back to ``queued``, due after the destination's own back-off (``[export]`` for PACS and HL7,
+``[ehr]`` for FHIR), and no worker sleeps meanwhile. The queue runs deliveries on their own
+lane (``pacs_agent.queue``).
 
 A process with no job queue (the review app on its own, a test) sees its deliveries through
 with ``see_through``: the same claims and the same single tries, so a node worker that takes a
@@ -32,18 +35,25 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pacs_agent import jobs
+from pacs_agent import hl7_delivery, jobs
 from pacs_agent.attempts import DestinationStatus, RetryPolicy
 from pacs_agent.config import Config
 from pacs_agent.db.models import Artifact, Job, utcnow
 from pacs_agent.export import export_once, export_policy
 from pacs_agent.fhir_delivery import deliver_once, delivery_policy, destination_name, is_current
-from pacs_agent.jobs import KIND_DELIVER_DICOM, KIND_DELIVER_FHIR, PermanentJobError, RetryLater
+from pacs_agent.jobs import (
+    KIND_DELIVER_DICOM,
+    KIND_DELIVER_FHIR,
+    KIND_DELIVER_HL7,
+    PermanentJobError,
+    RetryLater,
+)
 
 log = logging.getLogger("echo_agent.deliveries")
 
-# what PACS receives of a job's outputs; the browser video, raw PDF and FHIR bundle go elsewhere
-PACS_KINDS = ("seg", "sr", "secondary_capture", "pdf")
+# what PACS receives of a job's outputs; the browser video, raw PDF, FHIR bundle and HL7
+# messages go elsewhere
+PACS_KINDS = ("seg", "sr", "echo_sr", "secondary_capture", "pdf")
 ACTIVE_STATES = ("received", "queued", "running")
 # how often ``see_through`` looks again at a job another worker holds
 SEE_THROUGH_POLL_S = 0.2
@@ -58,11 +68,14 @@ def queue_deliveries(
     dicom_artifacts: Iterable[int] = (),
     fhir_artifact: int | None = None,
     destinations: Collection[str] | None = None,
+    hl7_messages: Mapping[str, int] | None = None,
 ) -> list[int]:
     """Creates and queues the jobs that send ``dicom_artifacts`` to every configured PACS
-    destination (only those named in ``destinations`` when given) and ``fhir_artifact`` to
-    the EHR when one is configured; returns the ids queued now. An (artifact, destination)
-    that already has its job gets no second one. The caller commits, then submits the ids."""
+    destination (only those named in ``destinations`` when given), ``fhir_artifact`` to
+    the EHR when one is configured, and each of ``hl7_messages`` (``[[hl7_destinations]]``
+    name -> its ORU^R01 artifact) to its destination while that is configured; returns the
+    ids queued now. An (artifact, destination) that already has its job gets no second one.
+    The caller commits, then submits the ids."""
     created: list[int] = []
     for artifact_id in dicom_artifacts:
         for dest in config.destinations:
@@ -91,6 +104,21 @@ def queue_deliveries(
         )
         if job_id is not None:
             created.append(job_id)
+    for name, artifact_id in (hl7_messages or {}).items():
+        dest = next((d for d in config.hl7_destinations if d.name == name), None)
+        if dest is None:
+            continue
+        job_id = jobs.create_delivery_job(
+            session,
+            KIND_DELIVER_HL7,
+            study_id,
+            artifact_id,
+            hl7_delivery.destination_name(dest),
+            now,
+            config.export.max_attempts,
+        )
+        if job_id is not None:
+            created.append(job_id)
     return jobs.enqueue(session, created, now)
 
 
@@ -100,18 +128,32 @@ def queue_outputs(
     study_id: int,
     artifact_ids: Mapping[str, int],
     now: dt.datetime,
+    hl7_messages: Mapping[str, int] | None = None,
 ) -> list[int]:
     """The analysis's deliveries: its DICOM objects to PACS, and its (preliminary) bundle to
-    the EHR only while it is the study's current one, so a re-analysis after sign-off never
-    puts a preliminary report over the final one. Returns the queued job ids."""
+    the EHR and ORU^R01 messages (result status P) to the HL7 destinations only while they
+    are the study's current ones, so a re-analysis after sign-off never puts a preliminary
+    report over the final one. Returns the queued job ids."""
     dicom = [artifact_ids[kind] for kind in PACS_KINDS if kind in artifact_ids]
     with session_factory.begin() as session:
         fhir = artifact_ids.get("fhir")
         if fhir is not None and config.ehr.fhir_base_url and not is_current(session, fhir):
             log.info("FHIR bundle %d is not its study's current one: not queued", fhir)
             fhir = None
+        messages: dict[str, int] = {}
+        for name, artifact_id in (hl7_messages or {}).items():
+            if hl7_delivery.is_current(session, artifact_id):
+                messages[name] = artifact_id
+            else:
+                log.info("HL7 message %d: its report is signed; not queued", artifact_id)
         return queue_deliveries(
-            session, config, study_id, now, dicom_artifacts=dicom, fhir_artifact=fhir
+            session,
+            config,
+            study_id,
+            now,
+            dicom_artifacts=dicom,
+            fhir_artifact=fhir,
+            hl7_messages=messages,
         )
 
 
@@ -134,7 +176,12 @@ def run_delivery(
             log.info("job %d: its artifact is gone; nothing to send", job_id)
             return
         artifact_id = artifact.id
-        superseded = kind == KIND_DELIVER_FHIR and not is_current(session, artifact_id)
+        if kind == KIND_DELIVER_FHIR:
+            superseded = not is_current(session, artifact_id)
+        elif kind == KIND_DELIVER_HL7:
+            superseded = not hl7_delivery.is_current(session, artifact_id)
+        else:
+            superseded = False
     if kind == KIND_DELIVER_DICOM:
         dest = next((d for d in config.destinations if d.name == destination), None)
         if dest is None:
@@ -149,6 +196,19 @@ def run_delivery(
             return
         policy = delivery_policy(config)
         status = _once(lambda: deliver_once(session_factory, artifact_id, config, clock))
+    elif kind == KIND_DELIVER_HL7:
+        hl7_dest = hl7_delivery.configured(config, destination)
+        if hl7_dest is None:
+            raise PermanentJobError(f"{destination} is no longer configured")
+        if superseded:  # signed (or amended) meanwhile: P after F would undo the final report
+            log.info("job %d: HL7 message %d was superseded; not sent", job_id, artifact_id)
+            return
+        policy = hl7_delivery.message_policy(config)
+        status = _once(
+            lambda: hl7_delivery.send_message_once(
+                session_factory, artifact_id, hl7_dest, config, clock
+            )
+        )
     else:
         raise PermanentJobError(f"job {job_id} has kind {kind!r}, which is no delivery")
     _judge(status, policy)

@@ -43,13 +43,13 @@ from pacs_agent.db.models import (
     Job,
     Study,
 )
-from pacs_agent.jobs import utc
+from pacs_agent.jobs import DELIVERY_KINDS, KIND_ANALYZE, utc
 from pacs_agent.readiness import ModelStatus
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-EXPORT_KINDS = ("dicom", "fhir")
+EXPORT_KINDS = ("dicom", "fhir", "hl7")
 # Per stage: decoding and preprocessing take well under a second on a GPU, EF on every clip of
 # a long loop can take minutes on a CPU.
 STAGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -213,18 +213,42 @@ class DatabaseCollector:
             studies.add_metric([state], float(counts.get(state, 0)))
         yield studies
 
+        # analysis only: a delivery job per artifact and destination would swamp the count
         jobs = GaugeMetricFamily("echo_agent_jobs", "Analysis jobs by state", labels=["state"])
-        counts = _counts(session, select(Job.state, func.count()).group_by(Job.state))
+        counts = _counts(
+            session,
+            select(Job.state, func.count()).where(Job.kind == KIND_ANALYZE).group_by(Job.state),
+        )
         for state in JOB_STATES:
             jobs.add_metric([state], float(counts.get(state, 0)))
         yield jobs
 
+        deliveries = GaugeMetricFamily(
+            "echo_agent_delivery_jobs",
+            "Delivery jobs (one artifact to one destination) by kind and state",
+            labels=["kind", "state"],
+        )
+        rows = session.execute(
+            select(Job.kind, Job.state, func.count())
+            .where(Job.kind.in_(DELIVERY_KINDS))
+            .group_by(Job.kind, Job.state)
+        ).all()
+        by_kind_state = {(str(k), str(st)): int(n) for k, st, n in rows}
+        for kind_name in DELIVERY_KINDS:
+            for state in JOB_STATES:
+                value = float(by_kind_state.get((kind_name, state), 0))
+                deliveries.add_metric([kind_name, state], value)
+        yield deliveries
+
         failures = CounterMetricFamily(
             "echo_agent_export_failures",
-            "Export tries that failed: C-STORE to PACS (dicom) or delivery to the EHR (fhir)",
+            "Export tries that failed: C-STORE to PACS (dicom), delivery to the EHR (fhir) or "
+            "ORU^R01 over MLLP (hl7)",
             labels=["kind"],
         )
-        kind = case((Artifact.kind == "fhir", "fhir"), else_="dicom")
+        kind = case(
+            (Artifact.kind == "fhir", "fhir"), (Artifact.kind == "hl7_oru", "hl7"), else_="dicom"
+        )
         counts = _counts(
             session,
             select(kind, func.count())
@@ -239,7 +263,7 @@ class DatabaseCollector:
 
         done = session.execute(
             select(Job.id, Job.created_at, Job.started_at, Job.finished_at).where(
-                Job.state == "done", Job.finished_at.is_not(None)
+                Job.kind == KIND_ANALYZE, Job.state == "done", Job.finished_at.is_not(None)
             )
         ).all()
         latency = [
@@ -254,19 +278,19 @@ class DatabaseCollector:
         ]
         yield _histogram(
             "echo_agent_job_latency_seconds",
-            "Finished jobs: from the job's creation (study complete) to its results",
+            "Finished analysis jobs: from the job's creation (study complete) to its results",
             latency,
             JOB_BUCKETS_S,
         )
         yield _histogram(
             "echo_agent_job_run_seconds",
-            "Finished jobs: wall time of the attempt that succeeded",
+            "Finished analysis jobs: wall time of the attempt that succeeded",
             run,
             JOB_BUCKETS_S,
         )
         stage_family = HistogramMetricFamily(
             "echo_agent_job_stage_seconds",
-            "Finished jobs: wall time per pipeline stage (from the job logs)",
+            "Finished analysis jobs: wall time per pipeline stage (from the job logs)",
             labels=["stage"],
         )
         for stage, values in sorted(self._stages.stages_for(row[0] for row in done).items()):

@@ -2,6 +2,9 @@
 folder, one ``Artifact`` row each, and the study's preliminary report version. Sending them is
 not done here: the job queues delivery jobs (``pacs_agent.deliveries``) and finishes.
 
+The HL7 ORU^R01 of the preliminary report is built here too, once per ``[[hl7_destinations]]``
+entry (``pacs_agent.hl7_delivery``), and recorded like the other objects.
+
 Everything here is safe to run twice for the same job (a retry, or recovery after a crash): the
 files have fixed names and derived UIDs, the job's artifact rows are replaced (with their
 delivery jobs), and the report version is updated in place while nobody has signed it.
@@ -10,7 +13,7 @@ delivery jobs), and the report version is updated in place while nobody has sign
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +27,11 @@ from pacs_agent.analysis import Models
 from pacs_agent.config import Config
 from pacs_agent.db.models import Artifact, Job, ReportVersion, Study
 from pacs_agent.drafting import report_parts, report_text
+from pacs_agent.hl7_delivery import ARTIFACT_KIND as HL7_KIND
+from pacs_agent.hl7_delivery import HL7_MEDIA_TYPE, WrittenMessage, write_messages
 from reporting.drafting import Draft
 from reporting.outputs import WrittenObject, write_report_objects
-from reporting.types import AlgorithmInfo, Algorithms, DraftReport
+from reporting.types import AlgorithmInfo, Algorithms, DraftReport, SourceLoop
 
 log = logging.getLogger("echo_agent.outputs")
 
@@ -37,6 +42,8 @@ OUTPUTS_DIR_NAME = "outputs"
 class RecordedOutputs:
     artifact_ids: dict[str, int]  # kind -> Artifact id
     report_version_id: int
+    # [[hl7_destinations]] name -> the Artifact id of the ORU^R01 written for it
+    hl7_messages: dict[str, int] = field(default_factory=dict)
 
 
 def algorithms_for(models: Models) -> Algorithms:
@@ -89,13 +96,22 @@ def write_and_record(
         node_system=node_identifier_system(config),
         uid_seed=f"{source_ds.SOPInstanceUID}/job-{job_id}",
     )
+    messages = write_messages(
+        output_dir,
+        config,
+        SourceLoop.from_dataset(source_ds),
+        measurements,
+        algorithms,
+        report,
+    )
     with session_factory.begin() as session:
         version_id = _upsert_preliminary_report(session, study_id, draft, models.demo)
         ids = _replace_artifacts(session, job_id, study_id, version_id, written, config)
+        hl7 = _record_messages(session, job_id, study_id, version_id, messages, config)
         study = session.get(Study, study_id)
         if study is not None and study.status in ("receiving", "complete", "analysing"):
             study.status = "drafted"
-    return RecordedOutputs(artifact_ids=ids, report_version_id=version_id)
+    return RecordedOutputs(artifact_ids=ids, report_version_id=version_id, hl7_messages=hl7)
 
 
 def _upsert_preliminary_report(session: Session, study_id: int, draft: Draft, demo: bool) -> int:
@@ -137,17 +153,13 @@ def _replace_artifacts(
     session.flush()
     ids: dict[str, int] = {}
     for obj in written:
-        try:
-            stored_path = str(obj.path.resolve().relative_to(config.home_path))
-        except ValueError:
-            stored_path = str(obj.path.resolve())
         artifact = Artifact(
             study_fk=study_id,
             job_fk=job_id,
             report_version_fk=version_id,
             kind=obj.kind,
             sop_instance_uid=obj.sop_instance_uid,
-            file_path=stored_path,
+            file_path=stored_path(obj.path, config),
             media_type=obj.media_type,
             sha256=obj.sha256,
         )
@@ -155,3 +167,39 @@ def _replace_artifacts(
         session.flush()
         ids[obj.kind] = artifact.id
     return ids
+
+
+def _record_messages(
+    session: Session,
+    job_id: int,
+    study_id: int,
+    version_id: int,
+    messages: list[WrittenMessage],
+    config: Config,
+) -> dict[str, int]:
+    """One ``hl7_oru`` artifact per message (the job's older ones went with its other
+    artifacts in ``_replace_artifacts``); returns destination name -> artifact id."""
+    ids: dict[str, int] = {}
+    for message in messages:
+        artifact = Artifact(
+            study_fk=study_id,
+            job_fk=job_id,
+            report_version_fk=version_id,
+            kind=HL7_KIND,
+            sop_instance_uid=None,
+            file_path=stored_path(message.path, config),
+            media_type=HL7_MEDIA_TYPE,
+            sha256=message.sha256,
+        )
+        session.add(artifact)
+        session.flush()
+        ids[message.destination] = artifact.id
+    return ids
+
+
+def stored_path(path: Path, config: Config) -> str:
+    """``Artifact.file_path``: relative to the node's home when inside it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(config.home_path))
+    except ValueError:
+        return str(path.resolve())

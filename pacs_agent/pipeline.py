@@ -2,11 +2,12 @@
 
 Load the instance from the store; decode it on a background thread while the frames already
 decoded are preprocessed and segmented; EF and measurements; the language-model draft, checked
-by the grounding guard; the reporting objects (SEG, SR, overlay, secondary capture, PDF, FHIR)
-recorded as artifacts; then the deliveries (C-STORE to the PACS destinations, the FHIR bundle
-to the EHR) are queued as jobs of their own (``pacs_agent.deliveries``) and the job finishes,
-so a destination that never answers holds up no analysis. Each stage's seconds go to the job
-log (``stages_s`` of the "analysed" line).
+by the grounding guard; the reporting objects (SEG, TID 1500 and TID 5200 SRs, overlay,
+secondary capture, PDF, FHIR, HL7 ORU^R01) recorded as artifacts; then the deliveries (C-STORE
+to the PACS destinations, the FHIR bundle to the EHR, ORU^R01 over MLLP) are queued as jobs of
+their own (``pacs_agent.deliveries``) and the job finishes, so a destination that never answers
+holds up no analysis. Each stage's seconds go to the job log (``stages_s`` of the "analysed"
+line).
 
 A job may run more than once (a retry, a redelivered Celery task, or a crash and recovery after
 the outputs were written but before the job was marked done), so every output is written so that
@@ -297,7 +298,12 @@ def analyse_and_report(
     )
     exporting_started = time.perf_counter()
     queued = queue_outputs(
-        session_factory, config, context.study_id, outputs.artifact_ids, utcnow()
+        session_factory,
+        config,
+        context.study_id,
+        outputs.artifact_ids,
+        utcnow(),
+        hl7_messages=outputs.hl7_messages,
     )
     for delivery_job_id in queued:
         _submit(submit, delivery_job_id)

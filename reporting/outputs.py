@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from inference.types import Cine, Measurements
 from reporting.dicom_base import Equipment, derived_uid
+from reporting.echo_sr import write_echo_sr
 from reporting.encapsulated_pdf import write_encapsulated_pdf
 from reporting.fhir import build_fhir_bundle, bundle_json
 from reporting.overlay import WEBM_MEDIA_TYPE, render_overlay_frames, write_overlay_video
@@ -35,6 +36,7 @@ FHIR_MEDIA_TYPE = "application/fhir+json"
 FILE_NAMES = {
     "seg": "seg.dcm",
     "sr": "sr.dcm",
+    "echo_sr": "echo_sr.dcm",
     "overlay_video": "overlay.webm",
     "secondary_capture": "overlay_sc.dcm",
     "rendering": "report.pdf",
@@ -67,8 +69,9 @@ def write_report_objects(
     equipment: Equipment | None = None,
     uid_seed: str | None = None,
 ) -> list[WrittenObject]:
-    """SEG, SR, overlay video, secondary capture, report PDF (file and DICOM) and the FHIR
-    Bundle for one loop, in that order. ``masks`` are at source resolution, one per frame.
+    """SEG, SR (TID 1500), echo SR (TID 5200), overlay video, secondary capture, report PDF
+    (file and DICOM) and the FHIR Bundle for one loop, in that order. ``masks`` are at source
+    resolution, one per frame.
 
     ``uid_seed`` (for example the job's identity) makes every SOP and Series Instance UID a
     function of the seed and the object kind, so a re-run replaces its objects in PACS instead
@@ -118,6 +121,19 @@ def write_report_objects(
         **uids("sr"),
     )
     record("sr", DICOM_MEDIA_TYPE, started, sr)
+
+    # the same numbers as the TID 1500 SR, in the template echo reporting systems import
+    started = time.perf_counter()
+    echo_sr = write_echo_sr(
+        source_ds,
+        measurements,
+        algorithms,
+        report,
+        folder / FILE_NAMES["echo_sr"],
+        equipment=equipment,
+        **uids("echo_sr"),
+    )
+    record("echo_sr", DICOM_MEDIA_TYPE, started, echo_sr)
 
     started = time.perf_counter()
     rendered = render_overlay_frames(

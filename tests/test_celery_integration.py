@@ -39,6 +39,7 @@ ALL_DONE_TIMEOUT_S = 1800  # minutes on an idle 2-core machine; generous for a b
 EXPECTED_OUTPUTS = {
     "seg.dcm",
     "sr.dcm",
+    "echo_sr.dcm",
     "fhir_bundle.json",
     "report.pdf",
     "report_pdf.dcm",

@@ -191,8 +191,9 @@ def test_a_destination_that_never_answers_does_not_delay_another_studys_analysis
                 sends = session.scalars(
                     select(Job).where(Job.study_fk == first_id, Job.kind == "deliver_dicom")
                 ).all()
-                # SEG, SR, secondary capture and PDF, each a job of its own, none sent
-                assert len(sends) == 4
+                # SEG, TID 1500 SR, TID 5200 SR, secondary capture and PDF, each a job of its
+                # own, none sent
+                assert len(sends) == 5
                 assert {j.destination for j in sends} == {"dead-pacs"}
                 assert {j.state for j in sends} <= {"queued", "running"}
                 sent = session.scalars(

@@ -118,10 +118,21 @@ def _seed(database_url: str) -> None:
                        sha256="0" * 64)
         fhir = Artifact(study_fk=studies[0].id, kind="fhir", file_path="b", media_type="x",
                         sha256="0" * 64)
-        session.add_all([seg, fhir])
+        oru = Artifact(study_fk=studies[0].id, kind="hl7_oru", file_path="c", media_type="x",
+                       sha256="0" * 64)
+        session.add_all([seg, fhir, oru])
         session.flush()
-        for artifact, state in ((seg, "failed"), (seg, "failed"), (seg, "sent"), (fhir, "failed")):
+        for artifact, state in ((seg, "failed"), (seg, "failed"), (seg, "sent"), (fhir, "failed"),
+                                (oru, "failed")):  # fmt: skip
             session.add(ExportAttempt(artifact_fk=artifact.id, destination="d", state=state))
+        # delivery jobs: neither "analysis jobs" nor analysis latency (a slow send is not one)
+        session.add(Job(
+            study_fk=studies[0].id, artifact_fk=seg.id, destination="d", kind="deliver_dicom",
+            state="done", attempts=3, created_at=T0, started_at=T0,
+            finished_at=T0 + dt.timedelta(seconds=5000),
+        ))
+        session.add(Job(study_fk=studies[0].id, artifact_fk=oru.id, destination="hl7:ris",
+                        kind="deliver_hl7", state="queued"))
     engine.dispose()
 
 
@@ -147,6 +158,10 @@ def test_database_counts_and_latencies_on_both_backends(tmp_path: Path, database
     ]
     assert value(parsed, "echo_agent_export_failures_total", kind="dicom") == 2
     assert value(parsed, "echo_agent_export_failures_total", kind="fhir") == 1
+    assert value(parsed, "echo_agent_export_failures_total", kind="hl7") == 1
+    assert value(parsed, "echo_agent_delivery_jobs", kind="deliver_dicom", state="done") == 1
+    assert value(parsed, "echo_agent_delivery_jobs", kind="deliver_hl7", state="queued") == 1
+    assert value(parsed, "echo_agent_delivery_jobs", kind="deliver_fhir", state="queued") == 0
     assert value(parsed, "echo_agent_job_latency_seconds_count") == 2
     assert value(parsed, "echo_agent_job_latency_seconds_sum") == pytest.approx(44)
     assert value(parsed, "echo_agent_job_latency_seconds_bucket", le="5.0") == 1

@@ -93,26 +93,27 @@ def test_orthanc_routes_a_study_in_and_receives_an_artifact_back(setup, study_fi
     decoded = [e for e in log if e["event"] == "decoded"]
     assert [e["n_frames"] for e in decoded] == [truth(a4c)["n_frames"]]
 
-    # the pipeline sent its DICOM objects back through delivery jobs: SEG, SR, secondary
-    # capture and PDF arrive in Orthanc in the source study, each exported once
+    # the pipeline sent its DICOM objects back through delivery jobs: SEG, TID 1500 SR,
+    # TID 5200 SR, secondary capture and PDF arrive in Orthanc in the source study, each
+    # exported once
     def delivered() -> list[Job] | None:
         with sessions() as s:
             sends = s.scalars(select(Job).where(Job.kind == KIND_DELIVER_DICOM)).all()
         return sends if sends and all(j.state in TERMINAL_STATES for j in sends) else None
 
     sends = wait_until(delivered, 60, "the delivery jobs to end", step_s=0.2)
-    assert [(j.state, j.destination, j.attempts) for j in sends] == [("done", "orthanc", 1)] * 4
+    assert [(j.state, j.destination, j.attempts) for j in sends] == [("done", "orthanc", 1)] * 5
     with sessions() as s:
         sent = {
             a.kind: a.sop_instance_uid
             for a in s.scalars(select(Artifact).where(Artifact.job_fk == job.id))
-            if a.kind in ("seg", "sr", "secondary_capture", "pdf")
+            if a.kind in ("seg", "sr", "echo_sr", "secondary_capture", "pdf")
         }
         for artifact in s.scalars(select(Artifact).where(Artifact.job_fk == job.id)):
             (status,) = export_status(s, artifact.id, config)
             expected = "sent" if artifact.kind in sent else "not_sent"
             assert (status.state, status.attempts) == (expected, int(expected == "sent")), status
-    assert set(sent) == {"seg", "sr", "secondary_capture", "pdf"}
+    assert set(sent) == {"seg", "sr", "echo_sr", "secondary_capture", "pdf"}
     modalities = {}
     for kind, uid in sent.items():
         orthanc_id = orthanc.find_instance(uid)
@@ -120,16 +121,16 @@ def test_orthanc_routes_a_study_in_and_receives_an_artifact_back(setup, study_fi
         tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
         assert tags["StudyInstanceUID"] == study.study_instance_uid
         modalities[kind] = tags["Modality"]
-    assert modalities["seg"] == "SEG" and modalities["sr"] == "SR"
+    assert modalities["seg"] == "SEG" and modalities["sr"] == modalities["echo_sr"] == "SR"
     assert orthanc.get("/studies") == [orthanc_study]
-    assert len(orthanc.get(f"/studies/{orthanc_study}/instances")) == len(study_files) + 4
+    assert len(orthanc.get(f"/studies/{orthanc_study}/instances")) == len(study_files) + 5
 
     # a re-sent artifact is not sent twice: export_artifact resumes and finds it sent
     status = export_artifact(
         sessions, next(iter(_ids(sessions, job.id))), config.destinations[0], config
     )
     assert status.state == "sent"
-    assert len(orthanc.get(f"/studies/{orthanc_study}/instances")) == len(study_files) + 4
+    assert len(orthanc.get(f"/studies/{orthanc_study}/instances")) == len(study_files) + 5
 
 
 def _ids(sessions, job_id: int) -> list[int]:

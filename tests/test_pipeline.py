@@ -28,7 +28,9 @@ from pacs_agent.db.models import (
 )
 from pacs_agent.pipeline import MEASUREMENTS_NAME, job_output_dir, read_log, run_job
 
-EXPECTED_KINDS = {"seg", "sr", "overlay_video", "secondary_capture", "rendering", "pdf", "fhir"}
+EXPECTED_KINDS = {
+    "seg", "sr", "echo_sr", "overlay_video", "secondary_capture", "rendering", "pdf", "fhir"
+}
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +133,15 @@ def test_analyze_command_writes_every_object_and_prints_measurements(
     truth = phantom_truth(a4c_loop)
     assert document["edv_ml"] == pytest.approx(truth["edv_ml"], rel=0.25)
     written = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"measurements.json", "seg.dcm", "sr.dcm", "overlay.webm", "overlay_sc.dcm",
-            "report.pdf", "report_pdf.dcm", "fhir_bundle.json"} <= written
+    assert {"measurements.json", "seg.dcm", "sr.dcm", "echo_sr.dcm", "overlay.webm",
+            "overlay_sc.dcm", "report.pdf", "report_pdf.dcm", "fhir_bundle.json"} <= written
+    # the TID 5200 Echocardiography Procedure Report beside the TID 1500 Measurement Report
+    templates = {name: str(pydicom.dcmread(tmp_path / "out" / name)
+                           .ContentTemplateSequence[0].TemplateIdentifier)
+                 for name in ("sr.dcm", "echo_sr.dcm")}  # fmt: skip
+    assert templates == {"sr.dcm": "1500", "echo_sr.dcm": "5200"}
     dciodvfy = need_tool("dciodvfy", "dicom3tools")
-    for name in ("seg.dcm", "sr.dcm", "overlay_sc.dcm", "report_pdf.dcm"):
+    for name in ("seg.dcm", "sr.dcm", "echo_sr.dcm", "overlay_sc.dcm", "report_pdf.dcm"):
         check = subprocess.run([dciodvfy, str(tmp_path / "out" / name)], capture_output=True,
                                text=True, timeout=120)
         errors = [line for line in check.stderr.splitlines() if line.startswith("Error")]

@@ -43,11 +43,13 @@ def test_orthanc_files_every_object_in_the_source_study(loop, tmp_path):
         node_system=NODE_SYSTEM,
     )
     kinds = [o.kind for o in objects]
-    assert kinds == ["seg", "sr", "overlay_video", "secondary_capture", "rendering", "pdf", "fhir"]
+    assert kinds == [
+        "seg", "sr", "echo_sr", "overlay_video", "secondary_capture", "rendering", "pdf", "fhir"
+    ]
     for obj in objects:
         assert obj.path.is_file() and len(obj.sha256) == 64 and obj.elapsed_s >= 0
     dicom = {o.kind: o for o in objects if o.sop_instance_uid}
-    assert set(dicom) == {"seg", "sr", "secondary_capture", "pdf"}
+    assert set(dicom) == {"seg", "sr", "echo_sr", "secondary_capture", "pdf"}
 
     with run_orthanc(tmp_path / "orthanc", {}) as orthanc:
         source = orthanc.upload(loop.path)  # the scanner's copy, as PACS holds it
@@ -72,7 +74,7 @@ def test_orthanc_files_every_object_in_the_source_study(loop, tmp_path):
             series_ids.add(series["ID"])
             tags = orthanc.get(f"/instances/{instance_id}/simplified-tags")
             assert tags["SOPClassUID"] == ds.SOPClassUID
-        assert len(series_ids) == 4  # each object in its own new series
+        assert len(series_ids) == 5  # each object in its own new series
         in_study = set(orthanc.get(f"/studies/{study_id}")["Series"])
         assert series_ids | {source["ParentSeries"]} == in_study
         patient = orthanc.get(f"/studies/{study_id}/patient")

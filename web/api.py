@@ -216,14 +216,16 @@ def _sign(study: Study, body: dict[str, Any], *, amending: bool) -> Any:
     audit.record(action, study_id=study.id, target_type="report_version",
                  target_id=outputs.version_id, detail={"version": outputs.version})
     runner: ExportRunner = current_app.config["ECHO_AGENT_EXPORTS"]
-    started = runner.start(study.id, [outputs.sr_artifact_id], g.user.id, g.user.username,
-                           fhir_artifact_id=outputs.fhir_artifact_id)
+    started = runner.start(study.id, outputs.dicom_artifact_ids, g.user.id, g.user.username,
+                           fhir_artifact_id=outputs.fhir_artifact_id,
+                           hl7_messages=outputs.hl7_messages)
     if started is not None:
         audit.record("export", study_id=study.id, target_type="artifact",
                      target_id=outputs.sr_artifact_id,
                      detail={"started": True, "destinations": [d.name for d in
                                                                _config().destinations],
-                             "ehr": _config().ehr.fhir_base_url})
+                             "ehr": _config().ehr.fhir_base_url,
+                             "hl7": sorted(outputs.hl7_messages)})
     version = session.get(ReportVersion, outputs.version_id)
     assert version is not None
     return jsonify(

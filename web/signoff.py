@@ -1,9 +1,12 @@
 """Sign-off: a cardiologist's signature turns the draft into the final report.
 
 Signing (or amending a signed report) writes a new ``ReportVersion`` (never editing one in
-place), a signed DICOM SR that names the previous SR as its predecessor, and a FHIR bundle whose
-DiagnosticReport is ``final`` (``amended`` after an amendment), then queues the sends of the SR
-to every PACS destination and of the bundle to the EHR (when one is configured) as delivery
+place), signed DICOM SRs (the TID 1500 Measurement Report and the TID 5200 Echocardiography
+Procedure Report) that each name the previous one of their template as predecessor, a FHIR
+bundle whose DiagnosticReport is ``final`` (``amended`` after an amendment) and an HL7 ORU^R01
+per ``[[hl7_destinations]]`` entry (result status F, C after an amendment; message time the
+signature's), then queues the sends of the SRs to every PACS destination, of the bundle to the
+EHR (when one is configured) and of each message to its HL7 destination as delivery
 jobs (``pacs_agent.deliveries``), so the request returns at once and a stop loses no send: the
 jobs are rows that the next worker takes up. The files go under
 ``<home>/reports/<study>/`` and are recorded without a job, so a re-analysis of the loop (which
@@ -17,7 +20,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
@@ -40,9 +43,12 @@ from pacs_agent.db.models import (
 from pacs_agent.deliveries import ACTIVE_STATES, active_for_study, queue_deliveries, see_through
 from pacs_agent.export import artifact_path, destination_status
 from pacs_agent.fhir_delivery import delivery_status
-from pacs_agent.jobs import DELIVERY_KINDS, KIND_DELIVER_FHIR
+from pacs_agent.hl7_delivery import ARTIFACT_KIND as HL7_KIND
+from pacs_agent.hl7_delivery import HL7_MEDIA_TYPE, message_status, write_messages
+from pacs_agent.jobs import DELIVERY_KINDS, KIND_DELIVER_FHIR, KIND_DELIVER_HL7
 from pacs_agent.outputs import node_identifier_system
 from reporting.dicom_base import derived_uid
+from reporting.echo_sr import write_echo_sr, write_signed_echo_sr
 from reporting.fhir import build_fhir_bundle, bundle_json
 from reporting.outputs import DICOM_MEDIA_TYPE, FHIR_MEDIA_TYPE
 from reporting.sr import write_signed_sr
@@ -57,8 +63,9 @@ log = logging.getLogger("echo_agent.web.signoff")
 REPORTS_DIR_NAME = "reports"
 # who the audit log names for sends the node takes up again on its own after a restart
 RESUMING_USER = "echo-agent (resumed after restart)"
-# (study id, [(artifact id, PACS destination names or None for all)], FHIR artifact id)
-Sends = tuple[int, list[tuple[int, tuple[str, ...] | None]], int | None]
+# (study id, [(artifact id, PACS destination names or None for all)], FHIR artifact id,
+#  {HL7 destination name: ORU^R01 artifact id})
+Sends = tuple[int, list[tuple[int, tuple[str, ...] | None]], int | None, dict[str, int]]
 
 
 class SignOffError(ValueError):
@@ -71,6 +78,14 @@ class SignedOutputs:
     version: int
     sr_artifact_id: int
     fhir_artifact_id: int
+    echo_sr_artifact_id: int
+    # [[hl7_destinations]] name -> the ORU^R01 artifact written for it
+    hl7_messages: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dicom_artifact_ids(self) -> list[int]:
+        """What goes to every PACS destination: the TID 1500 SR, then the TID 5200 SR."""
+        return [self.sr_artifact_id, self.echo_sr_artifact_id]
 
 
 def observer_name(user: User) -> str:
@@ -111,24 +126,25 @@ def edit_grounding(
     return advice.verdict, list(advice.reasons)
 
 
-def _previous_sr(session: Session, study_id: int, analysis: Analysis) -> Artifact:
+def _previous_sr(
+    session: Session, study_id: int, analysis: Analysis, kind: str = "sr"
+) -> Artifact | None:
+    """The SR of ``kind`` the new signed one follows: the last signed one, else the analysis's
+    preliminary one (None when there is neither)."""
     signed = session.scalar(
         select(Artifact)
-        .where(Artifact.study_fk == study_id, Artifact.kind == "sr", Artifact.job_fk.is_(None))
+        .where(Artifact.study_fk == study_id, Artifact.kind == kind, Artifact.job_fk.is_(None))
         .order_by(Artifact.id.desc())
         .limit(1)
     )
     if signed is not None:
         return signed
-    preliminary = session.scalar(
+    return session.scalar(
         select(Artifact)
-        .where(Artifact.job_fk == analysis.job_fk, Artifact.kind == "sr")
+        .where(Artifact.job_fk == analysis.job_fk, Artifact.kind == kind)
         .order_by(Artifact.id.desc())
         .limit(1)
     )
-    if preliminary is None:
-        raise SignOffError("the analysis has no preliminary SR to sign")
-    return preliminary
 
 
 def finalise(
@@ -159,7 +175,10 @@ def finalise(
         raise SignOffError("the analysed loop is no longer in the store")
     source_ds: Dataset = dcmread(config.store_path / instance.file_path, stop_before_pixels=True)
     previous_sr = _previous_sr(session, study.id, analysis)
+    if previous_sr is None:
+        raise SignOffError("the analysis has no preliminary SR to sign")
     previous_sr_ds = dcmread(artifact_path(config, previous_sr))
+    previous_echo_sr = _previous_sr(session, study.id, analysis, "echo_sr")
     organisation = str(source_ds.get("InstitutionName", "") or "").strip()
     signature = Signature(
         observer_name=observer_name(user),
@@ -188,6 +207,37 @@ def finalise(
         report,
         sr_path,
         sop_instance_uid=derived_uid(seed, "sr"),
+    )
+    echo_sr_path = folder / f"echo_sr_v{number}.dcm"
+    if previous_echo_sr is not None:
+        echo_sr = write_signed_echo_sr(
+            dcmread(artifact_path(config, previous_echo_sr)),
+            source_ds,
+            measurements,
+            algorithms,
+            report,
+            echo_sr_path,
+            sop_instance_uid=derived_uid(seed, "echo_sr"),
+        )
+    else:  # analysed before the node wrote TID 5200: a signed one with no predecessor
+        echo_sr = write_echo_sr(
+            source_ds,
+            measurements,
+            algorithms,
+            report,
+            echo_sr_path,
+            sop_instance_uid=derived_uid(seed, "echo_sr"),
+            series_instance_uid=derived_uid(seed, "echo_sr", "series"),
+        )
+    messages = write_messages(
+        folder,
+        config,
+        SourceLoop.from_dataset(source_ds),
+        measurements,
+        algorithms,
+        report,
+        message_time=signed_at,
+        file_prefix=f"oru_v{number}",
     )
     bundle = build_fhir_bundle(
         SourceLoop.from_dataset(source_ds),
@@ -221,10 +271,18 @@ def finalise(
                             str(sr.SOPInstanceUID))
     fhir_artifact = _artifact(config, study.id, version.id, "fhir", fhir_path, FHIR_MEDIA_TYPE,
                               None)
-    session.add_all([sr_artifact, fhir_artifact])
+    echo_sr_artifact = _artifact(config, study.id, version.id, "echo_sr", echo_sr_path,
+                                 DICOM_MEDIA_TYPE, str(echo_sr.SOPInstanceUID))
+    hl7_artifacts = {
+        m.destination: _artifact(config, study.id, version.id, HL7_KIND, m.path, HL7_MEDIA_TYPE,
+                                 None)
+        for m in messages
+    }
+    session.add_all([sr_artifact, fhir_artifact, echo_sr_artifact, *hl7_artifacts.values()])
     study.status = "signed"
     session.flush()
-    return SignedOutputs(version.id, number, sr_artifact.id, fhir_artifact.id)
+    return SignedOutputs(version.id, number, sr_artifact.id, fhir_artifact.id,
+                         echo_sr_artifact.id, {n: a.id for n, a in hl7_artifacts.items()})
 
 
 def _artifact(
@@ -254,7 +312,8 @@ def _artifact(
 
 class ExportRunner:
     """Queues the sends of a sign-off as delivery jobs: the DICOM artifacts to the PACS
-    destinations and the FHIR bundle to the EHR, the same jobs an analysis queues.
+    destinations, the FHIR bundle to the EHR and the ORU^R01 messages to their HL7
+    destinations, the same jobs an analysis queues.
 
     With ``submit`` (the review app inside a node) each job goes to the node's queue, whose
     delivery worker runs it. Without (the app on its own), a thread per sign-off sees its jobs
@@ -283,10 +342,17 @@ class ExportRunner:
         with self.session_factory() as session:
             return active_for_study(session, study_id)
 
-    def will_send(self, artifact_ids: list[int], fhir_artifact_id: int | None) -> bool:
+    def will_send(
+        self,
+        artifact_ids: list[int],
+        fhir_artifact_id: int | None,
+        hl7_messages: dict[str, int] | None = None,
+    ) -> bool:
+        hl7_names = {d.name for d in self.config.hl7_destinations}
         return bool(
             (artifact_ids and self.config.destinations)
             or (fhir_artifact_id is not None and self.config.ehr.fhir_base_url)
+            or hl7_names.intersection(hl7_messages or {})
         )
 
     def start(
@@ -296,12 +362,15 @@ class ExportRunner:
         user_id: int,
         username: str,
         fhir_artifact_id: int | None = None,
+        hl7_messages: dict[str, int] | None = None,
     ) -> list[int] | None:
         """Queues the sends; returns the ids of the delivery jobs that carry them, or None
-        when there is nowhere to send anything (no destination, no EHR)."""
-        if not self.will_send(artifact_ids, fhir_artifact_id):
+        when there is nowhere to send anything (no destination, no EHR, no HL7 peer)."""
+        if not self.will_send(artifact_ids, fhir_artifact_id, hl7_messages):
             return None
-        sends: Sends = (study_id, [(a, None) for a in artifact_ids], fhir_artifact_id)
+        sends: Sends = (
+            study_id, [(a, None) for a in artifact_ids], fhir_artifact_id, dict(hl7_messages or {})
+        )
         job_ids = self._queue(sends)
         self._hand_on(sends, job_ids, user_id, username, resumed=False)
         return job_ids
@@ -327,6 +396,7 @@ class ExportRunner:
                 item.study_id,
                 [(artifact_id, names) for artifact_id, names in item.sr_destinations],
                 item.fhir_artifact_id,
+                {},
             )
             job_ids = self._queue(sends)
             thread = self._hand_on(sends, job_ids, None, RESUMING_USER, resumed=True)
@@ -337,7 +407,7 @@ class ExportRunner:
     def _queue(self, sends: Sends) -> list[int]:
         """Creates the jobs (an artifact and destination that has one keeps it) and returns
         every unfinished delivery job of these artifacts, new or older."""
-        study_id, pacs, fhir_artifact_id = sends
+        study_id, pacs, fhir_artifact_id, hl7_messages = sends
         with self.session_factory.begin() as session:
             for artifact_id, names in pacs:
                 queue_deliveries(
@@ -347,7 +417,10 @@ class ExportRunner:
             if fhir_artifact_id is not None:
                 queue_deliveries(session, self.config, study_id, utcnow(),
                                  fhir_artifact=fhir_artifact_id)  # fmt: skip
-            artifacts = [a for a, _ in pacs] + ([fhir_artifact_id] if fhir_artifact_id else [])
+            if hl7_messages:
+                queue_deliveries(session, self.config, study_id, utcnow(),
+                                 hl7_messages=hl7_messages)  # fmt: skip
+            artifacts = _artifacts_of(sends)
             return list(session.scalars(
                 select(Job.id)
                 .where(Job.artifact_fk.in_(artifacts), Job.kind.in_(DELIVERY_KINDS),
@@ -391,7 +464,7 @@ class ExportRunner:
         username: str,
         resumed: bool,
     ) -> None:
-        study_id, pacs, fhir_artifact_id = sends
+        study_id = sends[0]
         try:
             error = ""
             try:
@@ -399,8 +472,7 @@ class ExportRunner:
             except Exception as exc:  # recorded and shown; the thread must not die silently
                 log.exception("sending the sign-off of study %d failed", study_id)
                 error = f"{type(exc).__name__}: {exc}"
-            artifacts = [a for a, _ in pacs] + ([fhir_artifact_id] if fhir_artifact_id else [])
-            for artifact_id in artifacts:
+            for artifact_id in _artifacts_of(sends):
                 detail: dict[str, object] = {"artifact_id": artifact_id}
                 if error:
                     detail["error"] = error
@@ -436,8 +508,18 @@ class ExportRunner:
                 if kind == KIND_DELIVER_FHIR:
                     limit = self.config.ehr.max_attempts
                     status = delivery_status(session, artifact_id, destination or "", limit)
+                elif kind == KIND_DELIVER_HL7:
+                    limit = self.config.export.max_attempts
+                    status = message_status(session, artifact_id, destination or "", limit)
                 else:
                     limit = self.config.export.max_attempts
                     status = destination_status(session, artifact_id, destination or "", limit)
                 results[status.destination] = status.state
         return results
+
+
+def _artifacts_of(sends: Sends) -> list[int]:
+    """Every artifact a sign-off's sends carry: the SRs, the bundle, the HL7 messages."""
+    _, pacs, fhir_artifact_id, hl7_messages = sends
+    artifacts = [a for a, _ in pacs] + ([fhir_artifact_id] if fhir_artifact_id else [])
+    return artifacts + list(hl7_messages.values())

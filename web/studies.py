@@ -30,6 +30,7 @@ from pacs_agent.db.models import (
 )
 from pacs_agent.export import export_status
 from pacs_agent.fhir_delivery import delivery_status, destination_name, study_delivery
+from pacs_agent.hl7_delivery import message_statuses
 from pacs_agent.jobs import DELIVERY_KINDS
 from pacs_agent.outputs import algorithms_for
 from reporting.typed_text import grounding_label, shown_reasons, typed_by_person
@@ -58,6 +59,8 @@ STATUS_LABELS = {
     "not_eligible": "not eligible",
 }
 WORKLIST_LIMIT = 1000
+# the artifacts the export summary lists (what goes to PACS, the EHR or an HL7 peer)
+EXPORTED_KINDS = ("sr", "echo_sr", "seg", "secondary_capture", "pdf", "fhir", "hl7_oru")
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,15 @@ def _ehr_status(session: Session, artifact: Artifact, config: Config) -> list[De
                             config.ehr.max_attempts)]
 
 
+def _destinations(session: Session, artifact: Artifact, config: Config) -> list[DestinationStatus]:
+    """Where the artifact stands with each place it goes: PACS, the EHR or its HL7 peers."""
+    if artifact.kind == "fhir":
+        return _ehr_status(session, artifact, config)
+    if artifact.kind == "hl7_oru":
+        return message_statuses(session, artifact.id, config)
+    return export_status(session, artifact.id, config)
+
+
 def export_summary(session: Session, config: Config, study_id: int) -> dict[str, Any]:
     artifacts = session.scalars(
         select(Artifact).where(Artifact.study_fk == study_id).order_by(Artifact.id)
@@ -345,7 +357,7 @@ def export_summary(session: Session, config: Config, study_id: int) -> dict[str,
     delivery = study_delivery(session, study_id, config)
     rows = []
     for artifact in artifacts:
-        if artifact.kind not in ("sr", "seg", "secondary_capture", "pdf", "fhir"):
+        if artifact.kind not in EXPORTED_KINDS:
             continue
         version = session.get(ReportVersion, artifact.report_version_fk) if (
             artifact.report_version_fk
@@ -363,10 +375,7 @@ def export_summary(session: Session, config: Config, study_id: int) -> dict[str,
                         "attempts": s.attempts,
                         "last_error": s.last_error,
                     }
-                    for s in (
-                        export_status(session, artifact.id, config) if artifact.kind != "fhir"
-                        else _ehr_status(session, artifact, config)
-                    )
+                    for s in _destinations(session, artifact, config)
                 ],
             }
         )
@@ -384,6 +393,7 @@ def export_summary(session: Session, config: Config, study_id: int) -> dict[str,
         },
         "ehr_configured": bool(config.ehr.fhir_base_url),
         "destinations_configured": [d.name for d in config.destinations],
+        "hl7_destinations_configured": [d.name for d in config.hl7_destinations],
         "artifacts": rows,
     }
 

@@ -27,7 +27,7 @@ from pacs_agent.bench.dcmtk import find_dcmtk_tool
 from pacs_agent.bench.ingest import SEND_TIMEOUT_S, STORESCU_PROPOSE, _free_port, _group_by_syntax
 from pacs_agent.config import Config
 from pacs_agent.db.models import Instance, Job, Series, Study
-from pacs_agent.jobs import TERMINAL_STATES
+from pacs_agent.jobs import KIND_ANALYZE, TERMINAL_STATES
 from pacs_agent.pipeline import job_output_dir, read_log
 
 SPARE_STUDIES = 3
@@ -200,7 +200,8 @@ def _time_study(
 
 def _wait_for_job(sessions: object, study_uid: str) -> Job | None:
     """The study's analysis job once it is done or failed (the assembler creates it after the
-    stable age, a worker runs it); None when the study was assembled with no eligible loop."""
+    stable age, a worker runs it); None when the study was assembled with no eligible loop.
+    Its delivery jobs (created later, so with higher ids) are not what is timed here."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
         with sessions() as session:  # type: ignore[operator]
@@ -208,7 +209,7 @@ def _wait_for_job(sessions: object, study_uid: str) -> Job | None:
             job = session.scalar(
                 select(Job)
                 .join(Study, Job.study_fk == Study.id)
-                .where(Study.study_instance_uid == study_uid)
+                .where(Study.study_instance_uid == study_uid, Job.kind == KIND_ANALYZE)
                 .order_by(Job.id.desc())
             )
             if job is not None and job.state in TERMINAL_STATES:

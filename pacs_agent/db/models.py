@@ -43,7 +43,17 @@ UID = String(64)  # DICOM UI VR: at most 64 characters
 
 STUDY_STATES = ("receiving", "complete", "analysing", "drafted", "signed", "failed", "not_eligible")
 JOB_STATES = ("received", "queued", "running", "done", "failed")
-ARTIFACT_KINDS = ("seg", "sr", "secondary_capture", "pdf", "fhir", "overlay_video", "rendering")
+ARTIFACT_KINDS = (
+    "seg",
+    "sr",
+    "secondary_capture",
+    "pdf",
+    "fhir",
+    "overlay_video",
+    "rendering",
+    "echo_sr",  # TID 5200 Echocardiography Procedure Report (migration 0005)
+    "hl7_oru",  # an HL7 v2 ORU^R01 message for one HL7 destination (migration 0005)
+)
 REPORT_STATES = ("draft", "preliminary", "signed", "amended")
 USER_ROLES = ("admin", "cardiologist", "sonographer")
 EXPORT_STATES = ("pending", "sent", "failed")
