@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pacs_agent import __version__
 from pacs_agent.commands.evaluate import add_evaluate_parser
+from pacs_agent.commands.tokens import add_token_parser
 from pacs_agent.commands.train import add_train_parser
 from pacs_agent.config import Config, ConfigError, as_toml, load_config
 from pacs_agent.db import SchemaError, ensure_schema, make_engine, make_session_factory, upgrade
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_token_parser(sub)  # DICOMweb bearer tokens: token add|revoke|list
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

@@ -171,6 +171,16 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class DicomWebConfig:
+    """DICOMweb at ``/dicomweb`` on the web port (``web.dicomweb``): STOW-RS into the same store
+    and checks as C-STORE, QIDO-RS and WADO-RS over what the node holds. ``max_request_mb``: the
+    largest STOW-RS request body (a larger one is refused with 413 before it is stored)."""
+
+    enabled: bool = True
+    max_request_mb: int = 1024  # waitress, the web server, refuses bodies over 1 GiB
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     """``url`` empty means SQLite at ``<home>/echo-agent.db``."""
 
@@ -273,6 +283,7 @@ class Config:
     home: str = "./var"
     dicom: DicomConfig = field(default_factory=DicomConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    dicomweb: DicomWebConfig = field(default_factory=DicomWebConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
@@ -546,6 +557,7 @@ def _check_ranges(config: Config) -> None:
         "queue.workers": config.queue.workers,
         "queue.max_attempts": config.queue.max_attempts,
         "database.pool_size": config.database.pool_size,
+        "dicomweb.max_request_mb": config.dicomweb.max_request_mb,
     }
     for name, value in positive.items():
         if value < 1:

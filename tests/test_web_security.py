@@ -72,6 +72,9 @@ def test_every_route_needs_a_session(app, study_id) -> None:
             elif rule.rule.startswith("/fhir"):
                 assert response.status_code == 401, (method, rule.rule)
                 assert response.get_json()["resourceType"] == "OperationOutcome"
+            elif rule.rule.startswith("/dicomweb"):  # a session or a bearer token
+                assert response.status_code == 401, (method, rule.rule)
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
             else:
                 assert response.status_code == 302, (method, rule.rule)
                 assert response.headers["Location"].startswith("/login")

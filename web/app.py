@@ -25,6 +25,7 @@ from web import api, audit, auth, chat, fhir_api, health, media, openapi, pages,
 from web.chat_backend import ChatBackend, measurements_backend
 from web.csrf import csrf_token
 from web.db import close_db
+from web.dicomweb import init_app as init_dicomweb
 from web.ratelimit import LoginRateLimiter
 from web.secret import load_or_create_secret_key
 from web.security import SessionInterface, add_security_headers
@@ -80,6 +81,7 @@ def create_app(
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["app_version"] = __version__
     app.before_request(fhir_api.require_login)  # OperationOutcome, not a redirect
+    init_dicomweb(app)  # /dicomweb: its bearer-token check must run before the guard
     app.before_request(auth.guard)
     app.after_request(add_security_headers)
     app.teardown_appcontext(close_db)

@@ -85,11 +85,16 @@ def forbidden(message: str) -> Any:
 
 
 def guard() -> Any:
-    """Runs before every request: session check, then the CSRF check on state changes."""
+    """Runs before every request: session check, then the CSRF check on state changes.
+
+    Under /dicomweb a machine client's bearer token, checked before this guard and only there
+    (``web.dicomweb.authenticate`` sets ``g.api_token``), stands in for a session; it needs no
+    CSRF token, because a browser never sends an Authorization header of its own accord."""
     g.user = _session_user()
-    if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None:
+    by_token = g.get("api_token") is not None
+    if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None and not by_token:
         return unauthorized()
-    if not csrf_ok():
+    if not by_token and not csrf_ok():
         message = "missing or wrong CSRF token (reload the page and try again)"
         if is_api_request():
             return jsonify(error=message), 403

@@ -403,3 +403,25 @@ class ExportAttempt(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     artifact: Mapped[Artifact] = relationship(back_populates="exports")
+
+
+API_TOKEN_ROLES = ("pacs", "viewer")
+
+
+class ApiToken(Base):
+    """A machine client's bearer token for DICOMweb (``web.dicomweb``): ``pacs`` may store and
+    read, ``viewer`` may only read. Only the SHA-256 of the token is kept (it is shown once, by
+    ``echo-agent token add``); a revoked token keeps its row, with ``revoked_at``, for the
+    audit trail. A name is held by at most one token that is not revoked
+    (``pacs_agent.api_tokens``).
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (_one_of("role", API_TOKEN_ROLES),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
