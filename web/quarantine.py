@@ -1,8 +1,9 @@
-"""The admin's view of the quarantine: instances refused because their patient identity
-conflicts with their study's (issue #15, item 1).
+"""The admin's view of the quarantine: instances refused because they contradict what is
+recorded (their patient is not their study's, their series is another study's, or their SOP
+Instance UID is stored for another patient or study).
 
-Admins only: each entry is a file of another patient's images that PACS sent under a study it
-does not belong to, and resolving it (re-sending under the right study, or deleting it) is an
+Admins only: each entry is a file that PACS sent under a study, series or UID it does not
+belong to, and resolving it (re-sending under the right study, or deleting it) is an
 administrator's task. Entries carry UIDs, the sending AE, the time and the reason, never a
 patient's name or ID; the file under the node's home holds the object itself.
 """

@@ -162,7 +162,9 @@ class Instance(Base):
 
 
 class QuarantinedInstance(Base):
-    """An instance refused because its patient identity conflicts with its study's.
+    """An instance refused because it contradicts what is recorded: its patient is not its
+    study's, its series belongs to another study, or its SOP Instance UID is stored for another
+    patient or study (``pacs_agent.ingest.Conflict``).
 
     It belongs to no study: no row links it to one, so nothing analyses or shows it; the file
     is kept byte for byte (``file_path`` is relative to the node's home) for an admin to
