@@ -47,12 +47,11 @@ a new instance, COMPLETE / VERIFIED / FINAL, in the same series, naming its pred
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from highdicom.sr import (
     CodeContentItem,
-    ComprehensiveSR,
     ContainerContentItem,
     DeviceObserverIdentifyingAttributes,
     NumContentItem,
@@ -63,7 +62,6 @@ from highdicom.sr import (
     TextContentItem,
 )
 from pydicom.dataset import Dataset
-from pydicom.valuerep import DT
 
 from inference.types import Measurements
 from reporting import codes
@@ -71,12 +69,9 @@ from reporting.codes import ClinicalCode
 from reporting.dicom_base import (
     Equipment,
     derived_uid,
-    local_now,
-    new_uid,
-    person_name,
     save,
 )
-from reporting.sr import _algorithm, _character_set, _evidence
+from reporting.sr import algorithm_identification, sr_document, successor_options
 from reporting.types import DEMO_LABEL_ASCII, Algorithms, DraftReport
 from reporting.values import KEY_LV_EDV, KEY_LV_ESV, ReportedValue, reported_values
 
@@ -102,53 +97,28 @@ def build_echo_sr(
     algorithms: Algorithms,
     report: DraftReport,
     *,
-    previous_versions: list[Dataset] | None = None,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
     series_number: int = SERIES_NUMBER_ECHO_SR,
-    instance_number: int | None = None,
     equipment: Equipment | None = None,
-    now: dt.datetime | None = None,
+    **options: Any,
 ) -> Dataset:
     """The TID 5200 SR for this report version, with the inputs ``reporting.sr.build_sr`` takes:
     preliminary and unverified while ``report`` is unsigned, complete, verified and final once
-    it carries a signature (see ``build_signed_echo_sr``)."""
+    it carries a signature (see ``build_signed_echo_sr``). The document around the content is
+    ``reporting.sr.sr_document``'s, the same as the TID 1500 report's."""
     equipment = equipment or Equipment()
-    now = now or local_now()
     demo = report.demo_models or algorithms.demo_models
-    signature = report.signature
     texts = [a.display_name for a in (algorithms.segmentation, algorithms.ejection_fraction)]
     texts += [DEMO_LABEL_ASCII] if demo else []
-    if signature is not None:
-        texts += [signature.observer_name, signature.organisation]
-    sr = ComprehensiveSR(
-        evidence=[_evidence(source_ds)],
-        content=_content(source_ds, measurements, algorithms, equipment, demo),
-        series_instance_uid=series_instance_uid or new_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or new_uid(),
-        instance_number=instance_number or report.version,
-        manufacturer=equipment.manufacturer,
-        is_complete=signature is not None,
-        is_final=signature is not None,
-        is_verified=signature is not None,
-        institution_name=equipment.institution_name,
-        verifying_observer_name=None if signature is None else person_name(signature.observer_name),
-        verifying_organization=None if signature is None else signature.organisation,
-        previous_versions=previous_versions,
-        specific_character_set=_character_set(source_ds, texts),
+    return sr_document(
+        source_ds,
+        _content(source_ds, measurements, algorithms, equipment, demo),
+        report,
+        texts=texts,
         series_description=f"{SERIES_DESCRIPTION}{' [DEMO]' if demo else ''}",
-        manufacturer_model_name=equipment.model_name,
-        software_versions=equipment.software_versions,
-        device_serial_number=equipment.device_serial_number,
-        content_date=now.date(),
-        content_time=now.time().replace(microsecond=0),
+        series_number=series_number,
+        equipment=equipment,
+        **options,
     )
-    # the patient and study as the source has them, nothing invented (as reporting.sr does)
-    sr.copy_patient_and_study_information(source_ds)
-    if signature is not None:  # highdicom stamps "now"; the signature has its own instant
-        sr.VerifyingObserverSequence[0].VerificationDateTime = DT(signature.signed_at)
-    return sr
 
 
 def build_signed_echo_sr(
@@ -157,24 +127,15 @@ def build_signed_echo_sr(
     measurements: Measurements,
     algorithms: Algorithms,
     report: DraftReport,
-    **options: object,
+    **options: Any,
 ) -> Dataset:
     """The new TID 5200 SR written when the cardiologist signs (or amends): same series as the
     preliminary one, the next instance number, the signature, and the preliminary (or
     previously signed) one as its predecessor."""
-    if report.signature is None:
-        raise ValueError("a signed SR needs a signed report (DraftReport.signed(...))")
-    options.setdefault("series_instance_uid", str(preliminary_sr.SeriesInstanceUID))
-    options.setdefault("series_number", int(preliminary_sr.SeriesNumber))
-    options.setdefault("instance_number", int(preliminary_sr.InstanceNumber) + 1)
     return build_echo_sr(
-        source_ds,
-        measurements,
-        algorithms,
-        report,
-        previous_versions=[preliminary_sr],
-        **options,  # type: ignore[arg-type]
-    )
+        source_ds, measurements, algorithms, report,
+        **successor_options(preliminary_sr, report, options),
+    )  # fmt: skip
 
 
 def write_echo_sr(
@@ -315,7 +276,7 @@ def _echo_measurement(source_ds: Dataset, value: ReportedValue) -> NumContentIte
     phase = _CARDIAC_PHASE.get(value.key)
     if phase is not None:
         children.append(_code(codes.CARDIAC_CYCLE_POINT, phase, _CONCEPT_MOD))
-    algorithm = _algorithm(value.algorithm)
+    algorithm = algorithm_identification(value.algorithm)
     if algorithm is not None:
         children += list(algorithm)
     frames = [f + 1 for f in value.source_frames]  # DICOM frame numbers are 1-based

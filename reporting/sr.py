@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
     ComprehensiveSR,
     ContainerContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     Measurement,
@@ -65,7 +67,7 @@ from reporting.values import (
 
 GROUP_TRACKING_ID = "LV function, A4C"
 LATIN1_CHARSETS = ("", "ISO_IR 6", "ISO_IR 100")
-# what highdicom's SR constructor reads from its evidence (see _evidence)
+# what highdicom's SR constructor reads from its evidence (see source_evidence)
 _EVIDENCE_IDENTITY = (
     "PatientID",
     "PatientName",
@@ -85,26 +87,56 @@ def build_sr(
     algorithms: Algorithms,
     report: DraftReport,
     *,
+    series_number: int = SERIES_NUMBER_SR,
+    equipment: Equipment | None = None,
+    **options: Any,
+) -> Dataset:
+    """The SR for this report version: preliminary and unverified while ``report`` is unsigned,
+    complete, verified and final once it carries a signature (see ``build_signed_sr``).
+    ``options``: those of ``sr_document``."""
+    equipment = equipment or Equipment()
+    content = _measurement_report(source_ds, measurements, algorithms, report, equipment)
+    texts = _texts(report, algorithms) + [a.display_name for a in _algorithms(algorithms)]
+    demo = report.demo_models or algorithms.demo_models
+    return sr_document(
+        source_ds,
+        content,
+        report,
+        texts=texts,
+        series_description=f"LV function measurements{' [DEMO]' if demo else ''}",
+        series_number=series_number,
+        equipment=equipment,
+        **options,
+    )
+
+
+def sr_document(
+    source_ds: Dataset,
+    content: ContentSequence,
+    report: DraftReport,
+    *,
+    texts: list[str],
+    series_description: str,
+    series_number: int,
     previous_versions: list[Dataset] | None = None,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
-    series_number: int = SERIES_NUMBER_SR,
     instance_number: int | None = None,
     equipment: Equipment | None = None,
     now: dt.datetime | None = None,
 ) -> Dataset:
-    """The SR for this report version: preliminary and unverified while ``report`` is unsigned,
-    complete, verified and final once it carries a signature (see ``build_signed_sr``)."""
+    """One Comprehensive SR around ``content`` (a template's root container) for this report
+    version. The TID 1500 and the TID 5200 reports both go through it, so they carry the same
+    completion and verification flags, signature, equipment, character set and patient/study
+    modules; only their content differs. ``texts``: the free texts the content holds, for the
+    character set."""
     equipment = equipment or Equipment()
     now = now or local_now()
-    content = _measurement_report(source_ds, measurements, algorithms, report, equipment)
     signature = report.signature
-    texts = _texts(report, algorithms) + [a.display_name for a in _algorithms(algorithms)]
     if signature is not None:
-        texts += [signature.observer_name, signature.organisation]
-    demo = report.demo_models or algorithms.demo_models
+        texts = [*texts, signature.observer_name, signature.organisation]
     sr = ComprehensiveSR(
-        evidence=[_evidence(source_ds)],
+        evidence=[source_evidence(source_ds)],
         content=content,
         series_instance_uid=series_instance_uid or new_uid(),
         series_number=series_number,
@@ -119,8 +151,8 @@ def build_sr(
         verifying_observer_name=None if signature is None else person_name(signature.observer_name),
         verifying_organization=None if signature is None else signature.organisation,
         previous_versions=previous_versions,
-        specific_character_set=_character_set(source_ds, texts),
-        series_description=f"LV function measurements{' [DEMO]' if demo else ''}",
+        specific_character_set=character_set_for(source_ds, texts),
+        series_description=series_description,
         manufacturer_model_name=equipment.model_name,
         software_versions=equipment.software_versions,
         device_serial_number=equipment.device_serial_number,
@@ -135,30 +167,37 @@ def build_sr(
     return sr
 
 
+def successor_options(
+    preliminary_sr: Dataset, report: DraftReport, options: dict[str, Any]
+) -> dict[str, Any]:
+    """``options`` for the SR written when the cardiologist signs (or amends): same series as
+    ``preliminary_sr``, the next instance number, ``preliminary_sr`` as its predecessor."""
+    if report.signature is None:
+        raise ValueError("a signed SR needs a signed report (DraftReport.signed(...))")
+    return {
+        "series_instance_uid": str(preliminary_sr.SeriesInstanceUID),
+        "series_number": int(preliminary_sr.SeriesNumber),
+        "instance_number": int(preliminary_sr.InstanceNumber) + 1,
+        **options,
+        "previous_versions": [preliminary_sr],
+    }
+
+
 def build_signed_sr(
     preliminary_sr: Dataset,
     source_ds: Dataset,
     measurements: Measurements,
     algorithms: Algorithms,
     report: DraftReport,
-    **options: object,
+    **options: Any,
 ) -> Dataset:
     """The new SR written when the cardiologist signs (or amends): same series as the
     preliminary one, the next instance number, the signature, and the preliminary (or
     previously signed) SR as its predecessor."""
-    if report.signature is None:
-        raise ValueError("a signed SR needs a signed report (DraftReport.signed(...))")
-    options.setdefault("series_instance_uid", str(preliminary_sr.SeriesInstanceUID))
-    options.setdefault("series_number", int(preliminary_sr.SeriesNumber))
-    options.setdefault("instance_number", int(preliminary_sr.InstanceNumber) + 1)
     return build_sr(
-        source_ds,
-        measurements,
-        algorithms,
-        report,
-        previous_versions=[preliminary_sr],
-        **options,  # type: ignore[arg-type]
-    )
+        source_ds, measurements, algorithms, report,
+        **successor_options(preliminary_sr, report, options),
+    )  # fmt: skip
 
 
 def write_sr(
@@ -247,7 +286,7 @@ def _measurement_report(
     return content
 
 
-def _evidence(source_ds: Dataset) -> Dataset:
+def source_evidence(source_ds: Dataset) -> Dataset:
     """What highdicom's SR constructor takes as evidence: the source's references only.
 
     highdicom reads the evidence's Patient ID, Name, Birth Date, Sex, Accession Number, Study
@@ -269,7 +308,7 @@ def _algorithms(algorithms: Algorithms) -> list[AlgorithmInfo]:
     return [algorithms.segmentation, algorithms.ejection_fraction]
 
 
-def _character_set(source_ds: Dataset, texts: list[str]) -> str:
+def character_set_for(source_ds: Dataset, texts: list[str]) -> str:
     """The source's Latin-1 repertoire when our free text fits in it (what most PACS and
     dcmtk handle best), UTF-8 otherwise."""
     source = source_ds.get("SpecificCharacterSet") or ""
@@ -308,7 +347,7 @@ def _measurement(source_ds: Dataset, value: ReportedValue) -> Measurement:
         derivation=codes.MEAN.dicom() if value.n_beats > 1 else None,
         finding_sites=[FindingSite(codes.LEFT_VENTRICLE.dicom())] if value.left_ventricle else None,
         referenced_images=[image],
-        algorithm_id=_algorithm(value.algorithm),
+        algorithm_id=algorithm_identification(value.algorithm),
     )
     if value.left_ventricle:
         measurement[0].ContentSequence.append(
@@ -383,7 +422,7 @@ def _quality_measurement(source_ds: Dataset, quality: LoopQuality) -> Measuremen
     )
 
 
-def _algorithm(algorithm: AlgorithmInfo | None) -> AlgorithmIdentification | None:
+def algorithm_identification(algorithm: AlgorithmInfo | None) -> AlgorithmIdentification | None:
     if algorithm is None:
         return None
     return AlgorithmIdentification(
