@@ -106,23 +106,10 @@ def create_job(
     racing a late instance) cannot both create the job, and the losing one's transaction is not
     spoiled by an IntegrityError.
     """
-    stmt = (
-        _insert(session)(Job)
-        .values(
-            study_fk=study_id,
-            instance_fk=instance_id,
-            kind=kind,
-            state="received",
-            attempts=0,
-            max_attempts=max_attempts,
-            last_error="",
-            worker_id="",
-            created_at=now,
-        )
-        .on_conflict_do_nothing()
-        .returning(Job.id)
-    )
-    return session.execute(stmt).scalar_one_or_none()
+    return _insert_job(
+        session, study_fk=study_id, instance_fk=instance_id, kind=kind,
+        max_attempts=max_attempts, created_at=now,
+    )  # fmt: skip
 
 
 def create_delivery_job(
@@ -138,21 +125,18 @@ def create_delivery_job(
     the new id or None (ON CONFLICT DO NOTHING, as ``create_job``)."""
     if kind not in DELIVERY_KINDS:
         raise ValueError(f"{kind!r} is not a delivery kind")
+    return _insert_job(
+        session, study_fk=study_id, instance_fk=None, artifact_fk=artifact_id,
+        destination=destination, kind=kind, max_attempts=max_attempts, created_at=now,
+    )  # fmt: skip
+
+
+def _insert_job(session: Session, **values: Any) -> int | None:
+    """A new job row in state ``received`` with ``values``; None when the row's unique rule
+    (per loop and kind, or per artifact, destination and kind) already holds one."""
     stmt = (
         _insert(session)(Job)
-        .values(
-            study_fk=study_id,
-            instance_fk=None,
-            artifact_fk=artifact_id,
-            destination=destination,
-            kind=kind,
-            state="received",
-            attempts=0,
-            max_attempts=max_attempts,
-            last_error="",
-            worker_id="",
-            created_at=now,
-        )
+        .values(state="received", attempts=0, last_error="", worker_id="", **values)
         .on_conflict_do_nothing()
         .returning(Job.id)
     )
