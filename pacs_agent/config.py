@@ -116,6 +116,35 @@ def check_hl7_destinations(entries: list[Hl7DestinationConfig]) -> None:
 
 
 @dataclass(frozen=True)
+class DicomwebDestinationConfig:
+    """A peer the node sends its DICOM results to by STOW-RS (``pacs_agent.stow_delivery``):
+    ``url`` is the DICOMweb root (the service answers ``POST <url>/studies``);
+    ``bearer_token_env`` names the environment variable holding a bearer token (the token
+    itself never sits in the file). Tries and back-off are ``[export]``'s, as for C-STORE."""
+
+    name: str = ""
+    url: str = ""
+    timeout_s: float = 30.0
+    bearer_token_env: str = ""
+
+
+def check_dicomweb_destinations(entries: list[DicomwebDestinationConfig]) -> None:
+    """Name set and unique, an http(s) URL, a positive timeout."""
+    names: set[str] = set()
+    for index, dest in enumerate(entries):
+        where = f"dicomweb_destinations[{index}]"
+        if not dest.name.strip():
+            raise ConfigError(f"{where}.name must be set")
+        if dest.name in names:
+            raise ConfigError(f"{where}.name {dest.name!r} is used twice")
+        names.add(dest.name)
+        if not dest.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.url must be an http:// or https:// URL, got {dest.url!r}")
+        if dest.timeout_s <= 0:
+            raise ConfigError(f"{where}.timeout_s must be positive, got {dest.timeout_s}")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """Retries with exponential back-off, then a final failed state per destination."""
 
@@ -296,6 +325,7 @@ class Config:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     destinations: list[DestinationConfig] = field(default_factory=list)
     hl7_destinations: list[Hl7DestinationConfig] = field(default_factory=list)
+    dicomweb_destinations: list[DicomwebDestinationConfig] = field(default_factory=list)
     source: str = field(default="defaults", compare=False)
 
     @property
@@ -321,6 +351,7 @@ _NOT_SETTINGS = frozenset({"source"})
 _TABLE_LISTS: dict[str, type] = {
     "destinations": DestinationConfig,
     "hl7_destinations": Hl7DestinationConfig,
+    "dicomweb_destinations": DicomwebDestinationConfig,
 }
 
 _CHOICES: dict[tuple[str, str], frozenset[str]] = {
@@ -593,6 +624,7 @@ def _check_ranges(config: Config) -> None:
             raise ConfigError(f"{where}.port must be between 1 and 65535, got {dest.port}")
     _check_queue(config.queue)
     check_hl7_destinations(config.hl7_destinations)
+    check_dicomweb_destinations(config.dicomweb_destinations)
     for entry in config.web.trusted_proxies:
         try:
             ipaddress.ip_network(entry, strict=False)

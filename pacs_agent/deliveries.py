@@ -9,7 +9,10 @@ only creates the delivery jobs and moves on:
   name) by C-STORE;
 * ``deliver_fhir``: one FHIR bundle to the EHR (``Job.destination`` is ``fhir:<base url>``);
 * ``deliver_hl7``: one stored ORU^R01 to one ``[[hl7_destinations]]`` entry over MLLP
-  (``Job.destination`` is ``hl7:<name>``; ``pacs_agent.hl7_delivery``).
+  (``Job.destination`` is ``hl7:<name>``; ``pacs_agent.hl7_delivery``);
+* ``deliver_stow``: one artifact to one ``[[dicomweb_destinations]]`` entry by STOW-RS
+  (``Job.destination`` is ``dicomweb:<name>``; ``pacs_agent.stow_delivery``), queued with
+  (and for the same artifacts as) ``deliver_dicom``.
 
 One run of a delivery job makes ONE try, recorded as an ``ExportAttempt`` row exactly as before
 (the study page and the API read those rows). Sent: the job is done. Failed for good (out of
@@ -35,7 +38,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pacs_agent import hl7_delivery, jobs
+from pacs_agent import hl7_delivery, jobs, stow_delivery
 from pacs_agent.attempts import DestinationStatus, RetryPolicy
 from pacs_agent.config import Config
 from pacs_agent.db.models import Artifact, Job, utcnow
@@ -45,6 +48,7 @@ from pacs_agent.jobs import (
     KIND_DELIVER_DICOM,
     KIND_DELIVER_FHIR,
     KIND_DELIVER_HL7,
+    KIND_DELIVER_STOW,
     PermanentJobError,
     RetryLater,
 )
@@ -71,7 +75,8 @@ def queue_deliveries(
     hl7_messages: Mapping[str, int] | None = None,
 ) -> list[int]:
     """Creates and queues the jobs that send ``dicom_artifacts`` to every configured PACS
-    destination (only those named in ``destinations`` when given), ``fhir_artifact`` to
+    destination, C-STORE and DICOMweb (only those named in ``destinations`` when given: a
+    ``[[destinations]]`` name or ``dicomweb:<name>``), ``fhir_artifact`` to
     the EHR when one is configured, and each of ``hl7_messages`` (``[[hl7_destinations]]``
     name -> its ORU^R01 artifact) to its destination while that is configured; returns the
     ids queued now. An (artifact, destination) that already has its job gets no second one.
@@ -87,6 +92,21 @@ def queue_deliveries(
                 study_id,
                 artifact_id,
                 dest.name,
+                now,
+                config.export.max_attempts,
+            )
+            if job_id is not None:
+                created.append(job_id)
+        for web_dest in config.dicomweb_destinations:
+            name = stow_delivery.destination_name(web_dest)
+            if destinations is not None and name not in destinations:
+                continue
+            job_id = jobs.create_delivery_job(
+                session,
+                KIND_DELIVER_STOW,
+                study_id,
+                artifact_id,
+                name,
                 now,
                 config.export.max_attempts,
             )
@@ -208,6 +228,14 @@ def run_delivery(
             lambda: hl7_delivery.send_message_once(
                 session_factory, artifact_id, hl7_dest, config, clock
             )
+        )
+    elif kind == KIND_DELIVER_STOW:
+        web_dest = stow_delivery.configured(config, destination)
+        if web_dest is None:
+            raise PermanentJobError(f"{destination} is no longer configured")
+        policy = stow_delivery.stow_policy(config)
+        status = _once(
+            lambda: stow_delivery.stow_once(session_factory, artifact_id, web_dest, config, clock)
         )
     else:
         raise PermanentJobError(f"job {job_id} has kind {kind!r}, which is no delivery")

@@ -1,6 +1,6 @@
 """Jobs: work as a database row that outlives the process running it: the analysis of one
 loop (``analyze``), or the delivery of one artifact to one destination (``deliver_dicom``,
-``deliver_fhir``, ``deliver_hl7``; ``pacs_agent.deliveries``).
+``deliver_fhir``, ``deliver_hl7``, ``deliver_stow``; ``pacs_agent.deliveries``).
 
 States: ``received`` (the row exists, no queue has it yet) -> ``queued`` -> ``running`` ->
 ``done`` | ``failed``. A failed attempt goes back to ``queued`` with ``next_attempt_at`` pushed
@@ -38,7 +38,8 @@ KIND_ANALYZE = "analyze"
 KIND_DELIVER_DICOM = "deliver_dicom"  # one artifact to one PACS destination by C-STORE
 KIND_DELIVER_FHIR = "deliver_fhir"  # one FHIR bundle to the EHR
 KIND_DELIVER_HL7 = "deliver_hl7"  # one stored ORU^R01 to one HL7 destination over MLLP
-DELIVERY_KINDS = (KIND_DELIVER_DICOM, KIND_DELIVER_FHIR, KIND_DELIVER_HL7)
+KIND_DELIVER_STOW = "deliver_stow"  # one DICOM artifact to one DICOMweb destination by STOW-RS
+DELIVERY_KINDS = (KIND_DELIVER_DICOM, KIND_DELIVER_FHIR, KIND_DELIVER_HL7, KIND_DELIVER_STOW)
 # which kinds a worker claims: None = every kind
 LANE_ANALYSIS = "analysis"  # every kind but the deliveries
 LANE_DELIVERY = "delivery"  # deliveries only

@@ -7,16 +7,17 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-DEBIAN_PACKAGES=(dcmtk orthanc dicom3tools chromium)
-# binaries that tell whether each Debian package is already there
-DEBIAN_PROBES=(dcmdump Orthanc dciodvfy chromium)
+DEBIAN_PACKAGES=(dcmtk orthanc dicom3tools chromium orthanc-dicomweb)
+# binaries (or, given as a path, files) that tell whether each Debian package is already there
+DEBIAN_PROBES=(dcmdump Orthanc dciodvfy chromium /usr/share/orthanc/plugins/libOrthancDicomWeb.so)
 
 log() { printf '[setup] %s\n' "$*"; }
 
 install_debian_packages() {
   local missing=() i
   for i in "${!DEBIAN_PACKAGES[@]}"; do
-    if ! command -v "${DEBIAN_PROBES[$i]}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${DEBIAN_PROBES[$i]}" ]; then
+    if ! command -v "${DEBIAN_PROBES[$i]}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${DEBIAN_PROBES[$i]}" ] \
+      && [ ! -e "${DEBIAN_PROBES[$i]}" ]; then
       missing+=("${DEBIAN_PACKAGES[$i]}")
     fi
   done

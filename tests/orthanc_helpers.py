@@ -25,6 +25,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORTHANC_EXE = "/usr/sbin/Orthanc"
 ORTHANC_AET = "ORTHANC"
+# Debian's orthanc-dicomweb: QIDO-RS, WADO-RS and STOW-RS under /dicom-web/
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def free_tcp_port() -> int:
@@ -95,9 +97,14 @@ class Orthanc:
 
 
 def orthanc_configuration(
-    workdir: Path, http_port: int, dicom_port: int, modalities: dict[str, tuple[str, str, int]]
+    workdir: Path,
+    http_port: int,
+    dicom_port: int,
+    modalities: dict[str, tuple[str, str, int]],
+    dicomweb: bool = False,
 ) -> dict[str, Any]:
-    return {
+    """``dicomweb``: load the DICOMweb plugin (its root ``/dicom-web/``)."""
+    config: dict[str, Any] = {
         "Name": "echo-agent-test-pacs",
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "storage"),
@@ -120,22 +127,36 @@ def orthanc_configuration(
         "HttpServerEnabled": True,
         "LuaScripts": [],
     }
+    if dicomweb:
+        config["Plugins"] = [DICOMWEB_PLUGIN]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    return config
 
 
 @contextlib.contextmanager
 def run_orthanc(
-    workdir: Path, modalities: dict[str, tuple[str, str, int]], timeout_s: float = 60.0
+    workdir: Path,
+    modalities: dict[str, tuple[str, str, int]],
+    timeout_s: float = 60.0,
+    dicomweb: bool = False,
 ) -> Iterator[Orthanc]:
-    """Starts Orthanc, waits for its REST API, stops it (and checks it stopped) afterwards."""
+    """Starts Orthanc (with its DICOMweb plugin when ``dicomweb``), waits for its REST API,
+    stops it (and checks it stopped) afterwards."""
     if not os.access(ORTHANC_EXE, os.X_OK):
         from conftest import require_or_skip
 
         require_or_skip(f"Orthanc is not installed at {ORTHANC_EXE}")
+    if dicomweb and not os.path.isfile(DICOMWEB_PLUGIN):
+        from conftest import require_or_skip
+
+        require_or_skip(f"Orthanc's DICOMweb plugin is not installed at {DICOMWEB_PLUGIN}")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_tcp_port(), free_tcp_port()
     config_path = workdir / "orthanc.json"
     config_path.write_text(
-        json.dumps(orthanc_configuration(workdir, http_port, dicom_port, modalities), indent=1)
+        json.dumps(
+            orthanc_configuration(workdir, http_port, dicom_port, modalities, dicomweb), indent=1
+        )
     )
     log_path = workdir / "orthanc.log"
     with log_path.open("wb") as log_file:

@@ -45,8 +45,9 @@ from pacs_agent.export import artifact_path, destination_status
 from pacs_agent.fhir_delivery import delivery_status
 from pacs_agent.hl7_delivery import ARTIFACT_KIND as HL7_KIND
 from pacs_agent.hl7_delivery import HL7_MEDIA_TYPE, message_status, write_messages
-from pacs_agent.jobs import DELIVERY_KINDS, KIND_DELIVER_FHIR, KIND_DELIVER_HL7
+from pacs_agent.jobs import DELIVERY_KINDS, KIND_DELIVER_FHIR, KIND_DELIVER_HL7, KIND_DELIVER_STOW
 from pacs_agent.outputs import node_identifier_system
+from pacs_agent.stow_delivery import stow_status
 from reporting.dicom_base import derived_uid
 from reporting.echo_sr import write_echo_sr, write_signed_echo_sr
 from reporting.fhir import build_fhir_bundle, bundle_json
@@ -350,7 +351,7 @@ class ExportRunner:
     ) -> bool:
         hl7_names = {d.name for d in self.config.hl7_destinations}
         return bool(
-            (artifact_ids and self.config.destinations)
+            (artifact_ids and (self.config.destinations or self.config.dicomweb_destinations))
             or (fhir_artifact_id is not None and self.config.ehr.fhir_base_url)
             or hl7_names.intersection(hl7_messages or {})
         )
@@ -511,6 +512,9 @@ class ExportRunner:
                 elif kind == KIND_DELIVER_HL7:
                     limit = self.config.export.max_attempts
                     status = message_status(session, artifact_id, destination or "", limit)
+                elif kind == KIND_DELIVER_STOW:
+                    limit = self.config.export.max_attempts
+                    status = stow_status(session, artifact_id, destination or "", limit)
                 else:
                     limit = self.config.export.max_attempts
                     status = destination_status(session, artifact_id, destination or "", limit)

@@ -33,6 +33,8 @@ from pacs_agent.fhir_delivery import delivery_status, destination_name, study_de
 from pacs_agent.hl7_delivery import message_statuses
 from pacs_agent.jobs import DELIVERY_KINDS
 from pacs_agent.outputs import algorithms_for
+from pacs_agent.stow_delivery import destination_name as stow_destination
+from pacs_agent.stow_delivery import stow_status
 from reporting.typed_text import grounding_label, shown_reasons, typed_by_person
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
 from reporting.values import (
@@ -347,7 +349,11 @@ def _destinations(session: Session, artifact: Artifact, config: Config) -> list[
         return _ehr_status(session, artifact, config)
     if artifact.kind == "hl7_oru":
         return message_statuses(session, artifact.id, config)
-    return export_status(session, artifact.id, config)
+    limit = config.export.max_attempts
+    return export_status(session, artifact.id, config) + [
+        stow_status(session, artifact.id, stow_destination(d), limit)
+        for d in config.dicomweb_destinations
+    ]
 
 
 def export_summary(session: Session, config: Config, study_id: int) -> dict[str, Any]:
