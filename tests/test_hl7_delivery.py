@@ -259,11 +259,15 @@ def test_results_reach_the_mllp_peer_and_pacs_preliminary_then_final_then_amende
     assert {HL7_DESTINATION: "sent"} in results
 
 
-def _message_node(database_url: str, tmp_path: Path, peer: MllpPeer) -> Node:
-    """A fresh node whose one HL7 destination is ``peer`` (a short timeout)."""
+def _message_node(
+    database_url: str, tmp_path: Path, peer: MllpPeer, timeout_s: float = 10.0
+) -> Node:
+    """A fresh node whose one HL7 destination is ``peer``. The wait for an ACK is generous by
+    default: the peer validates every message with hl7apy, which on a loaded machine can take
+    longer than a short timeout, and a late AR would be taken for no answer and retried."""
     node = make_node(tmp_path / "home", database_url)
     config = dataclasses.replace(
-        node.config, hl7_destinations=[_hl7(peer, timeout_s=0.5)], export=FAST_EXPORT
+        node.config, hl7_destinations=[_hl7(peer, timeout_s=timeout_s)], export=FAST_EXPORT
     )
     return Node(config, node.engine, node.session_factory)
 
@@ -332,7 +336,8 @@ def test_no_answer_or_an_ack_of_another_message_is_retried(
     analysed: Analysed, tmp_path: Path
 ) -> None:
     with MllpPeer() as peer:
-        node = _message_node(f"sqlite:///{tmp_path / 'node.db'}", tmp_path, peer)
+        # "silent" costs one whole timeout: short, yet long enough for the answers that come
+        node = _message_node(f"sqlite:///{tmp_path / 'node.db'}", tmp_path, peer, timeout_s=3.0)
         study_id, artifact_id, _ = _copy_message(node, analysed)
         job_id = _queue(node, study_id, artifact_id)
         peer.script("silent", "wrong_id", "AA")

@@ -17,6 +17,7 @@ import datetime as dt
 import re
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -269,7 +270,12 @@ def test_no_answer_is_a_retryable_timeout(loop, peer) -> None:
     outcome = _send(peer, _oru(loop), timeout_s=0.5)
     assert (outcome.ok, outcome.ack_code, outcome.retryable) == (False, "", True)
     assert "no acknowledgment" in outcome.text
-    (received,) = peer.received  # it arrived and parsed; only the answer is missing
+    # it arrived and parsed; only the answer is missing (the peer may still be validating it
+    # when the sender gives up, so wait for it to be recorded)
+    deadline = time.monotonic() + 10.0
+    while not peer.received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (received,) = peer.received
     assert received.problem == ""
 
 
