@@ -240,3 +240,25 @@ def test_behind_a_trusted_proxy_metrics_and_the_audit_trail_see_the_forwarded_cl
             select(AuditEvent.remote_addr).where(AuditEvent.action == "login")
         ).all()
     assert addresses and addresses[-1] == "203.0.113.9"
+
+
+def test_a_trusted_proxy_ending_tls_gets_a_secure_session_cookie(node: Node) -> None:
+    """Behind a proxy that ends TLS the node sees plain HTTP; the proxy's X-Forwarded-Proto
+    must still mark the session cookie Secure, and the header counts from that proxy only."""
+    https = {"X-Forwarded-Proto": "https"}
+
+    def cookie_is_secure(app: Flask, **kwargs) -> bool:
+        client = app.test_client()
+        response = _try_login(client, "cardio", PASSWORD, headers=https, **kwargs)
+        assert response.status_code == 302
+        (set_cookie,) = [
+            h for h in response.headers.getlist("Set-Cookie") if h.startswith(SESSION_COOKIE_NAME)
+        ]
+        return "; Secure" in set_cookie
+
+    plain = create_app(node.engine, node.config)
+    assert not cookie_is_secure(plain)  # no trusted proxy: the header is anyone's
+    config = dataclasses.replace(node.config, web=WebConfig(trusted_proxies=["127.0.0.1"]))
+    proxied = create_app(node.engine, config)
+    assert cookie_is_secure(proxied)
+    assert not cookie_is_secure(proxied, environ_base={"REMOTE_ADDR": "192.0.2.60"})

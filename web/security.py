@@ -27,7 +27,23 @@ class SessionInterface(SecureCookieSessionInterface):
     so the same node works on plain loopback and behind HTTPS."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        return bool(app.config.get("SESSION_COOKIE_SECURE")) or request.is_secure
+        return (
+            bool(app.config.get("SESSION_COOKIE_SECURE"))
+            or request.is_secure
+            or forwarded_over_tls()
+        )
+
+
+def forwarded_over_tls() -> bool:
+    """Whether a trusted proxy says the client reached it over HTTPS (``X-Forwarded-Proto``).
+    A proxy that ends TLS talks plain HTTP to the node, so without this the session cookie
+    would go out without its Secure flag; from any other peer the header is ignored."""
+    peer = request.remote_addr or ""
+    trusted = _networks(tuple(current_app.config["ECHO_AGENT_CONFIG"].web.trusted_proxies))
+    if not trusted or not _is_trusted(peer, trusted):
+        return False
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https"
 
 
 def add_security_headers(response: Response) -> Response:
