@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -262,3 +263,16 @@ def test_a_trusted_proxy_ending_tls_gets_a_secure_session_cookie(node: Node) -> 
     proxied = create_app(node.engine, config)
     assert cookie_is_secure(proxied)
     assert not cookie_is_secure(proxied, environ_base={"REMOTE_ADDR": "192.0.2.60"})
+
+
+def test_the_page_header_offers_log_out_everywhere(node: Node) -> None:
+    """The header's logout form carries a second submit button that sends ``everywhere=1``:
+    pressing it on one workstation ends the account's session on another."""
+    app = create_app(node.engine, node.config)
+    here, there = app.test_client(), app.test_client()
+    token = login(here, "cardio")
+    login(there, "cardio")
+    page = here.get("/").get_data(as_text=True)
+    assert re.search(r'<button[^>]*name="everywhere"[^>]*value="1"[^>]*>Log out everywhere<', page)
+    assert here.post("/logout", data={"csrf_token": token, "everywhere": "1"}).status_code == 302
+    assert there.get("/api/studies").status_code == 401
