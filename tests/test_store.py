@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -241,3 +243,13 @@ def test_paths_come_from_uids_and_never_leave_the_store() -> None:
     assert len(parts) == 3
     assert all(p.startswith("h") and ".." not in p and "/" not in p for p in parts[:2])
     assert parts[2].endswith(".dcm") and parts[2].startswith("h")
+
+
+@pytest.mark.parametrize("module", ["pacs_agent.ingest", "pacs_agent.store", "pacs_agent.dicom"])
+def test_the_ingest_modules_import_first_in_a_fresh_interpreter(module: str) -> None:
+    """``ingest`` and the ``dicom`` package need each other's modules; whichever a script or a
+    worker imports first must load (an eager import in the package once made this fail)."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
