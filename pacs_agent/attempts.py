@@ -54,6 +54,16 @@ class Outcome(Protocol):
 
 
 @dataclass(frozen=True)
+class Sent:
+    """An ``Outcome`` as a plain value, for transports whose client returns something else
+    (an MLLP ACK, an HTTP answer) and must say what the attempt row records."""
+
+    ok: bool
+    status_code: str
+    error: str
+
+
+@dataclass(frozen=True)
 class DestinationStatus:
     """Where one artifact stands with one destination.
 

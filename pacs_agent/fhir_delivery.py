@@ -93,7 +93,7 @@ def retryable(status_code: str) -> bool:
     return status_code in ("", "429") or (len(status_code) == 3 and status_code.startswith("5"))
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
+class NoRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect is reported, never followed: urllib would turn the POST into a bodiless
     GET, and an EHR that moved should be reconfigured, not guessed at."""
 
@@ -118,7 +118,7 @@ def post_transaction(
     if bearer_token:
         headers["Authorization"] = f"Bearer {bearer_token}"
     request = urllib.request.Request(base_url, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirects())
+    opener = urllib.request.build_opener(NoRedirects())
     try:
         with opener.open(request, timeout=timeout_s) as response:
             status = int(response.status)

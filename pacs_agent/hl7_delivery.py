@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inference.types import Measurements
-from pacs_agent.attempts import DestinationStatus, RetryPolicy, send_once, standing
+from pacs_agent.attempts import DestinationStatus, RetryPolicy, Sent, send_once, standing
 from pacs_agent.config import Config, Hl7DestinationConfig
 from pacs_agent.db.models import Artifact, ExportAttempt, Job, ReportVersion, utcnow
 from pacs_agent.export import artifact_path
@@ -59,15 +59,6 @@ class WrittenMessage:
     destination: str
     path: Path
     sha256: str
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """One MLLP try as ``pacs_agent.attempts`` records it (its ``Outcome``)."""
-
-    ok: bool
-    status_code: str
-    error: str
 
 
 def destination_name(dest: Hl7DestinationConfig) -> str:
@@ -180,20 +171,20 @@ def send_message_once(
             raise ValueError(f"artifact {artifact_id} is a {artifact.kind}, not an HL7 message")
         path = artifact_path(config, artifact)
 
-    def send() -> _Sent:
+    def send() -> Sent:
         try:
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            return _Sent(False, LOCAL_PROBLEM, f"cannot send: {type(exc).__name__}: {exc}")
+            return Sent(False, LOCAL_PROBLEM, f"cannot send: {type(exc).__name__}: {exc}")
         try:
             outcome = send_oru(dest.host, dest.port, text, dest.timeout_s)
         except ValueError as exc:  # no MSH-10, or MLLP frame bytes in the stored text
-            return _Sent(False, LOCAL_PROBLEM, f"cannot send: {exc}")
+            return Sent(False, LOCAL_PROBLEM, f"cannot send: {exc}")
         if outcome.ok or not outcome.retryable or outcome.ack_code in RETRYABLE:
             code = outcome.ack_code  # AA / CA, AR / CR, AE / CE: the verdict on this message
         else:
             code = ""  # no answer, or an ACK of some other message: as no answer
-        return _Sent(outcome.ok, code, "" if outcome.ok else outcome.text)
+        return Sent(outcome.ok, code, "" if outcome.ok else outcome.text)
 
     return send_once(
         session_factory, artifact_id, destination_name(dest), send, message_policy(config), clock

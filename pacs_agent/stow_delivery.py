@@ -24,18 +24,17 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.message import Message
 from http.client import HTTPException
-from typing import IO, Any
+from typing import Any
 
 import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
-from pacs_agent.attempts import DestinationStatus, RetryPolicy, send_once, standing
+from pacs_agent.attempts import DestinationStatus, RetryPolicy, Sent, send_once, standing
 from pacs_agent.config import Config, DicomwebDestinationConfig
 from pacs_agent.db.models import Artifact, utcnow
 from pacs_agent.export import artifact_path
+from pacs_agent.fhir_delivery import NoRedirects
 from pacs_agent.jobs import Backoff
 
 DESTINATION_PREFIX = "dicomweb:"
@@ -47,15 +46,6 @@ REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """One STOW-RS try as ``pacs_agent.attempts`` records it (its ``Outcome``)."""
-
-    ok: bool
-    status_code: str
-    error: str
 
 
 def destination_name(dest: DicomwebDestinationConfig) -> str:
@@ -95,21 +85,6 @@ def stow_status(
     return standing(session, artifact_id, destination, max_attempts, _permanent)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is reported, never followed (urllib would resend the POST as a GET)."""
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: Message,
-        newurl: str,
-    ) -> None:
-        return None
-
-
 def _bearer_token(dest: DicomwebDestinationConfig) -> str:
     if not dest.bearer_token_env:
         return ""
@@ -129,7 +104,7 @@ def _uids(items: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
-def judge_answer(status: int, payload: bytes, sop_instance_uid: str) -> _Sent:
+def judge_answer(status: int, payload: bytes, sop_instance_uid: str) -> Sent:
     """The verdict on a STOW-RS answer for the one instance sent."""
     try:
         body = json.loads(payload) if payload.strip() else {}
@@ -144,17 +119,17 @@ def judge_answer(status: int, payload: bytes, sop_instance_uid: str) -> _Sent:
     code = str(status)
     if sop_instance_uid in failed:
         reasons = (failed[sop_instance_uid].get(FAILURE_REASON) or {}).get("Value") or ["?"]
-        return _Sent(False, code, f"HTTP {status}: refused, Failure Reason {reasons[0]}")
+        return Sent(False, code, f"HTTP {status}: refused, Failure Reason {reasons[0]}")
     if 200 <= status < 300 and sop_instance_uid in stored:
-        return _Sent(True, code, "")
+        return Sent(True, code, "")
     if 200 <= status < 300:
-        return _Sent(False, code, f"HTTP {status}, but the answer does not name the instance")
-    return _Sent(False, code, f"HTTP {status} from the DICOMweb service")
+        return Sent(False, code, f"HTTP {status}, but the answer does not name the instance")
+    return Sent(False, code, f"HTTP {status} from the DICOMweb service")
 
 
 def post_instance(
     url: str, data: bytes, sop_instance_uid: str, *, timeout_s: float, bearer_token: str = ""
-) -> _Sent:
+) -> Sent:
     """One STOW-RS POST of one DICOM file to ``<url>/studies``; never raises for network
     trouble, the outcome says what happened."""
     boundary = f"echo-agent-{uuid.uuid4().hex}"
@@ -173,7 +148,7 @@ def post_instance(
         headers["Authorization"] = f"Bearer {bearer_token}"
     target = url.rstrip("/") + "/studies"
     request = urllib.request.Request(target, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirects())
+    opener = urllib.request.build_opener(NoRedirects())
     try:
         with opener.open(request, timeout=timeout_s) as response:
             return judge_answer(
@@ -182,13 +157,13 @@ def post_instance(
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
             where = exc.headers.get("Location", "?")
-            return _Sent(False, str(exc.code), f"redirected to {where}; configure the final URL")
+            return Sent(False, str(exc.code), f"redirected to {where}; configure the final URL")
         payload = exc.read(MAX_RESPONSE_BYTES) if exc.fp else b""
         return judge_answer(exc.code, payload, sop_instance_uid)
     except urllib.error.URLError as exc:
-        return _Sent(False, "", f"cannot reach {target}: {exc.reason}")
+        return Sent(False, "", f"cannot reach {target}: {exc.reason}")
     except (OSError, HTTPException) as exc:  # timeouts and resets while reading the answer
-        return _Sent(False, "", f"no answer from {target}: {type(exc).__name__}: {exc}")
+        return Sent(False, "", f"no answer from {target}: {type(exc).__name__}: {exc}")
 
 
 def stow_once(
@@ -207,12 +182,12 @@ def stow_once(
         path = artifact_path(config, artifact)
     token = _bearer_token(dest)
 
-    def send() -> _Sent:
+    def send() -> Sent:
         try:
             data = path.read_bytes()
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
-            return _Sent(False, LOCAL_PROBLEM, f"cannot send: {type(exc).__name__}: {exc}")
+            return Sent(False, LOCAL_PROBLEM, f"cannot send: {type(exc).__name__}: {exc}")
         return post_instance(dest.url, data, uid, timeout_s=dest.timeout_s, bearer_token=token)
 
     return send_once(
