@@ -21,12 +21,12 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from inference.view_classifier import ViewClassifier
 from pacs_agent import jobs
 from pacs_agent.config import Config
 from pacs_agent.db.engine import retry_on_disconnect
 from pacs_agent.db.models import Instance, Job, Series, Study
 from pacs_agent.selection import Selection, SelectionError, not_eligible, select_loop
-from pacs_agent.view_classifier import ViewClassifier
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The language-model draft inside a job, and the one copy of the language model per process.
 
-A job drafts its preliminary report with ``reporting.drafting.draft_report``: the structured
+A job drafts its preliminary report with ``llm.drafting.draft_report``: the structured
 text from the measurements (always correct) and a narrative from the configured language model,
 checked by the grounding guard. The model is loaded once per process, on first use, by
 whichever thread asks first (job workers and the web chat share it through ``TextModelCache``),
@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from inference.types import Measurements
-from pacs_agent.config import Config
-from reporting.drafting import (
+from llm.drafting import (
     DRAFT_MAX_NEW_TOKENS,
-    VERDICT_REPLACED,
     Draft,
     draft_report,
 )
+from llm.types import Verdict
+from pacs_agent.config import Config
 from reporting.types import Algorithms
 
 if TYPE_CHECKING:
-    from inference.llm.backend import GenerationLimits, LlmSettings, TextModel
+    from llm.backend import GenerationLimits, LlmSettings, TextModel
 
 log = logging.getLogger("echo_agent.drafting")
 
@@ -45,7 +45,7 @@ class LanguageModelUnavailableError(RuntimeError):
 
 
 def llm_settings(config: Config) -> LlmSettings:
-    from inference.llm.backend import LlmSettings
+    from llm.backend import LlmSettings
 
     return LlmSettings(
         model_path=config.llm.model_path,
@@ -58,7 +58,7 @@ def llm_settings(config: Config) -> LlmSettings:
 
 def configured_model_name(config: Config) -> str:
     """What the logs call the model before it is loaded (the loaded one names itself)."""
-    from inference.llm.embedded import EMBEDDED_NAME
+    from llm.embedded import EMBEDDED_NAME
 
     return config.llm.model_path or EMBEDDED_NAME
 
@@ -88,7 +88,7 @@ class TextModelCache:
             return self._model
 
     def _open_configured(self) -> TextModel:
-        from inference.llm.backend import open_text_model
+        from llm.backend import open_text_model
 
         return open_text_model(llm_settings(self._config), self._config.home_path, log.info)
 
@@ -107,7 +107,7 @@ class TextModelCache:
 def draft_limits(config: Config) -> GenerationLimits:
     """Each try of a draft: at most ``llm.max_new_tokens`` and never more than a narrative needs
     (``DRAFT_MAX_NEW_TOKENS``), within ``llm.max_time_s`` of wall time."""
-    from inference.llm.backend import GenerationLimits
+    from llm.backend import GenerationLimits
 
     return GenerationLimits(
         min(config.llm.max_new_tokens, DRAFT_MAX_NEW_TOKENS), config.llm.max_time_s
@@ -175,7 +175,7 @@ def report_parts(draft: Draft) -> tuple[str, str]:
     """(structured, narrative) as a report version stores them. A replaced narrative is the
     structured text itself; it is stored empty, so the review page, the SR and the signed
     report do not say everything twice (the verdict and reasons say what happened)."""
-    narrative = "" if draft.verdict == VERDICT_REPLACED else draft.narrative_text
+    narrative = "" if draft.verdict == Verdict.REPLACED else draft.narrative_text
     return draft.structured_text, narrative
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inference.types import Cine, Measurements
+from llm.drafting import Draft
 from pacs_agent import __version__
 from pacs_agent.analysis import Models
 from pacs_agent.config import Config
@@ -29,7 +30,6 @@ from pacs_agent.db.models import Artifact, Job, ReportVersion, Study
 from pacs_agent.drafting import report_parts, report_text
 from pacs_agent.hl7_delivery import ARTIFACT_KIND as HL7_KIND
 from pacs_agent.hl7_delivery import HL7_MEDIA_TYPE, WrittenMessage, write_messages
-from reporting.drafting import Draft
 from reporting.outputs import WrittenObject, write_report_objects
 from reporting.types import AlgorithmInfo, Algorithms, DraftReport, SourceLoop
 

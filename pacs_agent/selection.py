@@ -25,8 +25,8 @@ from pydicom.errors import InvalidDicomError
 
 from inference.decode import frame_time_from_header
 from inference.jpegxl import frames_at
+from inference.view_classifier import A4C_LABEL, ViewClassifier, to_grey
 from pacs_agent.config import SelectionConfig
-from pacs_agent.view_classifier import A4C_LABEL, ViewClassifier
 
 log = logging.getLogger(__name__)
 
@@ -297,14 +297,6 @@ def tissue_region(ds: Dataset) -> tuple[int, int, int, int] | None:
             except AttributeError:
                 return None
     return None
-
-
-def to_grey(frames: np.ndarray) -> np.ndarray:
-    """(n, rows, cols[, 3]) -> (n, rows, cols) uint8 luminance."""
-    if frames.ndim == 4:
-        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return np.clip(frames.astype(np.float32) @ weights, 0, 255).astype(np.uint8)
-    return frames.astype(np.uint8, copy=False)
 
 
 def select_loop(

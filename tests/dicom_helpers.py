@@ -34,7 +34,7 @@ from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 from support import need_tool, require_or_skip
 
-from pacs_agent.bench.dcmtk import SHADOWED_BY_PYNETDICOM, dcmtk_path, find_dcmtk_tool
+from echo_agent.bench.dcmtk import SHADOWED_BY_PYNETDICOM, dcmtk_path, find_dcmtk_tool
 
 STORESCU = "storescu"
 ECHOSCU = "echoscu"
@@ -58,7 +58,7 @@ STORESCU_PROPOSE = {
 
 
 def require_tool(name: str) -> str:
-    """dcmtk's binary at its absolute path (``/usr/bin/storescu``, ``pacs_agent.bench.dcmtk``),
+    """dcmtk's binary at its absolute path (``/usr/bin/storescu``, ``echo_agent.bench.dcmtk``),
     never pynetdicom's same-named script that comes first on PATH in the venv; other tools
     (openssl) from PATH."""
     if name in SHADOWED_BY_PYNETDICOM:

@@ -14,11 +14,11 @@ from dicom_helpers import send_files
 from sqlalchemy import select
 from support import find_free_port, phantom_truth
 
+from echo_agent.node import RunningNode, start_node
 from pacs_agent.config import Config, DatabaseConfig, DicomConfig, LlmConfig, WebConfig
 from pacs_agent.db import upgrade
 from pacs_agent.db.models import Job
 from pacs_agent.jobs import DELIVERY_KINDS, KIND_ANALYZE, TERMINAL_STATES
-from pacs_agent.node import RunningNode, start_node
 from pacs_agent.startup import prepare_home
 
 

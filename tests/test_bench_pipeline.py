@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support import require_or_skip
 
-from pacs_agent.bench.pipeline import (
+from echo_agent.bench.pipeline import (
     COLUMNS,
     dcmtk_storescu,
     format_table,

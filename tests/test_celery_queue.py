@@ -237,7 +237,7 @@ def accepts(port: int) -> bool:
 def test_the_web_role_serves_the_review_app_and_nothing_else(tmp_path) -> None:
     import urllib.request
 
-    from pacs_agent.node import start_node
+    from echo_agent.node import start_node
 
     config = role_config(tmp_path)
     node = start_node(config, role="web")
@@ -251,7 +251,7 @@ def test_the_web_role_serves_the_review_app_and_nothing_else(tmp_path) -> None:
 
 
 def test_the_listener_role_takes_dicom_and_serves_no_web(tmp_path) -> None:
-    from pacs_agent.node import start_node
+    from echo_agent.node import start_node
 
     config = role_config(tmp_path)
     node = start_node(config, role="listener")
@@ -265,14 +265,14 @@ def test_the_listener_role_takes_dicom_and_serves_no_web(tmp_path) -> None:
 
 
 def test_an_unknown_role_is_refused(tmp_path) -> None:
-    from pacs_agent.node import start_node
+    from echo_agent.node import start_node
 
     with pytest.raises(ConfigError, match="role must be one of"):
         start_node(role_config(tmp_path), role="worker")
 
 
 def test_worker_command_needs_the_celery_backend(tmp_path, monkeypatch, capsys) -> None:
-    from pacs_agent.cli import main
+    from echo_agent.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ECHO_AGENT_HOME", str(tmp_path / "home"))

@@ -7,11 +7,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from scripted_model import ScriptedTextModel
 
-from inference.llm.backend import GenerationLimits, load_text_model
-from inference.llm.embedded import EMBEDDED_NAME, ensure_embedded_model
-from inference.llm.scripted import ScriptedTextModel
-from reporting.chat import (
+from llm.backend import GenerationLimits, load_text_model
+from llm.chat import (
     ChatTurn,
     StudyContext,
     answer_question,
@@ -19,7 +18,8 @@ from reporting.chat import (
     safe_answer,
     stream_answer,
 )
-from reporting.grounding import check_grounding
+from llm.embedded import EMBEDDED_NAME, ensure_embedded_model
+from llm.grounding import check_grounding
 from tests.test_grounding import measurements
 
 TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / "echo-agent-test-models" / EMBEDDED_NAME

@@ -21,12 +21,12 @@ from running_node import (
     wait_for_jobs_done,
 )
 
+from echo_agent.node import pool_settings
 from pacs_agent import jobs
 from pacs_agent.config import ConfigError, QueueConfig, load_config
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.engine import RETRY_ATTEMPTS, PoolSettings, retry_on_disconnect
 from pacs_agent.db.models import Instance, Job, Patient, Series, Study, utcnow
-from pacs_agent.node import pool_settings
 from pacs_agent.pipeline import TEST_DELAY_ENV
 
 pytestmark = pytest.mark.postgres

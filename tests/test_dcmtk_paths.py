@@ -17,8 +17,8 @@ import pytest
 from dicom_helpers import require_tool, storescu_args
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pacs_agent.bench import pipeline, throughput
-from pacs_agent.bench.dcmtk import DCMTK_BIN, dcmtk_path, find_dcmtk_tool
+from echo_agent.bench import pipeline, throughput
+from echo_agent.bench.dcmtk import DCMTK_BIN, dcmtk_path, find_dcmtk_tool
 
 VENV_BIN = Path(sys.prefix) / "bin"
 

@@ -30,10 +30,10 @@ from running_node import node_config, running_node
 from sqlalchemy import select
 from support import phantom_truth
 
+from echo_agent.node import RunningNode
 from pacs_agent.config import Config, DestinationConfig, ExportConfig
 from pacs_agent.db.models import Artifact, ExportAttempt, Job, Study
 from pacs_agent.jobs import utc
-from pacs_agent.node import RunningNode
 
 T = TypeVar("T")
 # study 2 may take this much longer than the baseline (scheduling noise on a shared machine)

@@ -739,7 +739,7 @@ def test_storage_contexts_cover_the_echo_study() -> None:
 
 def test_ingest_bench_runs_and_reports_both_receivers(tmp_path: Path) -> None:
     require_tool("storescp")
-    from pacs_agent.bench.ingest import LoopSpec, format_table, run_ingest_bench
+    from echo_agent.bench.ingest import LoopSpec, format_table, run_ingest_bench
 
     loops = (
         LoopSpec("rgb", ExplicitVRLittleEndian, 120, 160, 10, "RGB"),

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from scripted_model import ScriptedTextModel
 
-from inference.llm.backend import GenerationLimits, HFTextModel, load_text_model
-from inference.llm.embedded import EMBEDDED_NAME, ensure_embedded_model
-from inference.llm.scripted import ScriptedTextModel
-from reporting.drafting import (
+from llm.backend import GenerationLimits, HFTextModel, load_text_model
+from llm.drafting import (
     NARRATIVE_OPENING,
     NARRATIVE_OPENING_WITHHELD,
     draft_messages,
@@ -20,7 +19,8 @@ from reporting.drafting import (
     draft_request,
     tidy_narrative,
 )
-from reporting.grounding import check_grounding
+from llm.embedded import EMBEDDED_NAME, ensure_embedded_model
+from llm.grounding import check_grounding
 from reporting.types import DEMO_LABEL_ASCII, SourceLoop
 from tests.test_grounding import measurements
 
@@ -177,7 +177,7 @@ def test_header_text_cannot_steer_the_draft() -> None:
 def test_evaluate_llm_command_line_and_summary() -> None:
     import argparse
 
-    from pacs_agent.commands.llm import (
+    from echo_agent.commands.llm import (
         _summary,
         add_llm_evaluate_parser,
         format_llm_summary,

@@ -1,4 +1,4 @@
-"""Malformed DICOM against the node's listener: ``pacs_agent.bench.fuzz`` on loopback.
+"""Malformed DICOM against the node's listener: ``echo_agent.bench.fuzz`` on loopback.
 
 520 cases (every 5th an unmodified phantom object) go over real pynetdicom associations to the
 listener in a process of its own: no crash (it still runs and answers C-ECHO after every case,
@@ -26,8 +26,8 @@ from dicom_helpers import Ids, encode_dataset, fake_encapsulated, us_loop_datase
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 from pynetdicom.status import code_to_category
 
-from pacs_agent.bench.fuzz import NOT_SENT, REFUSED, STORED, format_table, run_fuzz
-from pacs_agent.bench.fuzz_mutations import (
+from echo_agent.bench.fuzz import NOT_SENT, REFUSED, STORED, format_table, run_fuzz
+from echo_agent.bench.fuzz_mutations import (
     FAMILIES,
     GOOD_EVERY,
     encode_element,
@@ -95,7 +95,7 @@ def test_every_mutation_family_is_exercised(report) -> None:
 _DIGEST_OF_CASES = """
 import hashlib, sys, tempfile
 from pathlib import Path
-from pacs_agent.bench.fuzz_mutations import Mutator, make_seeds
+from echo_agent.bench.fuzz_mutations import Mutator, make_seeds
 seed = int(sys.argv[1])
 digest = hashlib.sha256()
 with tempfile.TemporaryDirectory() as folder:

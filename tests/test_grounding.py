@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from inference.types import Beat, Measurements
-from reporting.grounding import check_grounding, lv_grade, measured_facts
+from llm.grounding import check_grounding, lv_grade, measured_facts
 from reporting.types import AlgorithmInfo, Algorithms
 from reporting.values import reported_values
 

@@ -17,9 +17,9 @@ from support import find_free_port, need_tool, require_or_skip
 from waitress import wasyncore
 from web_helpers import PASSWORD, Node, login, make_node
 
+from echo_agent.demo import follow_model_status
 from pacs_agent.config import Config, DatabaseConfig, DicomConfig, StoreConfig
 from pacs_agent.db import make_engine
-from pacs_agent.demo import follow_model_status
 from pacs_agent.readiness import CNN, CONVERTING_TEXT, LANGUAGE_MODEL, ModelStatus
 from web.app import create_app
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RACE = textwrap.dedent(
     """
     import sys, threading, time
-    from inference.llm.hf_imports import transformers_module
+    from llm.hf_imports import transformers_module
 
     first = threading.Thread(target=transformers_module)
     first.start()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.llm.backend import (
+from llm.backend import (
     GenerationLimits,
     HFTextModel,
     LlmSettings,
@@ -17,7 +17,7 @@ from inference.llm.backend import (
     load_text_model,
     resolve_model_dir,
 )
-from inference.llm.embedded import CACHE_MARKER, EMBEDDED_NAME, ensure_embedded_model
+from llm.embedded import CACHE_MARKER, EMBEDDED_NAME, ensure_embedded_model
 
 # one conversion per machine, outside the repository, shared by the test modules
 TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / "echo-agent-test-models" / EMBEDDED_NAME

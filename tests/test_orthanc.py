@@ -21,11 +21,11 @@ from orthanc_helpers import (
 )
 from sqlalchemy import select
 
+from echo_agent.node import start_node
 from pacs_agent.config import load_config
 from pacs_agent.db.models import Artifact, Instance, Job, Series, Study
 from pacs_agent.export import export_artifact, export_status
 from pacs_agent.jobs import KIND_ANALYZE, KIND_DELIVER_DICOM, TERMINAL_STATES
-from pacs_agent.node import start_node
 from pacs_agent.pipeline import read_log
 
 SEED = 900002  # one study: an A4C loop (JPEG) and a parasternal distractor (RLE)

@@ -17,11 +17,13 @@ from typing import Any
 
 import pydicom
 import pytest
+from scripted_model import ScriptedTextModel
 from sqlalchemy import select
 from support import phantom_truth
 from web_helpers import PASSWORD, FixedModels, login, oracle_models
 
-from inference.llm.backend import (
+from inference.types import Measurements
+from llm.backend import (
     DEFAULT_LIMITS,
     Generation,
     GenerationLimits,
@@ -29,9 +31,8 @@ from inference.llm.backend import (
     Message,
     load_text_model,
 )
-from inference.llm.embedded import EMBEDDED_NAME, ensure_embedded_model
-from inference.llm.scripted import ScriptedTextModel
-from inference.types import Measurements
+from llm.embedded import EMBEDDED_NAME, ensure_embedded_model
+from llm.grounding import check_grounding
 from pacs_agent.config import Config, LlmConfig
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import Instance, Job, Patient, ReportVersion, Series, Study
@@ -44,7 +45,6 @@ from pacs_agent.pipeline import (
     run_job,
 )
 from pacs_agent.users import add_user
-from reporting.grounding import check_grounding
 from web.app import create_app
 
 # the converted embedded model, shared with test_llm_backend / test_chat / test_drafting

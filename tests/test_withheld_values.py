@@ -38,11 +38,11 @@ from support import need_tool
 from inference.gate import GateThresholds, apply_gate
 from inference.measure import measure_cine
 from inference.types import GateEvidence, Measurements, Validity
+from llm.chat import StudyContext, safe_answer
+from llm.drafting import NARRATIVE_OPENING_WITHHELD, draft_messages, measurement_lines
+from llm.grounding import check_grounding, lv_grade, measured_facts
 from reporting import codes
-from reporting.chat import StudyContext, safe_answer
-from reporting.drafting import NARRATIVE_OPENING_WITHHELD, draft_messages, measurement_lines
 from reporting.fhir import build_fhir_bundle, bundle_dict, bundle_json
-from reporting.grounding import check_grounding, lv_grade, measured_facts
 from reporting.interpretation import lv_systolic_function
 from reporting.pdf import build_report_pdf
 from reporting.report_text import structured_text

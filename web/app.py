@@ -16,13 +16,13 @@ from typing import Any
 from flask import Flask, jsonify, render_template
 from sqlalchemy import Engine
 
+from llm.chat_service import ChatBackend, measurements_backend
 from pacs_agent import __version__
 from pacs_agent.config import Config
 from pacs_agent.db import make_session_factory
 from pacs_agent.metrics import node_registry
 from pacs_agent.readiness import ModelStatus
 from web import api, audit, auth, chat, fhir_api, health, media, openapi, pages, quarantine
-from web.chat_backend import ChatBackend, measurements_backend
 from web.csrf import csrf_token
 from web.db import close_db
 from web.dicomweb import init_app as init_dicomweb

@@ -16,9 +16,10 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request, stream_with_context
 from sqlalchemy import select
 
+from llm.chat import HISTORY_TURNS, ChatTurn
+from llm.chat_service import ChatBackend, StoredStudy
 from pacs_agent.db.models import ChatMessage
 from web import audit
-from web.chat_backend import ChatBackend, ChatTurn, StudyContext
 from web.db import db, session_factory
 from web.signoff import report_text
 from web.studies import get_study, latest_analysis, measurement_table
@@ -27,7 +28,6 @@ bp = Blueprint("chat", __name__, url_prefix="/api")
 log = logging.getLogger("echo_agent.web.chat")
 
 MAX_QUESTION_CHARS = 2000
-HISTORY_TURNS = 20
 
 
 def _history(study_id: int, user_id: int) -> list[ChatMessage]:
@@ -75,7 +75,7 @@ def ask(study_id: int) -> Any:
     analysis = latest_analysis(session, study.id)
     versions = list(study.report_versions)
     latest = versions[-1] if versions else None
-    context = StudyContext(
+    context = StoredStudy(
         study_id=study.id,
         measurements=dict(analysis.measurements) if analysis else None,
         table=measurement_table(analysis) if analysis else [],

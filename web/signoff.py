@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inference.types import Measurements
+from llm.typed_text import advise
 from pacs_agent.config import Config
 from pacs_agent.db.models import (
     Analysis,
@@ -53,7 +54,6 @@ from reporting.echo_sr import write_echo_sr, write_signed_echo_sr
 from reporting.fhir import build_fhir_bundle, bundle_json
 from reporting.outputs import DICOM_MEDIA_TYPE, FHIR_MEDIA_TYPE
 from reporting.sr import write_signed_sr
-from reporting.typed_text import advise
 from reporting.types import DraftReport, Signature, SourceLoop
 from web.audit import write_event
 from web.export_resume import UnfinishedExport, unfinished_signoff_exports
@@ -110,7 +110,7 @@ def edit_grounding(
 ) -> tuple[str, list[str]]:
     """(verdict, reasons) for a new version with these words. Unchanged from the previous
     version: its verdict still holds. Changed: the text is a person's, so the guard runs on the
-    lines they typed as advice only (``reporting.typed_text``) and the verdict is never the
+    lines they typed as advice only (``llm.typed_text``) and the verdict is never the
     model's "pass"."""
     versions = list(study.report_versions)
     previous = versions[-1] if versions else None

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from inference.types import Measurements
+from llm.typed_text import grounding_label, shown_reasons, typed_by_person
 from pacs_agent.attempts import DestinationStatus
 from pacs_agent.config import Config
 from pacs_agent.db.models import (
@@ -35,7 +36,6 @@ from pacs_agent.jobs import DELIVERY_KINDS
 from pacs_agent.outputs import algorithms_for
 from pacs_agent.stow_delivery import destination_name as stow_destination
 from pacs_agent.stow_delivery import stow_status
-from reporting.typed_text import grounding_label, shown_reasons, typed_by_person
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
 from reporting.values import (
     KEY_LVEF_DISKS,
@@ -323,7 +323,7 @@ def report_version_dict(session: Session, version: ReportVersion) -> dict[str, A
         "structured_text": version.structured_text,
         "narrative_text": version.narrative_text,
         "grounding_verdict": version.grounding_verdict,
-        # a person's text: advice of the guard, never the model's verdict (reporting.typed_text)
+        # a person's text: advice of the guard, never the model's verdict (llm.typed_text)
         "grounding_reasons": shown_reasons(version.grounding_verdict, reasons),
         "grounding_label": grounding_label(version.grounding_verdict, reasons),
         "typed_by_person": typed_by_person(version.grounding_verdict, reasons),

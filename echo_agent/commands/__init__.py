@@ -1,0 +1,1 @@
+"""Subcommands that live in their own module; ``echo_agent.cli`` wires them in."""

@@ -1,1 +1,0 @@
-"""Subcommands that live in their own module; ``pacs_agent.cli`` wires them in."""
