@@ -1,33 +1,53 @@
 """Questions and answers about one study, streamed, every sentence guarded.
 
-The model gets the study's measurements (formatted as in the draft prompt), the report text and
-the recent conversation; nothing from the DICOM header (names, descriptions) enters the prompt,
-so header text cannot steer the answer. Answers stream sentence by sentence: each sentence is
-shown only once the answer so far passes the grounding guard. When a sentence fails, generation
-stops and the whole answer is replaced by a safe one that quotes the measured values (the
-client replaces what it showed; the stored answer is the safe one, with the reasons).
+An answer is composed, not free-written (``llm.compose``): the question is routed to an intent
+(``llm.intents``), its core is made of the study's fact sentences (``llm.facts``) and the
+vetted knowledge entries retrieved for it (``llm.knowledge``), and that core streams at once,
+so the first words arrive before the model has read the prompt. Then the language model may
+add one short sentence in plain words, within a small token and time budget; it is shown only
+when the whole answer with it passes the claim guard (``llm.claims``), and otherwise left out
+(the answer does not depend on it). The answer's metadata records its intent, the fact keys
+and entry ids it used and what the guard said of the model's sentence (``model_verdict``, the
+raw guard result). Nothing from the DICOM header but the sex (and height and weight, to index
+volumes) reaches the answer, so header text cannot steer it.
+
+``chat_messages`` (the free-answer prompt) stays for the stage-2 training data.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import re
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from inference.types import Measurements
+from llm.claims import check_claims, sentences
+from llm.compose import Composition, compose_answer
 from llm.drafting import measurement_lines
-from llm.grounding import check_grounding, lv_grade, measured_facts
+from llm.facts import FACT_LABELS, FactSheet, build_fact_sheet
+from llm.grounding import lv_grade, measured_facts
 from llm.types import Verdict
 from reporting.values import withheld_values
 
 if TYPE_CHECKING:
     from llm.backend import GenerationLimits, Message, TextModel
 
+log = logging.getLogger("echo_agent.llm.chat")
+
 CHAT_ROLES = ("user", "assistant")
-CHAT_MAX_NEW_TOKENS = 128
-CHAT_MAX_TIME_S = 30.0
-MAX_ANSWER_SENTENCES = 4
+# the model's one added sentence: the budget keeps the whole answer within about 6 s on two
+# CPU cores (prompt ~1 s, then 4 to 10 tokens a second under load)
+ADDITION_MAX_NEW_TOKENS = 40
+ADDITION_MAX_TIME_S = 4.0
+ADDITION_GRACE_S = 0.5  # the answer waits this long past the model's time limit, no longer
+ADDITION_OPENING = "In plain words,"
+ADDITION_CORE_SENTENCES = 2  # the model sees the first sentences of the core only (speed)
+MODEL_PASS, MODEL_FAIL, MODEL_NOT_CHECKED = "pass", "fail", "not_checked"
 HISTORY_TURNS = 6  # the last three questions and answers
 REPORT_MAX_CHARS = 2000
 
@@ -60,18 +80,45 @@ class StudyContext:
     sex: str | None
     report_text: str = ""
     demo_models: bool = False
+    height_cm: float | None = None
+    weight_kg: float | None = None
+
+    def fact_sheet(self) -> FactSheet:
+        return build_fact_sheet(self.measurements, self.sex, height_cm=self.height_cm,
+                                weight_kg=self.weight_kg, demo_models=self.demo_models)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ChatAnswer:
+    """The finished answer. ``intent``, ``fact_keys`` and ``entries`` say what it was built
+    from; ``model_verdict`` is the guard's verdict on the model's own sentence ("pass": shown,
+    "fail": left out, with ``model_reasons``; "not_checked": the model wrote none)."""
+
     text: str  # what is shown and stored
     verdict: str  # "pass" | "replaced"
     reasons: tuple[str, ...]
     model_text: str  # what the model wrote before any replacement (for the audit)
+    intent: str = ""
+    fact_keys: tuple[str, ...] = ()
+    entries: tuple[dict[str, str], ...] = ()  # {"id", "title", "source"} per knowledge entry
+    model_verdict: str = MODEL_NOT_CHECKED
+    model_reasons: tuple[str, ...] = ()
+
+    @property
+    def entry_ids(self) -> tuple[str, ...]:
+        return tuple(e["id"] for e in self.entries)
 
     def grounding_json(self) -> dict[str, object]:
-        """For ``ChatMessage.grounding``."""
-        return {"verdict": self.verdict, "reasons": list(self.reasons)}
+        """For ``ChatMessage.grounding``: the verdict, and what the answer is based on."""
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "intent": self.intent,
+            "facts": [{"key": k, "label": FACT_LABELS.get(k, k)} for k in self.fact_keys],
+            "entries": [dict(e) for e in self.entries],
+            "model_verdict": self.model_verdict,
+            "model_reasons": list(self.model_reasons),
+        }
 
 
 @dataclass(frozen=True)
@@ -123,68 +170,135 @@ def chat_messages(
     return messages
 
 
-_SENTENCE_DONE = re.compile(r"(?<=[.!?])\s+|\n+")
+def addition_messages(question: str, composition: Composition) -> list[Message]:
+    """The prompt for the model's one sentence: the question and the start of the composed
+    answer, ending in ``ADDITION_OPENING``, which the model continues."""
+    from llm.backend import Message
+
+    core = " ".join(composition.sentences[:ADDITION_CORE_SENTENCES])
+    return [
+        Message("system", "You restate an answer about a heart ultrasound for a patient in one "
+                "short sentence of plain words. Write no numbers. Add no new facts."),
+        Message("user", f"Question: {question}\nAnswer: {core}"),
+        Message("assistant", ADDITION_OPENING),
+    ]  # fmt: skip
+
+
+_SENTENCE_DONE = re.compile(r"(?<=[.!?])\s")
+
+
+def _model_sentence(open_stream: Callable[[], Iterator[str]], deadline_s: float) -> tuple[str, str]:
+    """(the first complete sentence, everything read by then) from the model's stream; the
+    sentence is "" when the limits or the deadline cut the model off before a sentence ended.
+
+    Why a reader thread: the model's time limit is checked only between tokens, and on a
+    loaded CPU reading the prompt alone can take seconds (a model still loading, longer). The
+    answer does not wait past ``deadline_s``: the reader is left to close the stream (the
+    generation stops at its next token) in the background."""
+    pieces: queue.Queue[str | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        stream = None
+        try:
+            stream = open_stream()
+            for chunk in stream:
+                pieces.put(chunk)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the answer, which leaves the sentence out
+            pieces.put(exc)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # stops the generation thread
+            pieces.put(None)
+
+    threading.Thread(target=read, name="chat-model-sentence", daemon=True).start()
+    deadline = time.monotonic() + deadline_s
+    written = ""
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                piece = pieces.get(timeout=left)
+            except queue.Empty:
+                break
+            if piece is None:
+                break
+            if isinstance(piece, BaseException):
+                log.warning("the model's sentence failed: %s", piece)
+                return "", written
+            written += piece
+            done = _SENTENCE_DONE.search(written)
+            if done:
+                return written[: done.start()].strip(), written
+    finally:
+        stop.set()
+    tail = written.strip()
+    return (tail if tail.endswith((".", "!", "?")) else ""), written
+
+
+def _addition_limits(limits: GenerationLimits | None) -> GenerationLimits:
+    from llm.backend import GenerationLimits
+
+    tokens, seconds = ADDITION_MAX_NEW_TOKENS, ADDITION_MAX_TIME_S
+    if limits is not None:
+        tokens, seconds = min(tokens, limits.max_new_tokens), min(seconds, limits.max_time_s)
+    return GenerationLimits(tokens, seconds)
 
 
 def stream_answer(
     question: str,
     context: StudyContext,
-    backend: TextModel,
+    backend: TextModel | Callable[[], TextModel] | None,
     history: Sequence[ChatTurn] = (),
     limits: GenerationLimits | None = None,
 ) -> Iterator[ChatChunk]:
-    """The answer in guarded pieces; the last chunk carries the ``ChatAnswer``."""
-    from llm.backend import GenerationLimits
-
-    limits = limits or GenerationLimits(CHAT_MAX_NEW_TOKENS, CHAT_MAX_TIME_S)
-    m, sex = context.measurements, context.sex
-    shown = ""  # text that passed the guard and went out
-    pending = ""  # text of the sentence being written
-    written = ""  # everything the model wrote
-    n_sentences = 0
-    failure: tuple[str, ...] = ()
-    stream = backend.stream(chat_messages(question, context, history), limits)
-    try:
-        for chunk in stream:
-            written += chunk
-            pending += chunk
-            parts = _SENTENCE_DONE.split(pending)
-            complete, pending = parts[:-1], parts[-1]
-            for sentence in (p.strip() for p in complete):
-                if not sentence or sentence in shown:
-                    continue  # small models repeat themselves; a repeat adds nothing
-                candidate = f"{shown} {sentence}".strip()
-                result = check_grounding(candidate, m, sex)
-                if result.verdict != Verdict.PASS:
-                    failure = result.reasons
-                    break
-                yield ChatChunk(("" if not shown else " ") + sentence)
-                shown, n_sentences = candidate, n_sentences + 1
-            if failure or n_sentences >= MAX_ANSWER_SENTENCES:
-                break
-    finally:
-        stream_close = getattr(stream, "close", None)
-        if stream_close is not None:
-            stream_close()  # stops the generation thread
-    tail = pending.strip()
-    # an unfinished last sentence (cut by the limits) is dropped, not guessed at
-    finished = tail.endswith((".", "!", "?"))
-    if not failure and finished and n_sentences < MAX_ANSWER_SENTENCES:
-        result = check_grounding(f"{shown} {tail}".strip(), m, sex)
-        if result.verdict == Verdict.PASS:
-            yield ChatChunk(("" if not shown else " ") + tail)
-            shown = f"{shown} {tail}".strip()
-        else:
-            failure = result.reasons
-    if not failure and not shown:
-        failure = ("the model wrote no complete sentence",)
-    if failure:
+    """The answer in guarded pieces; the last chunk carries the ``ChatAnswer``. ``backend``
+    may be a function that returns the model (called only after the core has streamed, so a
+    first question does not wait for a model load), or None (no model sentence)."""
+    sheet = context.fact_sheet()
+    composition = compose_answer(question, sheet, history)
+    meta = {
+        "intent": str(composition.route.intent),
+        "fact_keys": composition.fact_keys,
+        "entries": tuple(e.to_json() for e in composition.entries),
+    }
+    core = composition.text
+    checked = check_claims(core, sheet)
+    if not checked.passed:  # a composition the guard rejects is a bug; never show it
         replacement = safe_answer(context)
-        answer = ChatAnswer(replacement, Verdict.REPLACED, tuple(dict.fromkeys(failure)), written)
         yield ChatChunk(replacement, replace=True)
-        yield ChatChunk("", answer=answer)
+        yield ChatChunk("", answer=ChatAnswer(replacement, Verdict.REPLACED, checked.reasons,
+                                              "", **meta))  # fmt: skip
         return
-    yield ChatChunk("", answer=ChatAnswer(shown, Verdict.PASS, (), written))
+    for i, sentence in enumerate(sentences(core)):
+        yield ChatChunk(("" if i == 0 else " ") + sentence)
+    if backend is None or composition.route.intent == "out_of_scope":
+        yield ChatChunk("", answer=ChatAnswer(core, Verdict.PASS, (), "", **meta))
+        return
+    addition_limits = _addition_limits(limits)
+    messages = addition_messages(question, composition)
+
+    def open_stream() -> Iterator[str]:  # a model still loading counts against the deadline
+        model = backend if hasattr(backend, "stream") else backend()  # type: ignore[operator]
+        return model.stream(messages, addition_limits)  # type: ignore[union-attr]
+
+    sentence, written = _model_sentence(open_stream, addition_limits.max_time_s
+                                        + ADDITION_GRACE_S)  # fmt: skip
+    if not sentence:
+        yield ChatChunk("", answer=ChatAnswer(core, Verdict.PASS, (), written, **meta))
+        return
+    addition = f"{ADDITION_OPENING} {sentence}"
+    result = check_claims(f"{core} {addition}", sheet)
+    if not result.passed:
+        yield ChatChunk("", answer=ChatAnswer(core, Verdict.PASS, (), written, **meta,
+                                              model_verdict=MODEL_FAIL,
+                                              model_reasons=result.reasons))  # fmt: skip
+        return
+    yield ChatChunk(" " + addition)
+    yield ChatChunk("", answer=ChatAnswer(f"{core} {addition}", Verdict.PASS, (), written,
+                                          **meta, model_verdict=MODEL_PASS))  # fmt: skip
 
 
 def answer_question(

@@ -36,21 +36,20 @@ class StoredStudy:
     report_text: str = ""
     demo_models: bool = False
     patient_sex: str = ""
+    height_cm: float | None = None  # from the header, when known: indexes the LV volumes
+    weight_kg: float | None = None
 
 
 ChatBackend = Callable[[StoredStudy, Sequence[ChatTurn], str], Iterable[Any]]
 
 
 def language_model_backend(model: Any) -> ChatBackend:
-    """The guarded language-model chat of ``llm.chat`` on ``model`` (an
-    ``llm.backend.TextModel``): answers stream sentence by sentence, and one that
-    fails the grounding check is replaced by the measured values.
+    """The guarded chat of ``llm.chat`` on ``model`` (an ``llm.backend.TextModel``): the
+    answer composed from the study's facts and the knowledge base streams at once, and the
+    model's one added sentence follows only when it passes the claim guard.
 
     ``model`` may also be a function that loads the model: it is called on the first question
     (once), so the node starts serving before a slow model load finishes."""
-    from inference.types import Measurements
-    from llm import chat as guarded
-
     lock = threading.Lock()
     loaded: list[Any] = [model] if hasattr(model, "stream") else []
 
@@ -59,6 +58,23 @@ def language_model_backend(model: Any) -> ChatBackend:
             if not loaded:
                 loaded.append(model())
             return loaded[0]
+
+    answer = _guarded(get_model)
+    answer.__name__ = f"language_model:{getattr(model, 'name', type(model).__name__)}"
+    return answer
+
+
+def composed_backend() -> ChatBackend:
+    """The same guarded answers without a language model: the composed core from the study's
+    facts and the knowledge base only (for a node whose model is switched off, and tests)."""
+    answer = _guarded(None)
+    answer.__name__ = "composed"
+    return answer
+
+
+def _guarded(get_model: Callable[[], Any] | None) -> Callable[..., Iterator[Any]]:
+    from inference.types import Measurements
+    from llm import chat as guarded
 
     def answer(context: StoredStudy, history: Sequence[ChatTurn], question: str) -> Iterator[Any]:
         if not context.measurements:
@@ -69,10 +85,12 @@ def language_model_backend(model: Any) -> ChatBackend:
             sex=context.patient_sex or None,
             report_text=context.report_text,
             demo_models=context.demo_models,
+            height_cm=context.height_cm,
+            weight_kg=context.weight_kg,
         )
-        yield from guarded.stream_answer(question, study, get_model(), history)
+        # the composed core streams before the model is asked for (or loaded)
+        yield from guarded.stream_answer(question, study, get_model, history)
 
-    answer.__name__ = f"language_model:{getattr(model, 'name', type(model).__name__)}"
     return answer
 
 

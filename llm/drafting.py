@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from inference.types import Measurements
+from llm.claims import claim_findings
+from llm.facts import SIZE_ENLARGED, SIZE_NORMAL, SIZE_SMALL, FactSheet, build_fact_sheet
 from llm.grounding import (
     GroundingResult,
     lv_grade,
@@ -50,6 +52,8 @@ NARRATIVE_OPENING = "The left ventricular ejection fraction is"
 NARRATIVE_OPENING_WITHHELD = "The left ventricular ejection fraction is not measurable"
 NO_SENTENCE = "the model wrote no complete sentence"
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
+# what the claim checks match that is no LV-function grade: size and regularity words
+_NOT_A_GRADE = re.compile(r"size|sized|enlarg|dilat|large|big|small|regular", re.I)
 _PROMPT_ECHO = re.compile(
     r"previous paragraph|rejected because|write the narrative|quote only|measurements:|"
     r"LV systolic function \(ASE/EACVI|^\s*-\s",
@@ -98,10 +102,41 @@ def measurement_lines(m: Measurements, sex: str | None) -> list[str]:
         lines.append(f"- LVEF SD over beats: {m.ef_sd_percent:.1f} %")
     # no beat count: the embedded model turned "2 beats" into "2 beats per minute"
     lines.append(f"- LV systolic function (ASE/EACVI 2015): {lv_grade(m, sex).phrase}")
+    size = size_statement(build_fact_sheet(m, sex))
+    if size:
+        lines.append(f"- LV size (ASE/EACVI 2015): {size}")
     flags = shown_flags(m)
     if flags:
         lines.append("- Quality notes: " + " ".join(f.message for f in flags))
     return lines
+
+
+_SIZE_WORDS = {SIZE_ENLARGED: "enlarged", SIZE_SMALL: "smaller than usual",
+               SIZE_NORMAL: "normal in size"}  # fmt: skip
+
+
+def size_statement(sheet: FactSheet) -> str:
+    """The LV size sentence every narrative carries when the size is graded, in words the
+    number guard accepts ("The left ventricle is enlarged (end-diastolic volume 130.9 mL,
+    above the reference range for women)."); "" when the size is not graded."""
+    edv = sheet.get("lv_edv")
+    if sheet.lv_size is None or edv is None or edv.value is None:
+        return ""
+    who = {"M": "men", "F": "women"}.get(sheet.sex or "", "men and women")
+    where = {SIZE_ENLARGED: "above", SIZE_SMALL: "below", SIZE_NORMAL: "within"}[sheet.lv_size]
+    return (f"The left ventricle is {_SIZE_WORDS[sheet.lv_size]} (end-diastolic volume "
+            f"{edv.value:.1f} mL, {where} the reference range for {who}).")  # fmt: skip
+
+
+def with_size(narrative: str, sheet: FactSheet) -> str:
+    """``narrative`` with the size sentence appended when the LV is enlarged or small and the
+    narrative does not say so itself (a normal size needs no sentence of its own)."""
+    if sheet.lv_size not in (SIZE_ENLARGED, SIZE_SMALL):
+        return narrative
+    said = " ".join(claim_findings(narrative, sheet.lv_size, sheet.rhythm).matched)
+    if re.search(r"enlarg|dilat|small|large", said, re.I):  # it said the size, truly
+        return narrative
+    return f"{narrative} {size_statement(sheet)}".strip()
 
 
 def draft_request(m: Measurements, sex: str | None, feedback: Sequence[str] = ()) -> list[Message]:
@@ -253,7 +288,8 @@ def missing_essentials(
     missing = []
     if not any(grade.ef.matches(n) for n in numbers):
         missing.append(f"the narrative does not state the LVEF ({grade.ef.text})")
-    if grade.grade is not None and not any(not _DIGITS.search(q) for q in matched):
+    grades = [q for q in matched if not _DIGITS.search(q) and not _NOT_A_GRADE.search(q)]
+    if grade.grade is not None and not grades:
         missing.append(f"the narrative does not state the LV systolic function ({grade.phrase})")
     return tuple(missing)
 
@@ -286,22 +322,23 @@ def draft_report(
     if backend is None:
         return Draft(structured, "", Verdict.NOT_CHECKED, (), demo_models, 0, "")
     limits = limits or GenerationLimits(DRAFT_MAX_NEW_TOKENS, DRAFT_MAX_TIME_S)
+    sheet = build_fact_sheet(measurements, sex, demo_models=demo_models)
     reasons: list[str] = []
     feedback: tuple[str, ...] = ()
     for attempt in (1, 2):
         messages = draft_messages(measurements, sex, feedback)
         raw = backend.generate(messages, limits).text
         text = tidy_narrative(messages[-1].content + raw)
-        result = _check(text, measurements, sex) if text else None
+        result = _check(text, measurements, sex, sheet=sheet) if text else None
         if result is not None and result.verdict == Verdict.PASS:
             missing = prompt_echo(text) + missing_essentials(result.matched, measurements, sex)
             if missing:
                 result = GroundingResult(Verdict.FAIL, missing, result.matched)
         if result is not None and result.verdict == Verdict.PASS:
-            return Draft(structured, text, Verdict.PASS, tuple(reasons), demo_models, attempt,
-                         backend.name)  # fmt: skip
+            return Draft(structured, with_size(text, sheet), Verdict.PASS, tuple(reasons),
+                         demo_models, attempt, backend.name)  # fmt: skip
         failures = result.reasons if result is not None else (NO_SENTENCE,)
         reasons += [f"attempt {attempt}: {r}" for r in dict.fromkeys(failures)]
         feedback = failures
-    return Draft(structured, structured, Verdict.REPLACED, tuple(reasons), demo_models, 2,
-                 backend.name)  # fmt: skip
+    return Draft(structured, with_size(structured, sheet), Verdict.REPLACED, tuple(reasons),
+                 demo_models, 2, backend.name)  # fmt: skip

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from inference.types import Measurements
 from llm.types import Verdict
@@ -57,6 +58,9 @@ from reporting.values import (
     withheld_ef,
     withheld_values,
 )
+
+if TYPE_CHECKING:
+    from llm.facts import FactSheet
 
 EF_TOLERANCE_POINTS = 0.5
 VOLUME_TOLERANCE_ML = 0.5
@@ -345,8 +349,19 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s.strip()]
 
 
-def check_grounding(text: str, m: Measurements, sex: str | None = None) -> GroundingResult:
-    """Checks every number and every LV-function grade in ``text`` against ``m``."""
+def check_grounding(
+    text: str, m: Measurements, sex: str | None = None, *, sheet: FactSheet | None = None
+) -> GroundingResult:
+    """Checks every number and every LV-function grade in ``text`` against ``m``, and the
+    claims of ``llm.claims`` (LV size, rhythm, unassessed structures, anatomy, repeats)
+    against the study's fact sheet (``sheet``, else built from ``m`` and ``sex``)."""
+    from llm.claims import claim_findings
+    from llm.facts import build_fact_sheet
+
+    if sheet is None:
+        sheet = build_fact_sheet(m, sex)
+    claims = claim_findings(text, sheet.lv_size, sheet.rhythm)
+    text = claims.masked
     withheld = withheld_values(m)
     facts = measured_facts(m) + quality_facts(m)
     sd = _sd_fact(m)
@@ -354,8 +369,8 @@ def check_grounding(text: str, m: Measurements, sex: str | None = None) -> Groun
     text = _without_node_sentences(text, m, withheld)
     ranges = {f.key: range_grade(_RANGE_KEYS[f.key], f.value, sex)
               for f in facts if f.key in _RANGE_KEYS}  # fmt: skip
-    reasons: list[str] = []
-    matched: list[str] = []
+    reasons: list[str] = list(claims.reasons)
+    matched: list[str] = list(claims.matched)
     subject: str | None = None  # what the previous sentences were about
     for sentence in _sentences(_CITATIONS.sub("", text)):
         labels = _labels(sentence)

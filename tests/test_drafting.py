@@ -243,3 +243,25 @@ def test_the_worked_example_mirrors_the_sd_and_the_quality_notes() -> None:
     assert note.message not in example_answer.content
     plain = draft_messages(measurements(), "M")[1].content
     assert "SD" not in plain and "Quality notes" not in plain
+
+
+def test_the_narrative_says_an_enlarged_ventricle_is_enlarged() -> None:
+    """The draft uses the chat's facts: an EDV above the female range is called enlarged."""
+    phantom = measurements(ef=35.6, disks=34.9, edv=130.9, esv=84.3, hr=66.0)
+    plain = f"{NARRATIVE_OPENING} 35.6 %, consistent with moderately reduced LV systolic function."
+    draft = draft_report(phantom, ScriptedTextModel([plain]), "F", demo_models=True)
+    assert draft.verdict == "pass"
+    size = ("The left ventricle is enlarged (end-diastolic volume 130.9 mL, above the "
+            "reference range for women).")
+    assert draft.narrative_text == f"{plain} {size}"
+    assert check_grounding(draft.narrative_text, phantom, "F").passed
+    assert "- LV size (ASE/EACVI 2015): The left ventricle is enlarged" in draft_request(
+        phantom, "F")[1].content
+    said = f"{plain} The left ventricle is enlarged."  # said by the model: nothing added
+    assert draft_report(phantom, ScriptedTextModel([said]), "F", True).narrative_text == said
+    wrong = f"{plain} The left ventricle is not enlarged."
+    refused = draft_report(phantom, ScriptedTextModel([wrong]), "F", demo_models=True)
+    assert refused.verdict == "replaced" and any("not enlarged" in r for r in refused.reasons)
+    assert "The left ventricle is enlarged" in refused.narrative_text
+    # a ventricle of normal size gets no extra sentence
+    assert draft_report(M, ScriptedTextModel([GOOD]), "M", True).narrative_text == GOOD

@@ -234,3 +234,81 @@ def test_no_method_text_states_a_mean_over_zero_beats() -> None:
     bare = replace(no_spacing, beats=())
     for value in reported_values(bare, Algorithms(info, info)):
         assert "mean of 0" not in value.method_text, value
+
+
+# --- claims beyond numbers (``llm.claims``) ---------------------------------------------------
+
+# the phantom study of issue #19: female, EDV 130.9 mL (women 46-106 mL), LVEF 35.6 %
+PHANTOM = measurements(ef=35.6, disks=34.9, edv=130.9, esv=84.3, hr=66.0)
+IRREGULAR = replace(PHANTOM, beats=(Beat(0, 12, 30, 35.6, 0, 130.9, 84.3, 34.9, None, None),
+                                    Beat(30, 42, 50, 35.6, 0, 130.9, 84.3, 34.9, None, None)))
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        # the false sentences the embedded model wrote (issue #19)
+        ("The left ventricle is not enlarged.", "is enlarged"),
+        ("The left ventricle is a large vessel that is responsible for pumping blood throughout "
+         "the body.", "anatomy"),
+        ("The echocardiogram is done with a specialized equipment called an echocardiogram "
+         "machine. The echocardiogram is done with a specialized equipment called an "
+         "echocardiogram machine.", "repeated sentence"),
+        ("The echocardiogram shows a specialized equipment called an echocardiogram machine.",
+         "equipment"),
+        ("The LV is normal in size.", "is enlarged"),
+        ("The left ventricle is smaller than usual.", "is enlarged"),
+        ("The mitral valve opens well.", "does not assess"),
+        ("Wall motion is normal.", "does not"),
+        ("The right ventricle looks fine.", "does not assess"),
+        ("The patient is in sinus rhythm.", "needs an ECG"),
+        ("There is atrial fibrillation.", "needs an ECG"),
+        ("The beats were irregular.", "were regular"),
+        ("The heart pumps blood to the body.", "anatomy"),
+    ],
+)
+def test_false_claims_fail_the_guard(text: str, why: str) -> None:
+    result = check_grounding(text, PHANTOM, "F")
+    assert not result.passed
+    assert any(why in r for r in result.reasons), result.reasons
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The left ventricle is enlarged.",
+        "The left ventricle is dilated, with an end-diastolic volume of 130.9 mL.",
+        "The LV is not normal in size.",
+        "The beats on the loop were regular.",
+        "The valves were not assessed.",
+        "Naming the rhythm, such as sinus rhythm, needs an ECG.",
+    ],
+)
+def test_true_claims_pass_the_guard(text: str) -> None:
+    result = check_grounding(text, PHANTOM, "F")
+    assert result.passed, result.reasons
+
+
+def test_size_and_rhythm_words_follow_the_sex_range_and_the_beats() -> None:
+    male = check_grounding("The left ventricle is normal in size.", PHANTOM, "M")
+    assert male.passed, male.reasons  # 130.9 mL is within 62-150 mL for men
+    unknown = check_grounding("The left ventricle is enlarged.", PHANTOM, None)
+    assert not unknown.passed and "not graded" in unknown.reasons[0]
+    assert not check_grounding("The beats were regular.", IRREGULAR, "F").passed
+    assert check_grounding("The beats were irregular.", IRREGULAR, "F").passed
+
+
+def test_the_claim_guard_takes_vetted_sentences_verbatim_and_fails_empty_answers() -> None:
+    from llm.claims import check_claims
+    from llm.facts import build_fact_sheet
+    from llm.knowledge import entry
+
+    sheet = build_fact_sheet(PHANTOM, "F")
+    size = sheet.get("lv_size").sentence  # type: ignore[union-attr]
+    assert "46-106 mL" in size and not check_grounding(size, PHANTOM, "F").passed
+    assert check_claims(size, sheet).passed  # a fact sentence, ranges and all
+    assert check_claims(entry("lv-anatomy").text, sheet).passed  # anatomy from the KB
+    assert not check_claims(entry("ef-normal-meaning").text, sheet).passed  # not this study
+    assert not check_claims(f"{size} {size}", sheet).passed
+    empty = check_claims("Thank you for your question. I hope this helps.", sheet)
+    assert not empty.passed and "states nothing" in empty.reasons[0]

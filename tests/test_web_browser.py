@@ -74,7 +74,9 @@ def server(tmp_path_factory, phantom_studies, ehr) -> Iterator[dict]:
             analysis = session.scalars(select(Analysis)).one()
             ef, analysis_id = analysis.ef_percent, analysis.id
         web_map: dict = {}
-        app = create_app(node.engine, node.config)
+        from llm.chat_service import composed_backend
+
+        app = create_app(node.engine, node.config, chat_backend=composed_backend())
         web = waitress.create_server(app, map=web_map, host="127.0.0.1", port=0, threads=4)
         thread = threading.Thread(target=web.run, daemon=True)
         thread.start()
@@ -222,6 +224,10 @@ def test_review_sign_and_chat_in_chromium(browser, server) -> None:
         " return a && a.dataset.done === 'true'; }", timeout=30_000)
     assert int(answer.get_attribute("data-chunks")) > 3  # it arrived in pieces
     assert ef_text in answer.inner_text()
+    # under the answer: the facts and the knowledge entries it was built from, with sources
+    based_on = page.locator(".bubble.assistant .based-on").last.inner_text()
+    assert "Based on" in based_on and "LV systolic function grade" in based_on
+    assert "ASE/EACVI 2015" in based_on
     _shot(page, server, "study-signed.png")
     assert dialogs == [] and errors == []
 

@@ -207,10 +207,36 @@
     return body;
   }
 
+  // "Based on: ..." under an answer: the study facts and the knowledge entries (with their
+  // sources) it was composed from, as the server stored them with the message
+  function basedOn(body, grounding) {
+    if (!grounding || (!(grounding.facts || []).length && !(grounding.entries || []).length)) return;
+    const old = body.parentNode.querySelector(".based-on");
+    if (old) old.remove();
+    const box = Echo.el("div", null, "based-on small");
+    box.appendChild(Echo.el("span", "Based on: ", "who"));
+    const facts = (grounding.facts || []).map((f) => f.label || f.key);
+    if (facts.length) box.appendChild(Echo.el("span", "study facts: " + facts.join(", ") + ". ", "based-facts"));
+    const list = Echo.el("ul", null, "based-entries");
+    for (const e of grounding.entries || []) {
+      const li = Echo.el("li", e.title + " (" + e.source + ")");
+      li.dataset.entry = e.id;
+      list.appendChild(li);
+    }
+    if ((grounding.entries || []).length) {
+      box.appendChild(Echo.el("span", "knowledge base:", "based-label"));
+      box.appendChild(list);
+    }
+    body.parentNode.appendChild(box);
+  }
+
   async function loadChat() {
     const data = await Echo.getJSON("/api/studies/" + studyId + "/chat");
     Echo.clear($("chat-log"));
-    for (const m of data.messages) bubble(m.role, m.content);
+    for (const m of data.messages) {
+      const body = bubble(m.role, m.content);
+      if (m.role === "assistant") basedOn(body, m.grounding);
+    }
   }
 
   async function ask(question) {
@@ -242,7 +268,7 @@
         if (event === "chunk") { answer.textContent += payload.text; answer.dataset.chunks = String(Number(answer.dataset.chunks || 0) + 1); }
         else if (event === "replace") { answer.textContent = payload.text; answer.dataset.replaced = "true"; }
         else if (event === "error") answer.textContent += "\n[" + payload.error + "]";
-        else if (event === "done") { answer.classList.remove("streaming"); answer.dataset.done = "true"; }
+        else if (event === "done") { basedOn(answer, payload); answer.classList.remove("streaming"); answer.dataset.done = "true"; }
       }
       $("chat-log").scrollTop = $("chat-log").scrollHeight;
     }

@@ -1,0 +1,388 @@
+"""The fact sheet of one study: every statement an answer about it may make, as exact sentences.
+
+Why: a 135M model asked an open question invents anatomy or repeats itself, and a guard that
+only checks numbers lets "the left ventricle is not enlarged" through for a ventricle above its
+range. So the node works out what is true first (values with their validity, sex-specific
+ranges and grades, size, rate and rhythm regularity, the loop itself, and what it did not
+assess), writes each as a sentence, and answers are built from those sentences. The guard
+(``llm.claims``) accepts a fact sentence verbatim and checks anything else against the sheet.
+
+Ranges: ASE/EACVI 2015 (``reporting.interpretation``): LVEF Table 4, LV volumes Table 1
+(absolute, and indexed to body surface area: EDV/BSA men 34-74, women 29-61 mL/m2). BSA by the
+Mosteller formula, only when height and weight are known.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from inference.types import Measurements
+from llm.grounding import lv_grade, measured_facts
+from reporting.interpretation import (
+    GRADE_ABOVE,
+    GRADE_BELOW,
+    GRADE_MILD,
+    GRADE_MODERATE,
+    GRADE_NORMAL,
+    GRADE_SEVERE,
+    range_grade,
+)
+from reporting.values import (
+    KEY_HEART_RATE,
+    KEY_LV_EDV,
+    KEY_LV_ESV,
+    KEY_LVEF_DISKS,
+    KEY_LVEF_REGRESSION,
+    loop_quality,
+    shown_flags,
+    withheld_values,
+)
+
+STATE_MEASURED = "measured"
+STATE_NOT_MEASURABLE = "not_measurable"
+STATE_NOT_ASSESSED = "not_assessed"
+STATE_INFO = "info"
+
+SIZE_NORMAL = "normal"
+SIZE_ENLARGED = "enlarged"
+SIZE_SMALL = "small"
+RHYTHM_REGULAR = "regular"
+RHYTHM_IRREGULAR = "irregular"
+# spread of the complete cycles' lengths, (longest - shortest) / mean, above which the
+# intervals are called irregular; two complete cycles are the fewest that can be compared
+RHYTHM_SPREAD_LIMIT = 0.15
+MIN_CYCLES_FOR_RHYTHM = 2
+
+ASE_SHORT = "ASE/EACVI 2015"
+# ASE/EACVI 2015 Table 1, 2D biplane, mean +- 2 SD: the absolute ranges live in
+# ``reporting.interpretation``; these are the indexed ones (mL/m2)
+_EDV_INDEX_NORMAL = {"M": (34.0, 74.0), "F": (29.0, 61.0)}
+_EDV_NORMAL = {"M": (62.0, 150.0), "F": (46.0, 106.0)}
+_LVEF_NORMAL = {"M": (52.0, 72.0), "F": (54.0, 74.0)}
+_WHO = {"M": "men", "F": "women"}
+
+NOT_ASSESSED_SENTENCE = (
+    "This analysis does not assess the heart valves, regional wall motion, wall thickness, "
+    "the right ventricle or the atria: it measures the left ventricle on one apical "
+    "four-chamber loop, so these need the full echocardiogram and your cardiologist's reading."
+)
+DEMO_SENTENCE = "These results come from demo models trained on phantoms, not for clinical use."
+
+
+# what the review page calls each fact under an answer ("Based on: ...")
+FACT_LABELS = {
+    "lvef": "LVEF (AI regression)",
+    "lvef_disks": "LVEF (method of disks)",
+    "lvef_sd": "LVEF spread over beats",
+    "lv_function": "LV systolic function grade (ASE/EACVI 2015)",
+    "lv_edv": "LV end-diastolic volume",
+    "lv_esv": "LV end-systolic volume",
+    "lv_sv": "LV stroke volume",
+    "lv_size": "LV size (ASE/EACVI 2015 range by sex)",
+    "bsa": "body surface area",
+    "lv_edv_index": "LV end-diastolic volume index",
+    "heart_rate": "heart rate",
+    "rhythm": "beat-to-beat regularity",
+    "view": "view (A4C)",
+    "frames": "frames, frame rate and duration",
+    "quality": "image quality score",
+    "quality_flags": "quality notes",
+    "not_assessed": "what was not assessed",
+    "demo": "demo models",
+}
+
+
+@dataclass(frozen=True)
+class StudyFact:
+    """One statement about the study. ``sentence`` is what an answer quotes (one or more
+    complete sentences, accepted by the guard verbatim); ``state`` says whether it is a measured
+    value, a value the node does not stand behind, something not assessed, or plain
+    information about the loop."""
+
+    key: str
+    topic: str  # "function" | "volume" | "size" | "rate" | "rhythm" | "image" | "quality" | ...
+    state: str
+    sentence: str
+    value: float | None = None
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class FactSheet:
+    """Everything true about one study that an answer may say, and the study's standing
+    (grade, size, rhythm) as words the guard and the knowledge base filter on."""
+
+    facts: tuple[StudyFact, ...]
+    sex: str | None
+    ef_grade: str | None
+    lv_size: str | None
+    rhythm: str | None
+    conditions: frozenset[str]
+    measurements: Measurements = field(repr=False, compare=False)
+
+    def get(self, key: str) -> StudyFact | None:
+        return next((f for f in self.facts if f.key == key), None)
+
+    def by_topic(self, *topics: str) -> tuple[StudyFact, ...]:
+        return tuple(f for f in self.facts if f.topic in topics)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.key for f in self.facts)
+
+    @property
+    def sentences(self) -> tuple[str, ...]:
+        return tuple(f.sentence for f in self.facts)
+
+
+def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
+    """Mosteller: sqrt(height cm x weight kg / 3600)."""
+    if height_cm <= 0 or weight_kg <= 0:
+        raise ValueError("height and weight must be positive")
+    return math.sqrt(height_cm * weight_kg / 3600.0)
+
+
+def _sex(sex: str | None) -> str | None:
+    return sex if sex in ("M", "F") else None
+
+
+def _range_words(table: dict[str, tuple[float, float]], sex: str | None, unit: str) -> str:
+    sexes = (sex,) if sex else ("M", "F")
+    return " and ".join(f"{table[s][0]:g}-{table[s][1]:g} {unit} for {_WHO[s]}" for s in sexes)
+
+
+def _ef_facts(m: Measurements, sex: str | None) -> list[StudyFact]:
+    measured = {f.key: f for f in measured_facts(m)}
+    withheld = {w.key: w for w in withheld_values(m)}
+    out: list[StudyFact] = []
+    rows = (("lvef", "ef_regression", KEY_LVEF_REGRESSION, "(AI regression)"),
+            ("lvef_disks", "ef_disks", KEY_LVEF_DISKS, "(method of disks)"))  # fmt: skip
+    for key, fact_key, value_key, how in rows:
+        fact = measured.get(fact_key)
+        if fact is not None:
+            out.append(StudyFact(key, "function", STATE_MEASURED,
+                                 f"The LVEF is {fact.text} {how}.", fact.value, "%"))  # fmt: skip
+        elif value_key in withheld:
+            out.append(StudyFact(key, "function", STATE_NOT_MEASURABLE,
+                                 withheld[value_key].statement))  # fmt: skip
+    if m.ef_sd_percent is not None and "ef_regression" in measured:
+        out.append(StudyFact("lvef_sd", "function", STATE_MEASURED,
+                             f"Over the beats the LVEF varied with an SD of "
+                             f"{m.ef_sd_percent:.1f} %.", float(m.ef_sd_percent), "%"))  # fmt: skip
+    grade = lv_grade(m, sex)
+    if grade.ef is None:
+        why = "no LVEF was measured" if grade.withheld is None else "the LVEF is not measurable"
+        text = f"LV systolic function is not graded, because {why}."
+        out.append(StudyFact("lv_function", "function", STATE_NOT_MEASURABLE, text))
+        return out
+    if grade.grade is None:
+        out.append(StudyFact("lv_function", "function", STATE_INFO,
+                             "LV systolic function is not graded, because the normal LVEF range "
+                             f"differs for men and women ({_range_words(_LVEF_NORMAL, None, '%')}"
+                             f"; {ASE_SHORT}) and the sex is not known."))  # fmt: skip
+        return out
+    words = {
+        GRADE_NORMAL: "normal LV systolic function",
+        GRADE_ABOVE: "an LVEF above the normal range (hyperdynamic)",
+        GRADE_MILD: "mildly reduced LV systolic function",
+        GRADE_MODERATE: "moderately reduced LV systolic function",
+        GRADE_SEVERE: "severely reduced LV systolic function",
+    }[grade.grade]
+    normal = _range_words(_LVEF_NORMAL, _sex(sex), "%")
+    out.append(StudyFact("lv_function", "function", STATE_MEASURED,
+                         f"An LVEF of {grade.ef.text} means {words}: the normal LVEF is {normal} "
+                         f"({ASE_SHORT}).", grade.ef.value, "%"))  # fmt: skip
+    return out
+
+
+def _volume_facts(
+    m: Measurements, sex: str | None, height_cm: float | None, weight_kg: float | None
+) -> tuple[list[StudyFact], str | None]:
+    measured = {f.key: f for f in measured_facts(m)}
+    withheld = {w.key: w for w in withheld_values(m)}
+    out: list[StudyFact] = []
+    names = (("lv_edv", "edv", KEY_LV_EDV, "LV end-diastolic volume"),
+             ("lv_esv", "esv", KEY_LV_ESV, "LV end-systolic volume"),
+             ("lv_sv", "sv", "lv_sv", "LV stroke volume"))  # fmt: skip
+    for key, fact_key, value_key, label in names:
+        fact = measured.get(fact_key)
+        if fact is not None:
+            out.append(StudyFact(key, "volume", STATE_MEASURED,
+                                 f"The {label} is {fact.text} (method of disks, "
+                                 "single plane).", fact.value, "mL"))  # fmt: skip
+        elif value_key in withheld:
+            out.append(StudyFact(key, "volume", STATE_NOT_MEASURABLE,
+                                 withheld[value_key].statement))  # fmt: skip
+    edv = measured.get("edv")
+    if edv is None:
+        out.append(StudyFact("lv_size", "size", STATE_NOT_MEASURABLE,
+                             "LV size is not graded, because the LV end-diastolic volume "
+                             "is not measurable on this loop."))  # fmt: skip
+        return out, None
+    size: str | None
+    if height_cm and weight_kg:
+        bsa = body_surface_area_m2(height_cm, weight_kg)
+        index = edv.value / bsa
+        out.append(StudyFact("bsa", "size", STATE_INFO,
+                             f"The body surface area is {bsa:.2f} m2 (Mosteller, from height "
+                             "and weight).", round(bsa, 2), "m2"))  # fmt: skip
+        out.append(StudyFact("lv_edv_index", "size", STATE_MEASURED,
+                             f"Indexed to body surface area the LV end-diastolic volume is "
+                             f"{index:.1f} mL/m2.", round(index, 1), "mL/m2"))  # fmt: skip
+        sexes = (_sex(sex),) if _sex(sex) else ("M", "F")
+        grades = {_grade(index, *_EDV_INDEX_NORMAL[s]) for s in sexes if s}
+        size = next(iter(grades)) if len(grades) == 1 else None
+        table, value_text, unit = _EDV_INDEX_NORMAL, f"{index:.1f} mL/m2", "mL/m2"
+    else:
+        size = _size_of(range_grade(KEY_LV_EDV, edv.value, sex))
+        table, value_text, unit = _EDV_NORMAL, edv.text, "mL"
+    ranges = _range_words(table, _sex(sex), unit)
+    source = f"{ASE_SHORT}, biplane reference; this volume is single plane"
+    if size is None:
+        text = (f"LV size is not graded: the end-diastolic volume of {value_text} is judged "
+                f"against {ranges} ({source}), and the sex is not known.")  # fmt: skip
+    elif size == SIZE_ENLARGED:
+        text = (f"The left ventricle is enlarged: its end-diastolic volume of {value_text} is "
+                f"above the reference range of {ranges} ({source}).")  # fmt: skip
+    elif size == SIZE_SMALL:
+        text = (f"The left ventricle is smaller than usual: its end-diastolic volume of "
+                f"{value_text} is below the reference range of {ranges} ({source}).")  # fmt: skip
+    else:
+        text = (f"The left ventricle is normal in size: its end-diastolic volume of "
+                f"{value_text} is within the reference range of {ranges} ({source}).")  # fmt: skip
+    out.append(StudyFact("lv_size", "size", STATE_MEASURED if size else STATE_INFO, text))
+    return out, size
+
+
+def _grade(value: float, low: float, high: float) -> str:
+    return SIZE_SMALL if value < low else SIZE_ENLARGED if value > high else SIZE_NORMAL
+
+
+def _size_of(range_word: str | None) -> str | None:
+    if range_word is None:
+        return None
+    return {GRADE_NORMAL: SIZE_NORMAL, GRADE_ABOVE: SIZE_ENLARGED,
+            GRADE_BELOW: SIZE_SMALL}[range_word]  # fmt: skip
+
+
+def cycle_lengths_ms(m: Measurements) -> tuple[float, ...]:
+    """The complete beats' cycle lengths (ED to next ED), from the frame time."""
+    if not m.frame_time_ms:
+        return ()
+    return tuple((b.next_ed_frame - b.ed_frame) * m.frame_time_ms
+                 for b in m.beats if b.next_ed_frame is not None)  # fmt: skip
+
+
+def _rate_facts(m: Measurements) -> tuple[list[StudyFact], str | None]:
+    measured = {f.key: f for f in measured_facts(m)}
+    withheld = {w.key: w for w in withheld_values(m)}
+    out: list[StudyFact] = []
+    rate = measured.get("heart_rate")
+    if rate is not None:
+        where = {GRADE_NORMAL: "within", GRADE_ABOVE: "above", GRADE_BELOW: "below"}[
+            range_grade(KEY_HEART_RATE, rate.value, None) or GRADE_NORMAL]
+        source = {"ecg": "from the ECG trace", "beats": "from the beats on the loop",
+                  "header": "from the DICOM header"}.get(m.heart_rate_source, "")  # fmt: skip
+        out.append(StudyFact("heart_rate", "rate", STATE_MEASURED,
+                             f"The heart rate was {rate.text}{' ' + source if source else ''}, "
+                             f"{where} the usual adult resting range of 60-100 /min (AHA).",
+                             rate.value, "/min"))  # fmt: skip
+    elif KEY_HEART_RATE in withheld:
+        out.append(StudyFact("heart_rate", "rate", STATE_NOT_MEASURABLE,
+                             withheld[KEY_HEART_RATE].statement))  # fmt: skip
+    cycles = cycle_lengths_ms(m)
+    rhythm: str | None = None
+    if KEY_HEART_RATE in withheld:  # the gate distrusts the beats' timing: so does the rhythm
+        out.append(StudyFact("rhythm", "rhythm", STATE_NOT_MEASURABLE,
+                             "The regularity of the rhythm is not judged, because the heart "
+                             "rate is not measurable on this loop."))  # fmt: skip
+        return out, None
+    if len(cycles) < MIN_CYCLES_FOR_RHYTHM:
+        text = ("The regularity of the rhythm could not be judged: the loop holds fewer than "
+                "two complete cardiac cycles.")  # fmt: skip
+        out.append(StudyFact("rhythm", "rhythm", STATE_NOT_MEASURABLE, text))
+        return out, None
+    mean = sum(cycles) / len(cycles)
+    spread = (max(cycles) - min(cycles)) / mean if mean > 0 else 0.0
+    rhythm = RHYTHM_IRREGULAR if spread > RHYTHM_SPREAD_LIMIT else RHYTHM_REGULAR
+    text = (f"The cycle lengths of the {len(cycles)} complete beats on the loop were {rhythm} "
+            f"(they differ by {spread * 100:.0f} % of their mean); naming the rhythm, such as "
+            "sinus rhythm, needs an ECG.")  # fmt: skip
+    out.append(StudyFact("rhythm", "rhythm", STATE_MEASURED, text, round(spread, 3), ""))
+    return out, rhythm
+
+
+def _image_facts(m: Measurements) -> list[StudyFact]:
+    view = ("The loop is a 2D transthoracic echocardiogram in the apical four-chamber (A4C) "
+            "view, on which the node outlines the left ventricle frame by frame.")
+    out = [StudyFact("view", "image", STATE_INFO, view)]
+    parts = [f"The loop has {m.n_frames} frames"]
+    if m.frame_time_ms:
+        rate = 1000.0 / m.frame_time_ms
+        parts.append(f" at {rate:.1f} frames per second, {m.n_frames * m.frame_time_ms / 1000:.1f}"
+                     " seconds in all")  # fmt: skip
+    complete = sum(b.complete for b in m.beats)
+    parts.append(f", with {len(m.beats)} beats found ({complete} complete).")
+    out.append(StudyFact("frames", "image", STATE_INFO, "".join(parts), float(m.n_frames)))
+    quality = loop_quality(m)
+    if quality is not None:
+        out.append(StudyFact("quality", "quality", STATE_MEASURED, quality.statement,
+                             quality.score))  # fmt: skip
+    flags = shown_flags(m)
+    if flags:
+        out.append(StudyFact("quality_flags", "quality", STATE_INFO,
+                             "Quality notes: " + " ".join(f.message for f in flags)))  # fmt: skip
+    else:
+        out.append(StudyFact("quality_flags", "quality", STATE_INFO,
+                             "No quality flags were raised on this loop."))  # fmt: skip
+    return out
+
+
+def _conditions(ef_grade: str | None, withheld_ef: bool, size: str | None,
+                rhythm: str | None, rate: str | None, demo: bool) -> frozenset[str]:  # fmt: skip
+    found = set()
+    if ef_grade in (GRADE_MILD, GRADE_MODERATE, GRADE_SEVERE):
+        found.add("ef_reduced")
+    elif ef_grade == GRADE_NORMAL:
+        found.add("ef_normal")
+    elif ef_grade == GRADE_ABOVE:
+        found.add("ef_above")
+    if withheld_ef:
+        found.add("ef_withheld")
+    found |= {f"lv_{size}"} if size else set()
+    found |= {f"rhythm_{rhythm}"} if rhythm else set()
+    if rate == GRADE_ABOVE:
+        found.add("rate_high")
+    elif rate == GRADE_BELOW:
+        found.add("rate_low")
+    if demo:
+        found.add("demo")
+    return frozenset(found)
+
+
+def build_fact_sheet(
+    m: Measurements,
+    sex: str | None,
+    *,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
+    demo_models: bool = False,
+) -> FactSheet:
+    """The study's facts, built from the measurements alone (and the sex, height and weight
+    only to pick and index the reference ranges)."""
+    sex = _sex(sex)
+    facts = _ef_facts(m, sex)
+    volumes, size = _volume_facts(m, sex, height_cm, weight_kg)
+    rates, rhythm = _rate_facts(m)
+    facts += volumes + rates + _image_facts(m)
+    facts.append(StudyFact("not_assessed", "not_assessed", STATE_NOT_ASSESSED,
+                           NOT_ASSESSED_SENTENCE))  # fmt: skip
+    if demo_models:
+        facts.append(StudyFact("demo", "demo", STATE_INFO, DEMO_SENTENCE))
+    grade = lv_grade(m, sex)
+    hr = next((f for f in measured_facts(m) if f.key == "heart_rate"), None)
+    rate = None if hr is None else range_grade(KEY_HEART_RATE, hr.value, None)
+    conditions = _conditions(grade.grade, grade.withheld is not None, size, rhythm, rate,
+                             demo_models)  # fmt: skip
+    return FactSheet(tuple(facts), sex, grade.grade, size, rhythm, conditions, m)
