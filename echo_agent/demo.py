@@ -18,7 +18,7 @@ from echo_agent.node import RunningNode
 from pacs_agent.config import Config, DestinationConfig
 from pacs_agent.db import ensure_schema, make_engine, make_session_factory
 from pacs_agent.db.models import User
-from pacs_agent.export import c_store_file
+from pacs_agent.export import c_store_file, calling_ae
 from pacs_agent.readiness import ModelStatus
 from pacs_agent.users import add_user
 
@@ -40,7 +40,7 @@ def send_studies(node: RunningNode, folder: Path) -> int:
     sent = 0
     files = sorted(folder.glob("*.dcm"))
     for path in files:
-        outcome = c_store_file(path, self_destination, DEMO_CALLING_AE)
+        outcome = c_store_file(path, self_destination, calling_ae(DEMO_CALLING_AE))
         if outcome.ok:
             sent += 1
         else:

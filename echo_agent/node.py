@@ -26,9 +26,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from waitress import wasyncore
 
+from inference.model_cache import ModelCache
 from inference.view_classifier import ViewClassifierError, load_view_classifier
 from pacs_agent import __version__
-from pacs_agent.analysis import ModelCache
+from pacs_agent.analysis import model_settings
 from pacs_agent.assembly import Judge, assemble, judge_file
 from pacs_agent.config import Config, ConfigError
 from pacs_agent.db import ensure_schema, make_engine, make_session_factory
@@ -133,7 +134,7 @@ def start_node(
         revision = ensure_schema(engine, config.database_url)
         log.info("database %s at schema %s", engine.url.render_as_string(), revision)
         session_factory = make_session_factory(engine)
-        models = ModelCache(config)
+        models = ModelCache(model_settings(config))
         # one language model per process, loaded on first use: the drafts and the chat share it
         text_models = TextModelCache(config)
         model_status = ModelStatus()

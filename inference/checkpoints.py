@@ -27,6 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from inference.errors import InferenceError
+
 DATA_PARALLEL_PREFIX = "module."
 CONFIG_METADATA_KEY = "echo_agent_config"
 # A BatchNorm counter only drives momentum=None averaging; files from before it existed (or that
@@ -38,7 +40,7 @@ _FP16_MAX = torch.finfo(torch.float16).max
 PathLike = str | os.PathLike[str]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InferenceError, ValueError):
     """A checkpoint file is unreadable or does not fit the model it is loaded into."""
 
 

@@ -23,13 +23,15 @@ from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import RLELossless
 
 from inference.calibration import calibrate
+from inference.decode_jpeg import NotYCbCrError, decode_all, decode_rgb, turbo_applies
 from inference.ecg import ecg_from_waveform
+from inference.errors import InferenceError
 from inference.frame_size import check_decodable
 from inference.jpegxl import JPEG_XL_NAMES, decode_jpeg_xl, is_jpeg_xl
 from inference.types import Cine
 
 
-class DecodeError(ValueError):
+class DecodeError(InferenceError, ValueError):
     """The loop's pixel data or header cannot be turned into frames (corrupt or unsupported)."""
 
 
@@ -138,9 +140,11 @@ def _decode_array(ds: Dataset, layout: _PixelLayout, index: int | None = None) -
         if is_jpeg_xl(ds):  # pydicom 3.0 has no JPEG XL decoder (see inference.jpegxl)
             array = decode_jpeg_xl(ds, index)
         else:
-            _check_frame_sizes(ds, layout, index)
-            # raw=False converts YBR_FULL / YBR_FULL_422 to RGB as the decoder requires
-            array = pixel_array(ds, raw=False, index=index)
+            fragments = _check_frame_sizes(ds, layout, index)
+            array = _decode_turbo(ds, layout, fragments, index)
+            if array is None:
+                # raw=False converts YBR_FULL / YBR_FULL_422 to RGB as the decoder requires
+                array = pixel_array(ds, raw=False, index=index)
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         syntax_name = JPEG_XL_NAMES.get(str(syntax)) or getattr(syntax, "name", None)
@@ -156,22 +160,44 @@ def _decode_array(ds: Dataset, layout: _PixelLayout, index: int | None = None) -
     return array
 
 
-def _check_frame_sizes(ds: Dataset, layout: _PixelLayout, index: int | None) -> None:
+def _check_frame_sizes(ds: Dataset, layout: _PixelLayout, index: int | None) -> list[bytes]:
     """Caps decoder memory: a compressed frame is decoded to the size its own header declares,
     so one declaring more than Rows x Columns x SamplesPerPixel is refused before decoding
-    (``FrameSizeError``). RLE and native data have no size of their own to lie about."""
+    (``FrameSizeError``). RLE and native data have no size of their own to lie about.
+    Returns the checked frames (frame ``index``, or all of them; none for RLE and native)."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None or not syntax.is_encapsulated or syntax == RLELossless:
-        return
+        return []
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     n_frames = layout.n_frames
     frames = (
         [get_frame(ds.PixelData, index, number_of_frames=n_frames)]
         if index is not None
-        else generate_frames(ds.PixelData, number_of_frames=n_frames)
+        else list(generate_frames(ds.PixelData, number_of_frames=n_frames))
     )
     for frame in frames:
         check_decodable(frame, rows, columns, layout.samples)
+    return frames
+
+
+def _decode_turbo(
+    ds: Dataset, layout: _PixelLayout, frames: list[bytes], index: int | None
+) -> np.ndarray | None:
+    """JPEG Baseline YCbCr frames through libjpeg-turbo straight to RGB (``inference.
+    decode_jpeg``): (rows, cols, 3) for one frame, (frames, rows, cols, 3) for all of them;
+    None when the loop (or one of its frames) is not such a stream, for pydicom to decode."""
+    if not frames or not turbo_applies(ds, layout.samples, layout.photometric):
+        return None
+    if index is None and len(frames) != layout.n_frames:
+        return None  # pydicom says what is wrong with the fragments
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    try:
+        if index is not None:
+            return decode_rgb(frames[0], rows, cols)
+        out = np.empty((len(frames), rows, cols, 3), np.uint8)
+        return decode_all(frames, out, lambda i: decode_rgb(frames[i], rows, cols))
+    except NotYCbCrError:
+        return None
 
 
 def _decode_frames(ds: Dataset, layout: _PixelLayout) -> np.ndarray:

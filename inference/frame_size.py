@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inference.errors import InferenceError
+
 Buffer = bytes | bytearray | memoryview
 
 # JPEG start-of-frame markers: FFC0-FFCF except DHT (C4), JPG (C8) and DAC (CC); FFF7 is SOF55
@@ -32,7 +34,7 @@ _JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 
 _JXL_U32_BITS = (9, 13, 18, 30)
 
 
-class FrameSizeError(ValueError):
+class FrameSizeError(InferenceError, ValueError):
     """A frame whose declared size cannot be read or exceeds what the DICOM header allows."""
 
 

@@ -30,6 +30,7 @@ from pydicom.encaps import get_frame
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import iter_pixels
 
+from inference.errors import InferenceError
 from inference.frame_size import FrameSizeError, check_decodable
 
 JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
@@ -51,7 +52,7 @@ CONTAINER_SIGNATURE = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 _MODES = {"L": 1, "I;16": 1, "RGB": 3}  # Pillow mode -> samples per pixel
 
 
-class JpegXLError(ValueError):
+class JpegXLError(InferenceError, ValueError):
     """A JPEG XL frame that cannot be decoded, or does not fit the dataset's header."""
 
 

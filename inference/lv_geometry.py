@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from inference.disks import DEFAULT_N_DISKS, disks_volume_ml
+from inference.errors import InferenceError
 from inference.types import Landmarks
 
 CONTOUR_UPSAMPLE = 4  # outline traced on a 4x finer grid: 1/8 px from the true edge, not 1/2
@@ -31,7 +32,7 @@ MAX_AXIS_ITERATIONS = 5
 FRAGMENT_FRACTION = 0.05  # a second component this large (of the total) fragments the mask
 
 
-class GeometryError(ValueError):
+class GeometryError(InferenceError, ValueError):
     """The mask has no usable LV outline (empty, or too small to have an axis)."""
 
 

@@ -38,6 +38,7 @@ from inference.beats import (
     CLIP_LENGTH_FRAMES,
     CLIP_PERIOD_FRAMES,
     BeatFrames,
+    CycleEvents,
     beat_clip_start,
     clip_span_frames,
     clip_starts,
@@ -123,6 +124,33 @@ def measure_cine(
     return dataclasses.replace(m, flags=(*kept, *cine.flags))
 
 
+def ef_clip_starts(
+    cine: Cine,
+    masks: np.ndarray,
+    *,
+    all_clip_stride: int = 1,
+    clip_length: int = CLIP_LENGTH_FRAMES,
+    clip_period: int = CLIP_PERIOD_FRAMES,
+) -> np.ndarray:
+    """The clip starts ``measure_cine`` asks its EF callable for on the same Cine and masks
+    (sorted, unique): every ``all_clip_stride``-th start plus each beat's ES-aligned start. So
+    the EF model can run as a stage of its own, before the measurements, on the same clips."""
+    m = np.asarray(masks)
+    if m.ndim != 3 or m.shape[0] < 1:
+        raise ValueError(f"masks must be (frames, rows, cols), got shape {m.shape}")
+    if int(all_clip_stride) != all_clip_stride or all_clip_stride < 1:
+        raise ValueError(f"all_clip_stride must be a positive integer, got {all_clip_stride!r}")
+    n = int(m.shape[0])
+    area_px = m.astype(bool, copy=False).reshape(n, -1).sum(axis=1).astype(np.float64)
+    frame_time_ms = cine.frame_time_ms if cine.frame_time_ms and cine.frame_time_ms > 0 else None
+    _, _, beat_frames = _loop_beats(
+        area_px, frame_time_ms, cine.heart_rate_bpm, cine.ecg_r_wave_frames
+    )
+    averaged = clip_starts(n, clip_length, clip_period)[:: int(all_clip_stride)]
+    beat_starts = [beat_clip_start(b.es_frame, n, clip_length, clip_period) for b in beat_frames]
+    return _wanted_starts(averaged, beat_starts)
+
+
 def measure_loop(
     masks: np.ndarray,
     *,
@@ -166,13 +194,12 @@ def measure_loop(
     px_cm2 = None if spacing_cm is None else float(spacing_cm[0]) * float(spacing_cm[1])
     area_cm2 = None if px_cm2 is None else area_px * px_cm2
 
-    events = find_cycle_events(area_px, frame_time_ms, header_heart_rate_bpm)
-    beat_frames = pair_beats(events)
-    area_heart_rate = heart_rate_from_beats(beat_frames, frame_time_ms)
+    area_beats, events, beat_frames = _loop_beats(
+        area_px, frame_time_ms, header_heart_rate_bpm, r_wave_frames
+    )
+    area_heart_rate = heart_rate_from_beats(area_beats, frame_time_ms)
     ecg_heart_rate = None
     if r_wave_frames:
-        events = ecg_cycle_events(area_px, frame_time_ms, tuple(r_wave_frames))
-        beat_frames = pair_beats(events)
         ecg_heart_rate = ecg_heart_rate_bpm or _rate_from_r_waves(r_wave_frames, frame_time_ms)
     flags += _beat_flags(beat_frames)
 
@@ -377,6 +404,26 @@ def _regression_ef(
     return None, None, "none"
 
 
+def _loop_beats(
+    area_px: np.ndarray,
+    frame_time_ms: float | None,
+    header_heart_rate_bpm: float | None,
+    r_wave_frames: Sequence[int] | None,
+) -> tuple[tuple[BeatFrames, ...], CycleEvents, tuple[BeatFrames, ...]]:
+    """(the area curve's beats, the cycle events and beats measured: the ECG's when it has R
+    waves, else the area curve's)."""
+    events = find_cycle_events(area_px, frame_time_ms, header_heart_rate_bpm)
+    area_beats = pair_beats(events)
+    if not r_wave_frames:
+        return area_beats, events, area_beats
+    events = ecg_cycle_events(area_px, frame_time_ms, tuple(r_wave_frames))
+    return area_beats, events, pair_beats(events)
+
+
+def _wanted_starts(averaged: np.ndarray, beat_starts: Sequence[int]) -> np.ndarray:
+    return np.unique(np.concatenate([averaged, np.asarray(beat_starts, np.int64)]))
+
+
 def _clip_predictions(
     clip_ef: ClipEF | None,
     all_starts: np.ndarray,
@@ -386,7 +433,7 @@ def _clip_predictions(
     """EF per clip start, for the starts that are used; empty when no predictions."""
     if clip_ef is None:
         return {}
-    wanted = np.unique(np.concatenate([averaged, np.asarray(beat_starts, np.int64)]))
+    wanted = _wanted_starts(averaged, beat_starts)
     if callable(clip_ef):
         values = np.asarray(clip_ef(wanted), dtype=np.float64).reshape(-1)
         if values.shape != wanted.shape:

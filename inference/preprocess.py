@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from inference.errors import InferenceError
 from inference.types import Cine, RegionBox
 
 GRID_SIZE_PX = 112
@@ -35,7 +36,7 @@ FIT_MIN_IOU = 0.9  # the sector model must agree with the pixels' hull, else the
 FIT_ROWS = (0.08, 0.45)  # fraction of the fan's height where its sides are straight lines
 
 
-class PreprocessError(ValueError):
+class PreprocessError(InferenceError, ValueError):
     """No usable ultrasound fan in the loop (blank frames, or not a sector image)."""
 
 

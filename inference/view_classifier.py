@@ -27,6 +27,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from inference.errors import InferenceError
+
 A4C_LABEL = "A4C"
 OTHER_LABEL = "other"
 PHANTOM_CLASSIFIER = "phantom"
@@ -45,7 +47,7 @@ def to_grey(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.uint8, copy=False)
 
 
-class ViewClassifierError(ValueError):
+class ViewClassifierError(InferenceError, ValueError):
     """The classifier named in the configuration does not exist or cannot be loaded."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llm.embedded import EMBEDDED_NAME, default_cache_dir, ensure_embedded_model
+from llm.errors import LlmError
 from llm.hf_imports import transformers_module
 
 ROLES = ("system", "user", "assistant")
@@ -25,7 +26,7 @@ ROLES = ("system", "user", "assistant")
 STREAM_GRACE_S = 30.0
 
 
-class LanguageModelError(RuntimeError):
+class LanguageModelError(LlmError, RuntimeError):
     """Generation failed inside the model (out of memory, a broken model directory...)."""
 
 

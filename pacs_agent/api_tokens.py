@@ -18,13 +18,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from pacs_agent.db.models import API_TOKEN_ROLES, ApiToken, utcnow
+from pacs_agent.errors import EchoAgentError
 
 TOKEN_PREFIX = "eat_"  # echo-agent token: recognisable in a leaked log or a config file
 TOKEN_BYTES = 32
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 
 
-class TokenError(ValueError):
+class TokenError(EchoAgentError, ValueError):
     """The token cannot be made or revoked as asked (bad name or role, name in use, unknown)."""
 
 

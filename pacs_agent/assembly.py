@@ -27,6 +27,7 @@ from pacs_agent.config import Config
 from pacs_agent.db.engine import retry_on_disconnect
 from pacs_agent.db.models import Instance, Job, Series, Study
 from pacs_agent.selection import Selection, SelectionError, not_eligible, select_loop
+from pacs_agent.states import StudyState, study_transition
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def complete_stable_studies(session: Session, now: dt.datetime, stable_age_s: fl
     cutoff = now - dt.timedelta(seconds=stable_age_s)
     candidates = session.scalars(
         select(Study)
-        .where(Study.status == "receiving", Study.last_received_at <= cutoff)
+        .where(Study.status == StudyState.RECEIVING, Study.last_received_at <= cutoff)
         .order_by(Study.id)
     ).all()
     completed = []
@@ -67,10 +68,14 @@ def complete_stable_studies(session: Session, now: dt.datetime, stable_age_s: fl
             update(Study)
             .where(
                 Study.id == study.id,
-                Study.status == "receiving",
+                Study.status == StudyState.RECEIVING,
                 Study.last_received_at <= cutoff,
             )
-            .values(status="complete", completed_at=now, status_reason="")
+            .values(
+                status=study_transition(StudyState.RECEIVING, StudyState.COMPLETE),
+                completed_at=now,
+                status_reason="",
+            )
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:
@@ -148,12 +153,15 @@ def record_verdicts(
     any_job = session.scalar(
         select(Job.id).where(Job.study_fk == study_id, Job.kind == jobs.KIND_ANALYZE).limit(1)
     )
-    status, reason = ("analysing", "") if any_job else ("not_eligible", _study_reason(verdicts))
+    if any_job:
+        status, reason = StudyState.ANALYSING, ""
+    else:
+        status, reason = StudyState.NOT_ELIGIBLE, _study_reason(verdicts)
     # only a study still 'complete': a late instance may have reopened it meanwhile
     session.execute(
         update(Study)
-        .where(Study.id == study_id, Study.status == "complete")
-        .values(status=status, status_reason=reason)
+        .where(Study.id == study_id, Study.status == StudyState.COMPLETE)
+        .values(status=study_transition(StudyState.COMPLETE, status), status_reason=reason)
         .execution_options(synchronize_session=False)
     )
     return queued
@@ -192,7 +200,7 @@ def assemble(
         completed = [s.id for s in complete_stable_studies(session, now, config.dicom.stable_age_s)]
     with session_factory() as session:
         to_judge = session.scalars(
-            select(Study.id).where(Study.status == "complete").order_by(Study.id)
+            select(Study.id).where(Study.status == StudyState.COMPLETE).order_by(Study.id)
         ).all()
     queued: list[int] = []
     for study_id in to_judge:

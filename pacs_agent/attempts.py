@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_agent.db.models import ExportAttempt, utcnow
 from pacs_agent.jobs import Backoff, utc
+from pacs_agent.states import AttemptState, attempt_transition
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ def close_interrupted(
 ) -> None:
     """A "pending" try at start is one a crash cut short: it failed, and it counts."""
     for row in attempt_rows(session, artifact_id, destination):
-        if row.state == "pending":
-            row.state, row.finished_at = "failed", now
+        if row.state == AttemptState.PENDING:
+            row.state = attempt_transition(row.state, AttemptState.FAILED)
+            row.finished_at = now
             row.error = row.error or "interrupted: the node stopped during this try"
 
 
@@ -225,7 +227,7 @@ def _start_attempt(
         row = ExportAttempt(
             artifact_fk=artifact_id,
             destination=destination,
-            state="pending",
+            state=attempt_transition(None, AttemptState.PENDING),
             attempt=attempt,
             started_at=now,
         )
@@ -241,7 +243,9 @@ def _finish_attempt(
         row = session.get(ExportAttempt, attempt_id)
         if row is None:  # the artifact was replaced meanwhile (re-analysis): nothing to record
             return
-        row.state = "sent" if outcome.ok else "failed"
+        row.state = attempt_transition(
+            row.state, AttemptState.SENT if outcome.ok else AttemptState.FAILED
+        )
         row.status_code = outcome.status_code
         row.error = outcome.error[:ERROR_CHARS]
         row.finished_at = now

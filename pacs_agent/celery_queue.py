@@ -43,9 +43,10 @@ from pacs_agent import jobs
 from pacs_agent.config import Config, QueueConfig
 from pacs_agent.db.models import utcnow
 from pacs_agent.readiness import CNN, ModelStatus
+from pacs_agent.states import JobState
 
 if TYPE_CHECKING:
-    from pacs_agent.analysis import ModelCache
+    from inference.model_cache import ModelCache
 
 log = logging.getLogger("echo_agent.celery")
 
@@ -315,7 +316,8 @@ class WorkerRuntime:
             return jobs.seconds_until_due(session, job_id, utcnow())
 
     def _ensure(self) -> tuple[sessionmaker[Session], Callable[[int], None]]:
-        from pacs_agent.analysis import ModelCache
+        from inference.model_cache import ModelCache
+        from pacs_agent.analysis import model_settings
         from pacs_agent.db import make_engine, make_session_factory
         from pacs_agent.db.engine import PoolSettings
         from pacs_agent.deliveries import job_runner
@@ -332,7 +334,7 @@ class WorkerRuntime:
                     pool=PoolSettings(db.pool_size, db.max_overflow, db.pool_recycle_s),
                 )
                 session_factory = make_session_factory(self._engine)
-                models = ModelCache(config)
+                models = ModelCache(model_settings(config))
                 text_models = TextModelCache(config)
 
                 def analyse(job_id: int) -> None:
@@ -357,7 +359,8 @@ def register_worker_task(app: Celery, runtime: WorkerRuntime) -> Any:
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job_task(job_id: int) -> str:
         state = runtime.deliver(int(job_id))
-        if state == "queued":  # a failed attempt with attempts left: come back when it is due
+        # a failed attempt with attempts left: come back when it is due
+        if state == JobState.QUEUED:
             delay_s = runtime.seconds_until_due(int(job_id))
             if delay_s is not None:
                 publish(app, int(job_id), countdown_s=delay_s)

@@ -52,13 +52,14 @@ from pacs_agent.jobs import (
     PermanentJobError,
     RetryLater,
 )
+from pacs_agent.states import ACTIVE_JOB_STATES
 
 log = logging.getLogger("echo_agent.deliveries")
 
 # what PACS receives of a job's outputs; the browser video, raw PDF, FHIR bundle and HL7
 # messages go elsewhere
 PACS_KINDS = ("seg", "sr", "echo_sr", "secondary_capture", "pdf")
-ACTIVE_STATES = ("received", "queued", "running")
+ACTIVE_STATES = ACTIVE_JOB_STATES
 # how often ``see_through`` looks again at a job another worker holds
 SEE_THROUGH_POLL_S = 0.2
 

@@ -29,6 +29,7 @@ from llm.drafting import (
 )
 from llm.types import Verdict
 from pacs_agent.config import Config
+from pacs_agent.errors import EchoAgentError
 from reporting.types import Algorithms
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ UNAVAILABLE = "language model unavailable"
 FAILED = "language model failed"
 
 
-class LanguageModelUnavailableError(RuntimeError):
+class LanguageModelUnavailableError(EchoAgentError, RuntimeError):
     """The configured language model could not be loaded (the cause is in the message)."""
 
 

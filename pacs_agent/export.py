@@ -11,6 +11,10 @@ try per job run (``export_once``); ``export_artifact`` retries in the caller's t
 
 Files go out in their own transfer syntax (the only one proposed), byte for byte: converting a
 SEG or SR on the way could silently change what a cardiologist signed.
+
+Every send uses the process's one AE (``pacs_agent.dicom.ae``, shared with the listener) and
+passes its presentation contexts to that association alone, so concurrent sends do not touch
+each other.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,16 +44,16 @@ from pacs_agent.attempts import (
     sleep_wait,
     standing,
 )
-from pacs_agent.config import Config, DestinationConfig
+from pacs_agent.config import Config, DestinationConfig, DicomConfig
 from pacs_agent.db.models import Artifact, utcnow
+from pacs_agent.dicom.ae import SCU_DIMSE_TIMEOUT_S, SCU_NETWORK_TIMEOUT_S, node_ae
 from pacs_agent.jobs import Backoff
 
 log = logging.getLogger(__name__)
 
-NETWORK_TIMEOUT_S = 10.0
-# C-STORE of a large loop over a slow link can take a while; a dead peer is caught by the
-# network timeout long before this
-DIMSE_TIMEOUT_S = 120.0
+# per network step against a peer that never answers (the node's AE's requestor timeouts)
+NETWORK_TIMEOUT_S = SCU_NETWORK_TIMEOUT_S
+DIMSE_TIMEOUT_S = SCU_DIMSE_TIMEOUT_S
 SUCCESS = 0x0000
 WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 
@@ -74,13 +79,11 @@ class StoreOutcome:
     error: str
 
 
-def _client_ae(calling_ae: str, timeout_s: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = timeout_s
-    ae.network_timeout = timeout_s
-    ae.connection_timeout = timeout_s
-    ae.dimse_timeout = DIMSE_TIMEOUT_S
-    return ae
+def calling_ae(ae_title: str) -> AE:
+    """The process's AE that calls peers as ``ae_title``: the node's own when ``ae_title`` is
+    the node's (with its default listener rules), another AE for another title (the demo
+    sending as a PACS would)."""
+    return node_ae(DicomConfig(ae_title=ae_title))
 
 
 def _tls_args(dest: DestinationConfig) -> tuple[ssl.SSLContext, str] | None:
@@ -97,20 +100,17 @@ def _where(dest: DestinationConfig) -> str:
     return f"{dest.ae_title}@{dest.host}:{dest.port}"
 
 
-def echo_destination(
-    dest: DestinationConfig, calling_ae: str, timeout_s: float = NETWORK_TIMEOUT_S
-) -> EchoResult:
-    """C-ECHO one destination; never raises for network trouble, it is the answer."""
+def echo_destination(dest: DestinationConfig, ae: AE) -> EchoResult:
+    """C-ECHO one destination from ``ae``; never raises for network trouble, it is the
+    answer."""
     start = time.monotonic()
 
     def result(ok: bool, detail: str) -> EchoResult:
         elapsed = (time.monotonic() - start) * 1000.0
         return EchoResult(dest.name, dest.ae_title, dest.host, dest.port, ok, detail, elapsed)
 
-    ae = _client_ae(calling_ae, timeout_s)
-    ae.add_requested_context(Verification)
     try:
-        assoc, connected = _associate(ae, dest)
+        assoc, connected = _associate(ae, dest, [build_context(Verification)])
     except (OSError, ssl.SSLError, ValueError) as exc:
         return result(False, f"cannot connect to {_where(dest)}: {exc}")
     try:
@@ -130,16 +130,21 @@ def echo_destination(
 
 def check_destinations(config: Config) -> list[EchoResult]:
     """C-ECHO every configured destination, in configuration order."""
-    return [echo_destination(dest, config.dicom.ae_title) for dest in config.destinations]
+    ae = node_ae(config.dicom)
+    return [echo_destination(dest, ae) for dest in config.destinations]
 
 
-def _associate(ae: AE, dest: DestinationConfig) -> tuple[Association, bool]:
-    """Requests an association; also says whether the TCP connection opened, because
-    pynetdicom reports a refused connection as an aborted association."""
+def _associate(
+    ae: AE, dest: DestinationConfig, contexts: list[PresentationContext]
+) -> tuple[Association, bool]:
+    """Requests an association proposing ``contexts`` (this association's only; the AE's own
+    list is never touched); also says whether the TCP connection opened, because pynetdicom
+    reports a refused connection as an aborted association."""
     opened: list[bool] = []
     assoc = ae.associate(
         dest.host,
         dest.port,
+        contexts=contexts,
         ae_title=dest.ae_title,
         tls_args=_tls_args(dest),
         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: opened.append(True))],
@@ -155,20 +160,17 @@ def _association_failure(assoc: Association, connected: bool, dest: DestinationC
     return f"association aborted by {_where(dest)}"
 
 
-def c_store_file(
-    path: Path, dest: DestinationConfig, calling_ae: str, timeout_s: float = NETWORK_TIMEOUT_S
-) -> StoreOutcome:
-    """Sends one DICOM file in its own transfer syntax; never raises for network trouble."""
+def c_store_file(path: Path, dest: DestinationConfig, ae: AE) -> StoreOutcome:
+    """Sends one DICOM file from ``ae`` in its own transfer syntax; never raises for network
+    trouble."""
     try:
         meta = read_file_meta_info(path)
         sop_class = str(meta.MediaStorageSOPClassUID)
         syntax = str(meta.TransferSyntaxUID)
     except (OSError, InvalidDicomError, AttributeError) as exc:
         return StoreOutcome(False, "", f"cannot read {path.name}: {exc}")
-    ae = _client_ae(calling_ae, timeout_s)
-    ae.add_requested_context(sop_class, [syntax])
     try:
-        assoc, connected = _associate(ae, dest)
+        assoc, connected = _associate(ae, dest, [build_context(sop_class, [syntax])])
     except (OSError, ssl.SSLError, ValueError) as exc:
         return StoreOutcome(False, "", f"cannot connect to {_where(dest)}: {exc}")
     try:
@@ -245,7 +247,7 @@ def export_artifact(
         session_factory,
         artifact_id,
         dest.name,
-        lambda: c_store_file(path, dest, config.dicom.ae_title),
+        lambda: c_store_file(path, dest, node_ae(config.dicom)),
         export_policy(config),
         wait,
         clock,
@@ -266,7 +268,7 @@ def export_once(
         session_factory,
         artifact_id,
         dest.name,
-        lambda: c_store_file(path, dest, config.dicom.ae_title),
+        lambda: c_store_file(path, dest, node_ae(config.dicom)),
         export_policy(config),
         clock,
     )

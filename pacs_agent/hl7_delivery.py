@@ -40,6 +40,7 @@ from pacs_agent.db.models import Artifact, ExportAttempt, Job, ReportVersion, ut
 from pacs_agent.export import artifact_path
 from pacs_agent.hl7_mllp import REJECTED, RETRYABLE, send_oru
 from pacs_agent.jobs import KIND_DELIVER_HL7, Backoff
+from pacs_agent.states import SIGNED_REPORT_STATES
 from reporting.hl7_oru import build_oru
 from reporting.types import Algorithms, DraftReport, SourceLoop
 
@@ -49,7 +50,7 @@ ARTIFACT_KIND = "hl7_oru"
 HL7_MEDIA_TYPE = "application/hl7-v2"  # ER7 text, segments ended by CR, UTF-8
 DESTINATION_PREFIX = "hl7:"
 LOCAL_PROBLEM = "local"  # status code of a try that never reached the network (no file)
-SIGNED_STATES = ("signed", "amended")
+SIGNED_STATES = SIGNED_REPORT_STATES
 
 
 @dataclass(frozen=True)

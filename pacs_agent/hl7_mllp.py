@@ -29,6 +29,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+from pacs_agent.errors import EchoAgentError
+
 log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
@@ -150,7 +152,7 @@ def parse_ack(payload: bytes) -> Ack:
     return Ack(code, acked, "; ".join(_unescape(t, escape_char, component) for t in texts))
 
 
-class _FrameError(Exception):
+class _FrameError(EchoAgentError):
     """The peer's answer is not a readable MLLP-framed ACK."""
 
 

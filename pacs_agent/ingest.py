@@ -33,11 +33,13 @@ from sqlalchemy.orm import Session
 
 from pacs_agent.db.models import Instance, Patient, Series, Study, utcnow
 from pacs_agent.dicom.validate import InstanceHeader
+from pacs_agent.errors import EchoAgentError
 from pacs_agent.identity import NODE_ISSUER_PREFIX, PatientIdentity, identity_conflict
+from pacs_agent.states import StudyState, study_transition
 
 log = logging.getLogger("echo_agent.ingest")
 
-RECEIVING = "receiving"
+RECEIVING = StudyState.RECEIVING
 # Patient ID is type 2 (present, may be empty). Instances without one are kept apart per study
 # instead of merging every anonymous patient into one record.
 NO_PATIENT_ID_ISSUER_PREFIX = NODE_ISSUER_PREFIX
@@ -58,7 +60,7 @@ class Conflict:
     reason: str
 
 
-class ConflictError(Exception):
+class ConflictError(EchoAgentError):
     """The instance contradicts what is recorded (see the module); nothing of it is recorded."""
 
     def __init__(self, conflict: Conflict) -> None:
@@ -213,7 +215,7 @@ def _ensure_study(
         "study_time": _fit(header.study_time, 16),
         "description": _fit(header.study_description, 64),
         "referring_physician": _fit(header.referring_physician, 324),
-        "status": RECEIVING,
+        "status": study_transition(None, RECEIVING),
         "status_reason": "",
         "first_received_at": now,
         "last_received_at": now,
@@ -232,7 +234,10 @@ def _ensure_study(
         raise ConflictError(Conflict("patient", reason))
     changes: dict[str, Any] = {"last_received_at": now}
     if row.status != RECEIVING:
-        changes.update(status=RECEIVING, status_reason=f"reopened: instance after '{row.status}'")
+        changes.update(
+            status=study_transition(row.status, RECEIVING),
+            status_reason=f"reopened: instance after '{row.status}'",
+        )
         log.info(
             "study %s reopened by instance %s (was %s)", uid, header.sop_instance_uid, row.status
         )

@@ -30,7 +30,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_agent.db.engine import retry_on_disconnect
 from pacs_agent.db.models import Job, Study
+from pacs_agent.errors import EchoAgentError
 from pacs_agent.logcontext import job_log_context
+from pacs_agent.states import (
+    TERMINAL_JOB_STATES,
+    JobState,
+    StudyState,
+    job_transition,
+    study_transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +52,16 @@ DELIVERY_KINDS = (KIND_DELIVER_DICOM, KIND_DELIVER_FHIR, KIND_DELIVER_HL7, KIND_
 LANE_ANALYSIS = "analysis"  # every kind but the deliveries
 LANE_DELIVERY = "delivery"  # deliveries only
 LANES = (LANE_ANALYSIS, LANE_DELIVERY)
-TERMINAL_STATES = ("done", "failed")
+TERMINAL_STATES = TERMINAL_JOB_STATES
 # last_error is Text, but a whole traceback in a status column helps no reader
 MAX_ERROR_CHARS = 2000
 
 
-class PermanentJobError(Exception):
+class PermanentJobError(EchoAgentError):
     """Retrying cannot help (corrupt pixel data, a file missing from the store): fail now."""
 
 
-class RetryLater(Exception):  # noqa: N818 - it is an outcome, not a fault
+class RetryLater(EchoAgentError):  # noqa: N818 - it is an outcome, not a fault
     """The attempt failed and another may succeed after ``delay_s`` (a delivery's own back-off
     policy, which differs from the queue's): back to ``queued``, due then."""
 
@@ -137,7 +145,8 @@ def _insert_job(session: Session, **values: Any) -> int | None:
     (per loop and kind, or per artifact, destination and kind) already holds one."""
     stmt = (
         _insert(session)(Job)
-        .values(state="received", attempts=0, last_error="", worker_id="", **values)
+        .values(state=job_transition(None, JobState.RECEIVED), attempts=0, last_error="",
+                worker_id="", **values)
         .on_conflict_do_nothing()
         .returning(Job.id)
     )
@@ -159,8 +168,8 @@ def enqueue(session: Session, job_ids: Iterable[int], now: dt.datetime) -> list[
     for job_id in job_ids:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "received")
-            .values(state="queued", next_attempt_at=now)
+            .where(Job.id == job_id, Job.state == JobState.RECEIVED)
+            .values(state=job_transition(JobState.RECEIVED, JobState.QUEUED), next_attempt_at=now)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:
@@ -186,7 +195,7 @@ def claim_next(
         candidates = session.scalars(
             select(Job.id)
             .where(
-                Job.state == "queued",
+                Job.state == JobState.QUEUED,
                 or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
                 *_lane_filter(lane),
             )
@@ -197,8 +206,8 @@ def claim_next(
         with session_factory.begin() as session:
             result = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
-                .values(**_claimed(worker_id, now))
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(**_claimed((JobState.QUEUED,), worker_id, now))
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount == 1:
@@ -216,10 +225,16 @@ def _lane_filter(lane: str | None) -> list[Any]:
     raise ValueError(f"lane must be one of {', '.join(LANES)} or None, got {lane!r}")
 
 
-def _claimed(worker_id: str, now: dt.datetime) -> dict[str, Any]:
-    """The columns a claim sets, whichever path (polling thread or queue message) wins it."""
+def _claimed(
+    leaving: tuple[JobState, ...], worker_id: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The columns a claim sets, whichever path (polling thread or queue message) wins it;
+    ``leaving`` names the states its WHERE clause takes the job from (each must be allowed to
+    move to running)."""
+    for state in leaving:
+        job_transition(state, JobState.RUNNING)
     return {
-        "state": "running",
+        "state": JobState.RUNNING,
         "worker_id": worker_id,
         "attempts": Job.attempts + 1,
         "started_at": now,
@@ -237,7 +252,7 @@ def heartbeat(
         for job_id, worker_id in running:
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "running", Job.worker_id == worker_id)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker_id == worker_id)
                 .values(heartbeat_at=now)
                 .execution_options(synchronize_session=False)
             )
@@ -251,8 +266,9 @@ def finish_job(
     with session_factory.begin() as session:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "running", Job.worker_id == worker_id)
-            .values(state="done", finished_at=now, heartbeat_at=now, last_error="")
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker_id == worker_id)
+            .values(state=job_transition(JobState.RUNNING, JobState.DONE), finished_at=now,
+                    heartbeat_at=now, last_error="")
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
@@ -268,7 +284,7 @@ def fail_attempt(
     backoff: Backoff,
     permanent: bool = False,
     delay_s: float | None = None,
-) -> str | None:
+) -> JobState | None:
     """running -> queued (later) or failed (no attempts left, or ``permanent``); ``delay_s``
     replaces ``backoff``'s delay (a delivery's own policy, ``RetryLater``).
 
@@ -277,19 +293,20 @@ def fail_attempt(
     error = error[:MAX_ERROR_CHARS]
     with session_factory.begin() as session:
         job = session.get(Job, job_id)
-        if job is None or job.state != "running" or job.worker_id != worker_id:
+        if job is None or job.state != JobState.RUNNING or job.worker_id != worker_id:
             return None
         final = permanent or job.attempts >= job.max_attempts
-        values: dict[str, object] = {"last_error": error, "heartbeat_at": now}
+        new_state = job_transition(job.state, JobState.FAILED if final else JobState.QUEUED)
+        values: dict[str, object] = {"state": new_state, "last_error": error, "heartbeat_at": now}
         if final:
-            values.update(state="failed", finished_at=now)
+            values.update(finished_at=now)
         else:
             seconds = backoff.delay_s(job.attempts) if delay_s is None else max(0.0, delay_s)
             delay = dt.timedelta(seconds=seconds)
-            values.update(state="queued", next_attempt_at=now + delay)
+            values.update(next_attempt_at=now + delay)
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "running", Job.worker_id == worker_id)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker_id == worker_id)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -297,7 +314,7 @@ def fail_attempt(
             return None
         if final:
             _fail_study_if_nothing_left(session, job.study_fk, now)
-        return str(values["state"])
+        return new_state
 
 
 def _fail_study_if_nothing_left(session: Session, study_id: int, now: dt.datetime) -> None:
@@ -308,11 +325,14 @@ def _fail_study_if_nothing_left(session: Session, study_id: int, now: dt.datetim
             select(Job.state).where(Job.study_fk == study_id, Job.kind.not_in(DELIVERY_KINDS))
         )
     )
-    if states == {"failed"}:
+    if states == {JobState.FAILED}:
         session.execute(
             update(Study)
-            .where(Study.id == study_id, Study.status == "analysing")
-            .values(status="failed", status_reason="every analysis job failed")
+            .where(Study.id == study_id, Study.status == StudyState.ANALYSING)
+            .values(
+                status=study_transition(StudyState.ANALYSING, StudyState.FAILED),
+                status_reason="every analysis job failed",
+            )
             .execution_options(synchronize_session=False)
         )
 
@@ -328,7 +348,7 @@ def recover_interrupted(session: Session, now: dt.datetime) -> Recovery:
     node's workers share the database: their running jobs would look interrupted too.
     """
     requeued, failed = _put_back_running(session, now, stale_before=None)
-    received = session.scalars(select(Job.id).where(Job.state == "received")).all()
+    received = session.scalars(select(Job.id).where(Job.state == JobState.RECEIVED)).all()
     requeued.extend(enqueue(session, received, now))
     return Recovery(requeued=tuple(requeued), failed=tuple(failed))
 
@@ -342,7 +362,7 @@ def requeue_stale(session: Session, now: dt.datetime, stale_before: dt.datetime)
     queued too."""
     requeued, failed = _put_back_running(session, now, stale_before=stale_before)
     received = session.scalars(
-        select(Job.id).where(Job.state == "received", Job.created_at < stale_before)
+        select(Job.id).where(Job.state == JobState.RECEIVED, Job.created_at < stale_before)
     ).all()
     requeued.extend(enqueue(session, received, now))
     return Recovery(requeued=tuple(requeued), failed=tuple(failed))
@@ -356,7 +376,7 @@ def _put_back_running(
     failed)."""
     requeued: list[int] = []
     failed: list[int] = []
-    condition = [Job.state == "running"]
+    condition = [Job.state == JobState.RUNNING]
     if stale_before is not None:
         condition.append(
             or_(
@@ -375,12 +395,16 @@ def _put_back_running(
             )
         if job.attempts >= job.max_attempts:
             values: dict[str, object] = {
-                "state": "failed",
+                "state": job_transition(job.state, JobState.FAILED),
                 "finished_at": now,
                 "last_error": f"{note}; no attempts left",
             }
         else:
-            values = {"state": "queued", "next_attempt_at": now, "last_error": note}
+            values = {
+                "state": job_transition(job.state, JobState.QUEUED),
+                "next_attempt_at": now,
+                "last_error": note,
+            }
         result = session.execute(
             update(Job)
             .where(Job.id == job.id, *condition)
@@ -388,8 +412,8 @@ def _put_back_running(
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:
-            (failed if values["state"] == "failed" else requeued).append(job.id)
-            if values["state"] == "failed":
+            (failed if values["state"] == JobState.FAILED else requeued).append(job.id)
+            if values["state"] == JobState.FAILED:
                 _fail_study_if_nothing_left(session, job.study_fk, now)
     return requeued, failed
 
@@ -410,11 +434,11 @@ def claim_job(
     with a fresh heartbeat elsewhere: that is what makes a message delivered twice harmless.
     """
     due_queued = and_(
-        Job.state == "queued",
+        Job.state == JobState.QUEUED,
         or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
     )
     abandoned = and_(
-        Job.state == "running",
+        Job.state == JobState.RUNNING,
         Job.attempts < Job.max_attempts,
         or_(
             Job.heartbeat_at < stale_before,
@@ -425,7 +449,7 @@ def claim_job(
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, or_(due_queued, abandoned))
-            .values(**_claimed(worker_id, now))
+            .values(**_claimed((JobState.QUEUED, JobState.RUNNING), worker_id, now))
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
@@ -438,7 +462,7 @@ def queued_waiting_since(session: Session, due_before: dt.datetime) -> list[int]
         session.scalars(
             select(Job.id)
             .where(
-                Job.state == "queued",
+                Job.state == JobState.QUEUED,
                 or_(Job.next_attempt_at.is_(None), Job.next_attempt_at < due_before),
             )
             .order_by(Job.next_attempt_at, Job.id)
@@ -449,7 +473,7 @@ def queued_waiting_since(session: Session, due_before: dt.datetime) -> list[int]
 def seconds_until_due(session: Session, job_id: int, now: dt.datetime) -> float | None:
     """Seconds until a queued job's next attempt (0 when due); None when it is not queued."""
     job = session.get(Job, job_id)
-    if job is None or job.state != "queued":
+    if job is None or job.state != JobState.QUEUED:
         return None
     if job.next_attempt_at is None:
         return 0.0
@@ -463,7 +487,7 @@ def execute_job(
     runner: Callable[[int], None],
     backoff: Backoff,
     clock: Callable[[], dt.datetime],
-) -> str | None:
+) -> JobState | None:
     """Runs a claimed job and records the outcome; returns the job's new state.
 
     Any Exception is the job's failure, never the worker's: it is written to ``last_error``.
@@ -481,7 +505,7 @@ def _execute(
     runner: Callable[[int], None],
     backoff: Backoff,
     clock: Callable[[], dt.datetime],
-) -> str | None:
+) -> JobState | None:
     try:
         runner(job_id)
     except RetryLater as exc:
@@ -501,7 +525,7 @@ def _execute(
     if not finish_job(session_factory, job_id, worker_id, clock()):
         log.warning("job %d finished on %s but was no longer its own", job_id, worker_id)
         return None
-    return "done"
+    return JobState.DONE
 
 
 def count_by_state(session: Session) -> dict[str, int]:

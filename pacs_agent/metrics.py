@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from sqlalchemy import Select, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from inference.gpu_memory import gpu_memory_bytes
 from pacs_agent.db.models import (
     JOB_STATES,
     STUDY_STATES,
@@ -45,6 +45,7 @@ from pacs_agent.db.models import (
 )
 from pacs_agent.jobs import DELIVERY_KINDS, KIND_ANALYZE, utc
 from pacs_agent.readiness import ModelStatus
+from pacs_agent.states import AttemptState, JobState
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ class DatabaseCollector:
             select(kind, func.count())
             .select_from(ExportAttempt)
             .join(Artifact, ExportAttempt.artifact_fk == Artifact.id)
-            .where(ExportAttempt.state == "failed")
+            .where(ExportAttempt.state == AttemptState.FAILED)
             .group_by(kind),
         )
         for name in EXPORT_KINDS:
@@ -263,7 +264,7 @@ class DatabaseCollector:
 
         done = session.execute(
             select(Job.id, Job.created_at, Job.started_at, Job.finished_at).where(
-                Job.kind == KIND_ANALYZE, Job.state == "done", Job.finished_at.is_not(None)
+                Job.kind == KIND_ANALYZE, Job.state == JobState.DONE, Job.finished_at.is_not(None)
             )
         ).all()
         latency = [
@@ -351,24 +352,6 @@ class ProcessCollector:
             for (device, kind), value in sorted(gpu.items()):
                 family.add_metric([device, kind], value)
             yield family
-
-
-def gpu_memory_bytes() -> dict[tuple[str, str], float]:
-    """(device index, allocated|reserved) -> bytes; {} without an initialised CUDA."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return {}
-    try:
-        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-            return {}
-        out: dict[tuple[str, str], float] = {}
-        for index in range(torch.cuda.device_count()):
-            out[(str(index), "allocated")] = float(torch.cuda.memory_allocated(index))
-            out[(str(index), "reserved")] = float(torch.cuda.memory_reserved(index))
-        return out
-    except Exception:  # a driver problem must not fail the scrape
-        log.debug("GPU memory not readable", exc_info=True)
-        return {}
 
 
 def node_registry(

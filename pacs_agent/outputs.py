@@ -21,15 +21,16 @@ from pydicom import dcmread
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from inference.model_cache import Models
 from inference.types import Cine, Measurements
 from llm.drafting import Draft
 from pacs_agent import __version__
-from pacs_agent.analysis import Models
 from pacs_agent.config import Config
-from pacs_agent.db.models import Artifact, Job, ReportVersion, Study
+from pacs_agent.db.models import Artifact, Job
 from pacs_agent.drafting import report_parts, report_text
 from pacs_agent.hl7_delivery import ARTIFACT_KIND as HL7_KIND
 from pacs_agent.hl7_delivery import HL7_MEDIA_TYPE, WrittenMessage, write_messages
+from pacs_agent.reports import PreliminaryReport, ReportText, record_preliminary
 from reporting.outputs import WrittenObject, write_report_objects
 from reporting.types import AlgorithmInfo, Algorithms, DraftReport, SourceLoop
 
@@ -104,37 +105,17 @@ def write_and_record(
         algorithms,
         report,
     )
+    preliminary = PreliminaryReport(
+        text=ReportText(structured, narrative),
+        verdict=draft.verdict,
+        reasons=tuple(draft.reasons),
+        demo_models=models.demo,
+    )
     with session_factory.begin() as session:
-        version_id = _upsert_preliminary_report(session, study_id, draft, models.demo)
+        version_id = record_preliminary(session, study_id, preliminary)
         ids = _replace_artifacts(session, job_id, study_id, version_id, written, config)
         hl7 = _record_messages(session, job_id, study_id, version_id, messages, config)
-        study = session.get(Study, study_id)
-        if study is not None and study.status in ("receiving", "complete", "analysing"):
-            study.status = "drafted"
     return RecordedOutputs(artifact_ids=ids, report_version_id=version_id, hl7_messages=hl7)
-
-
-def _upsert_preliminary_report(session: Session, study_id: int, draft: Draft, demo: bool) -> int:
-    versions = session.scalars(
-        select(ReportVersion)
-        .where(ReportVersion.study_fk == study_id)
-        .order_by(ReportVersion.version)
-    ).all()
-    latest = versions[-1] if versions else None
-    if latest is not None and latest.status in ("signed", "amended"):
-        # a signed report is never overwritten by a re-analysis; a reviewer amends it
-        log.warning("study %d: report already signed; new measurements not drafted", study_id)
-        return latest.id
-    if latest is None:
-        latest = ReportVersion(study_fk=study_id, version=1)
-        session.add(latest)
-    latest.status = "preliminary"
-    latest.structured_text, latest.narrative_text = report_parts(draft)
-    latest.grounding_verdict = draft.verdict
-    latest.grounding_reasons = list(draft.reasons)
-    latest.demo_models = demo
-    session.flush()
-    return latest.id
 
 
 def _replace_artifacts(

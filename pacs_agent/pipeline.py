@@ -1,13 +1,16 @@
-"""What a job does: the stages between a stored loop and its results.
+"""What a job does: the stages between a stored loop and its results, run by
+``inference.stages``.
 
-Load the instance from the store; decode it on a background thread while the frames already
-decoded are preprocessed and segmented; EF and measurements; the language-model draft, checked
-by the grounding guard; the reporting objects (SEG, TID 1500 and TID 5200 SRs, overlay,
-secondary capture, PDF, FHIR, HL7 ORU^R01) recorded as artifacts; then the deliveries (C-STORE
-to the PACS destinations, the FHIR bundle to the EHR, ORU^R01 over MLLP) are queued as jobs of
-their own (``pacs_agent.deliveries``) and the job finishes, so a destination that never answers
-holds up no analysis. Each stage's seconds go to the job log (``stages_s`` of the "analysed"
-line).
+``analyse``: decode the loop on a background thread while the frames already decoded are
+preprocessed and segmented, then EF, measurements and the validity gate (``inference.analyze``);
+the decoded summary and the measurements are recorded. ``draft``: the language-model draft,
+checked by the grounding guard (``pacs_agent.drafting``). ``write``: the reporting objects (SEG,
+TID 1500 and TID 5200 SRs, overlay, secondary capture, PDF, FHIR, HL7 ORU^R01) recorded as
+artifacts (``pacs_agent.outputs``). ``record``: the deliveries (C-STORE to the PACS
+destinations, the FHIR bundle to the EHR, ORU^R01 over MLLP) queued as jobs of their own
+(``pacs_agent.deliveries``), so a destination that never answers holds up no analysis. Each
+stage's seconds go to the job log (``stages_s`` of the "analysed" line, under the keys of
+``JOB_STAGE_KEYS`` beside the analysis's own parts).
 
 A job may run more than once (a retry, a redelivered Celery task, or a crash and recovery after
 the outputs were written but before the job was marked done), so every output is written so that
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,27 +31,33 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from inference.analyze import run_analysis
+from inference.analyze import AnalysisResult, analyse
 from inference.decode import DecodeError, read_cine
+from inference.model_cache import ModelCache, Models, measurements_document
 from inference.preprocess import PreprocessError
-from inference.stream import analyze_stream
+from inference.stages import Stage, StageTiming, run_stages
+from inference.stream import LoopSource
 from inference.types import Cine
-from pacs_agent.analysis import LoopResult, ModelCache, Models, measurements_document
 from pacs_agent.config import Config
 from pacs_agent.db.models import Analysis, Instance, Job, utcnow
 from pacs_agent.deliveries import queue_outputs
-from pacs_agent.drafting import TextModelCache, draft_for_job, header_sex
+from pacs_agent.drafting import TextModelCache, TimedDraft, draft_for_job, header_sex
 from pacs_agent.jobs import KIND_ANALYZE, PermanentJobError
-from pacs_agent.outputs import OUTPUTS_DIR_NAME, algorithms_for, write_and_record
+from pacs_agent.outputs import OUTPUTS_DIR_NAME, RecordedOutputs, algorithms_for, write_and_record
 
 log = logging.getLogger(__name__)
 
-# Test-only: seconds to wait after decoding, so a test can catch a job while it runs.
-TEST_DELAY_ENV = "ECHO_AGENT_TEST_JOB_DELAY_S"
 JOBS_DIR_NAME = "jobs"
 JOB_LOG_NAME = "log.jsonl"
 DECODED_SUMMARY_NAME = "decoded.json"
 MEASUREMENTS_NAME = "measurements.json"
+# each job stage's time in the "analysed" line's ``stages_s`` (the keys benches read)
+JOB_STAGE_KEYS = {
+    "analyse": "decode_and_analysis_wall_s",
+    "draft": "draft_s",
+    "write": "write_outputs_s",
+    "record": "export_s",
+}
 
 
 class PixelDataError(PermanentJobError):
@@ -76,6 +84,31 @@ class JobContext:
     output_dir: Path
 
 
+@dataclass(frozen=True)
+class AnalysedJob:
+    context: JobContext
+    result: AnalysisResult
+    models: Models
+
+
+@dataclass(frozen=True)
+class DraftedJob:
+    analysed: AnalysedJob
+    timed: TimedDraft
+
+
+@dataclass(frozen=True)
+class WrittenJob:
+    drafted: DraftedJob
+    outputs: RecordedOutputs
+
+
+@dataclass(frozen=True)
+class RecordedJob:
+    written: WrittenJob
+    delivery_jobs: tuple[int, ...]
+
+
 def job_output_dir(config: Config, job_id: int) -> Path:
     return config.home_path / JOBS_DIR_NAME / str(job_id)
 
@@ -91,30 +124,18 @@ def run_job(
     """Runs one job's stages. Raises PermanentJobError subclasses for what a retry cannot fix;
     any other exception is a failed attempt that the queue retries with back-off.
 
-    ``models`` None runs the stages that need no network (decode and record) only;
+    ``models`` None decodes and records the loop only (no network runs);
     ``text_models`` is the process's language model for the draft (see ``analyse_and_report``);
     ``submit`` hands the queued delivery jobs to the queue (None: they wait in the table for a
     worker that polls it)."""
     context = load_context(job_id, session_factory, config)
     write_log(context, "attempt", attempt=context.attempt)
-    analysed = None if models is None else decode_and_analyse(context.path, config, models)
-    loop = decode_loop(context.path) if analysed is None else analysed.cine
-    summary = loop_summary(loop)
-    write_json_atomic(context.output_dir / DECODED_SUMMARY_NAME, summary)
-    write_log(context, "decoded", **summary)
-    _test_delay()
     if models is not None:
         analyse_and_report(
-            context,
-            loop,
-            session_factory,
-            config,
-            models,
-            text_models,
-            analysed=analysed,
-            submit=submit,
+            context, context.path, session_factory, config, models, text_models, submit=submit
         )
     else:
+        record_decoded(context, decode_loop(context.path))
         write_log(context, "analysis", status="skipped", why="no models given to this run")
     write_log(context, "finished", attempt=context.attempt)
 
@@ -153,56 +174,11 @@ def decode_loop(path: Path) -> Cine:
         raise PixelDataError(str(exc)) from exc
 
 
-def decode_and_analyse(path: Path, config: Config, models: ModelCache) -> LoopResult:
-    """Decodes the loop on a background thread while the decoded frames are preprocessed and
-    segmented (``inference.stream``: the same result as decoding first, in less time). Corrupt
-    pixels are a PixelDataError, unusable weights or a loop without a fan an AnalysisError."""
-    loaded = _loaded_models(models, config)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    try:
-        streamed = analyze_stream(
-            path,
-            loaded.segmenter,
-            loaded.ef_model,
-            loaded.params,
-            all_clip_stride=config.models.all_clip_stride,
-            timings_s=timings,
-            gate=loaded.gate,
-        )
-    except DecodeError as exc:
-        raise PixelDataError(str(exc)) from exc
-    except PreprocessError as exc:
-        raise AnalysisError(f"cannot analyse the loop: {exc}") from exc
-    timings["decode_and_analysis_wall_s"] = time.perf_counter() - started
-    return LoopResult(streamed.cine, streamed.analysis, loaded, timings)
-
-
-def analyse_loop(loop: Cine, config: Config, models: ModelCache) -> LoopResult:
-    """The analysis of an already decoded loop (``run_analysis``), errors as in
-    ``decode_and_analyse``."""
-    loaded = _loaded_models(models, config)
-    timings: dict[str, float] = {}
-    try:
-        analysis = run_analysis(
-            loop,
-            loaded.segmenter,
-            loaded.ef_model,
-            loaded.params,
-            all_clip_stride=config.models.all_clip_stride,
-            timings_s=timings,
-            gate=loaded.gate,
-        )
-    except PreprocessError as exc:
-        raise AnalysisError(f"cannot analyse the loop: {exc}") from exc
-    return LoopResult(loop, analysis, loaded, timings)
-
-
-def _loaded_models(models: ModelCache, config: Config) -> Models:
-    try:
-        return models.get()
-    except ValueError as exc:  # unusable weights: a retry cannot fix configuration
-        raise AnalysisError(f"cannot load the {config.models.preset} models: {exc}") from exc
+def record_decoded(context: JobContext, loop: Cine) -> None:
+    """``decoded.json`` and the "decoded" line of the job log."""
+    summary = loop_summary(loop)
+    write_json_atomic(context.output_dir / DECODED_SUMMARY_NAME, summary)
+    write_log(context, "decoded", **summary)
 
 
 def loop_summary(cine: Cine) -> dict[str, Any]:
@@ -223,29 +199,93 @@ def loop_summary(cine: Cine) -> dict[str, Any]:
 
 def analyse_and_report(
     context: JobContext,
-    loop: Cine,
+    loop: LoopSource,
     session_factory: sessionmaker[Session],
     config: Config,
     models: ModelCache,
     text_models: TextModelCache | None = None,
     *,
-    analysed: LoopResult | None = None,
     submit: Callable[[int], None] | None = None,
 ) -> None:
-    """Segmentation, EF and measurements, the language-model draft (``llm.draft``; the model
-    from ``text_models``, loaded for this job alone when None), then the reporting objects
-    (SEG, SR, overlay, PDF, FHIR) and the queueing of their deliveries (handed to ``submit``
-    when given; they run after this job, never inside it).
+    """The job's stages on ``loop`` (the stored file, or a loop decoded before): analyse,
+    draft (``llm.draft``; the model from ``text_models``, loaded for this job alone when None),
+    write the reporting objects (SEG, SR, overlay, PDF, FHIR) and record the queueing of their
+    deliveries (handed to ``submit`` when given; they run after this job, never inside it).
 
     A re-run replaces instead of adding: ``measurements.json`` is written then renamed, and the
     one ``Analysis`` row per job (``job_fk`` is unique) is updated in place.
     """
-    if analysed is None:  # ``run_job`` passes the overlapped decode + analysis of ``loop``
-        analysed = analyse_loop(loop, config, models)
-    loaded, analysis, timings = analysed.models, analysed.analysis, dict(analysed.timings_s)
-    document = measurements_document(LoopResult(loop, analysis, loaded, timings))
+
+    def stage_done(timing: StageTiming, value: Any) -> None:
+        seconds = round(timing.elapsed_ms / 1000.0, 3)
+        if isinstance(value, DraftedJob):
+            draft = value.timed.draft
+            write_log(context, "drafted", seconds=seconds, verdict=draft.verdict,
+                      attempts=draft.attempts, model=value.timed.model_name or None,
+                      reasons=list(draft.reasons))  # fmt: skip
+        elif isinstance(value, WrittenJob):
+            write_log(context, "reported", artifacts=sorted(value.outputs.artifact_ids),
+                      seconds=seconds)  # fmt: skip
+
+    stages = (
+        Stage("analyse", lambda ctx: _analyse(ctx, loop, session_factory, config, models)),
+        Stage("draft", lambda analysed: _draft(analysed, config, text_models)),
+        Stage("write", lambda drafted: _write(drafted, session_factory, config)),
+        Stage("record", lambda written: _record(written, session_factory, config, submit)),
+    )
+    run = run_stages(
+        stages, context, log=log, label=f"job {context.job_id}", level=logging.INFO,
+        on_stage=stage_done,
+    )  # fmt: skip
+    recorded: RecordedJob = run.value
+    analysed = recorded.written.drafted.analysed
+    measurements = analysed.result.analysis.measurements
+    stages_s = dict(analysed.result.timings_s())
+    stages_s.update({JOB_STAGE_KEYS[t.name]: t.elapsed_ms / 1000.0 for t in run.timings.stages})
+    write_log(
+        context,
+        "analysed",
+        stages_s={stage: round(seconds, 3) for stage, seconds in stages_s.items()},
+        ef_percent=measurements.ef_percent,
+        ef_disks_percent=measurements.ef_disks_percent,
+        flags=[flag.code for flag in measurements.flags],
+        demo_models=analysed.models.demo,
+        delivery_jobs=list(recorded.delivery_jobs),
+    )
+
+
+def analyse_for_job(
+    loop: LoopSource, config: Config, models: ModelCache
+) -> tuple[AnalysisResult, Models]:
+    """The loop decoded (on a background thread, for a file) and analysed with the process's
+    models, errors as a job sees them: corrupt pixels are a PixelDataError, unusable weights or
+    a loop without a fan an AnalysisError (neither is retried)."""
+    try:
+        loaded = models.get()
+    except ValueError as exc:  # unusable weights: a retry cannot fix configuration
+        raise AnalysisError(f"cannot load the {config.models.preset} models: {exc}") from exc
+    try:
+        return analyse(loop, loaded, all_clip_stride=config.models.all_clip_stride), loaded
+    except DecodeError as exc:
+        raise PixelDataError(str(exc)) from exc
+    except PreprocessError as exc:
+        raise AnalysisError(f"cannot analyse the loop: {exc}") from exc
+
+
+def _analyse(
+    context: JobContext,
+    loop: LoopSource,
+    session_factory: sessionmaker[Session],
+    config: Config,
+    models: ModelCache,
+) -> AnalysedJob:
+    """Analyses the loop (``analyse_for_job``), then records it: the decoded summary,
+    ``measurements.json`` and the ``Analysis`` row."""
+    result, loaded = analyse_for_job(loop, config, models)
+    record_decoded(context, result.cine)
+    document = measurements_document(result, loaded)
     write_json_atomic(context.output_dir / MEASUREMENTS_NAME, document)
-    measurements = analysis.measurements
+    measurements = result.analysis.measurements
     with session_factory.begin() as session:
         row = session.scalar(select(Analysis).where(Analysis.job_fk == context.job_id))
         if row is None:
@@ -255,70 +295,65 @@ def analyse_and_report(
         row.demo_models = loaded.demo
         row.ef_percent = measurements.ef_percent
         row.measurements = document
-    # the patient's sex (M/F) is the only header value the draft uses: no header text is prompt
-    sex = header_sex(dcmread(context.path, stop_before_pixels=True).get("PatientSex"))
+    return AnalysedJob(context, result, loaded)
+
+
+def _draft(analysed: AnalysedJob, config: Config, text_models: TextModelCache | None) -> DraftedJob:
+    """The report's words from the measurements; the patient's sex (M/F) is the only header
+    value the draft uses: no header text is prompt."""
+    sex = header_sex(dcmread(analysed.context.path, stop_before_pixels=True).get("PatientSex"))
     timed = draft_for_job(
-        measurements,
+        analysed.result.analysis.measurements,
         sex=sex,
-        algorithms=algorithms_for(loaded),
+        algorithms=algorithms_for(analysed.models),
         config=config,
         text_models=text_models,
     )
-    timings["draft_s"] = timed.seconds
-    draft = timed.draft
-    write_log(
-        context,
-        "drafted",
-        seconds=round(timed.seconds, 3),
-        verdict=draft.verdict,
-        attempts=draft.attempts,
-        model=timed.model_name or None,
-        reasons=list(draft.reasons),
-    )
-    writing_started = time.perf_counter()
+    return DraftedJob(analysed, timed)
+
+
+def _write(
+    drafted: DraftedJob, session_factory: sessionmaker[Session], config: Config
+) -> WrittenJob:
+    """Every reporting object, written and recorded as an artifact."""
+    analysed = drafted.analysed
+    context, analysis = analysed.context, analysed.result.analysis
     outputs = write_and_record(
         job_id=context.job_id,
         study_id=context.study_id,
         source_path=context.path,
         output_dir=context.output_dir / OUTPUTS_DIR_NAME,
-        cine=loop,
+        cine=analysed.result.cine,
         masks=analysis.lv_masks_source(),
-        measurements=measurements,
-        models=loaded,
-        draft=draft,
+        measurements=analysis.measurements,
+        models=analysed.models,
+        draft=drafted.timed.draft,
         session_factory=session_factory,
         config=config,
     )
-    timings["write_outputs_s"] = time.perf_counter() - writing_started
-    write_log(
-        context,
-        "reported",
-        artifacts=sorted(outputs.artifact_ids),
-        seconds=round(timings["write_outputs_s"], 3),
-    )
-    exporting_started = time.perf_counter()
+    return WrittenJob(drafted, outputs)
+
+
+def _record(
+    written: WrittenJob,
+    session_factory: sessionmaker[Session],
+    config: Config,
+    submit: Callable[[int], None] | None,
+) -> RecordedJob:
+    """Queues the deliveries (the sends are the delivery jobs', their tries ExportAttempt
+    rows) and hands each to the queue."""
+    context = written.drafted.analysed.context
     queued = queue_outputs(
         session_factory,
         config,
         context.study_id,
-        outputs.artifact_ids,
+        written.outputs.artifact_ids,
         utcnow(),
-        hl7_messages=outputs.hl7_messages,
+        hl7_messages=written.outputs.hl7_messages,
     )
     for delivery_job_id in queued:
         _submit(submit, delivery_job_id)
-    # queueing only: the sends are the delivery jobs' (their tries are ExportAttempt rows)
-    timings["export_s"] = time.perf_counter() - exporting_started
-    write_log(
-        context,
-        "analysed",
-        stages_s={stage: round(seconds, 3) for stage, seconds in timings.items()},
-        ef_percent=measurements.ef_percent,
-        ef_disks_percent=measurements.ef_disks_percent,
-        flags=[flag.code for flag in measurements.flags],
-        demo_models=loaded.demo,
-        delivery_jobs=queued,
-    )
+    return RecordedJob(written, tuple(queued))
 
 
 def _submit(submit: Callable[[int], None] | None, job_id: int) -> None:
@@ -356,18 +391,13 @@ def read_log(output_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _test_delay() -> None:
-    value = os.environ.get(TEST_DELAY_ENV, "")
-    if value:
-        time.sleep(float(value))
-
-
 __all__ = [
     "AnalysisError",
     "JobContext",
     "PixelDataError",
     "StoredInstanceError",
     "analyse_and_report",
+    "analyse_for_job",
     "decode_loop",
     "job_output_dir",
     "loop_summary",

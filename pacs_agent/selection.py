@@ -27,6 +27,7 @@ from inference.decode import frame_time_from_header
 from inference.jpegxl import frames_at
 from inference.view_classifier import A4C_LABEL, ViewClassifier, to_grey
 from pacs_agent.config import SelectionConfig
+from pacs_agent.errors import EchoAgentError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ COLOUR_CHECK_FRAMES = 3
 CLASSIFIER_FRAMES = 16
 
 
-class SelectionError(ValueError):
+class SelectionError(EchoAgentError, ValueError):
     """The file cannot be judged at all (not DICOM, unreadable)."""
 
 

@@ -7,9 +7,10 @@ import socket
 from dataclasses import dataclass
 
 from pacs_agent.config import Config
+from pacs_agent.errors import EchoAgentError
 
 
-class StartupError(RuntimeError):
+class StartupError(EchoAgentError, RuntimeError):
     """The node cannot start as configured (a port is taken, a directory is not writable)."""
 
 

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacs_agent.db.models import Instance, QuarantinedInstance, utcnow
 from pacs_agent.dicom.validate import InstanceHeader
 from pacs_agent.disk_guard import BYTES_PER_MB, disk_guard_shortfall
+from pacs_agent.errors import EchoAgentError
 from pacs_agent.ingest import (
     Conflict,
     ConflictError,
@@ -61,7 +62,7 @@ _OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 Buffer = bytes | bytearray | memoryview
 
 
-class StoreError(RuntimeError):
+class StoreError(EchoAgentError, RuntimeError):
     """The store could not keep an instance (I/O error); nothing of it was kept."""
 
 
@@ -69,7 +70,7 @@ class OutOfSpaceError(StoreError):
     """Keeping the instance would leave less free disk than ``dicom.min_free_disk_mb``."""
 
 
-class QuarantinedError(Exception):
+class QuarantinedError(EchoAgentError):
     """The instance was refused: it contradicts what is recorded (``kind``, see
     ``pacs_agent.ingest``). It is kept in quarantine (``relative_path`` under the node's home,
     row ``quarantine_id``); ``reason`` has no PHI."""

@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
 from pacs_agent.db.models import USER_ROLES, User
+from pacs_agent.errors import EchoAgentError
 
 MIN_PASSWORD_LENGTH = 10
 _USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 
 
-class UserError(ValueError):
+class UserError(EchoAgentError, ValueError):
     """The account cannot be created as asked (bad name, weak password, duplicate, bad role)."""
 
 

@@ -6,19 +6,27 @@ what a reviewer sees is what the numbers rest on. End-diastole and end-systole f
 measured beats are marked, and the demo label is burned into every frame when the networks are
 the demo ones (ASCII: OpenCV's Hershey fonts have no em dash).
 
-The browser video is WebM with VP8: royalty-free, played by Chromium's ``<video>`` and encoded
-by the FFmpeg inside opencv-python-headless (its H.264 encoder is absent, and MPEG-4 Part 2
-"mp4v" plays in no browser). ``write_overlay_video`` checks the file starts with the EBML magic
-and names the ``webm`` doc type, so a silently empty or foreign file never reaches the page.
+The browser video is WebM with VP8: royalty-free and played by Chromium's ``<video>`` (MPEG-4
+Part 2 plays in no browser, and no H.264 encoder is installed). It is encoded by libvpx through
+PyAV, which lets the encoder be configured: OpenCV's ``VideoWriter`` gives libvpx no options, and
+its defaults ("good" deadline, a bit rate of about 24 Mbit/s, automatic encoder threads that spin
+against each other on a busy 2-core machine) took 5 to 16 s for one 48-frame loop. Here libvpx
+runs in "realtime" mode on one thread at constant quality (``VP8_OPTIONS``): under 0.2 s of CPU
+for the same loop, a third smaller, and slightly closer to the rendered frames (PSNR 35.4 dB
+against 35.1 dB). ``write_overlay_video`` checks the file starts with the EBML magic and names
+the ``webm`` doc type, so a silently empty or foreign file never reaches the page.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
+from reporting.errors import ReportingError
 from reporting.types import DEMO_LABEL_ASCII
 
 CONTOUR_RGB = (255, 214, 0)  # the SEG's recommended display colour too
@@ -30,10 +38,14 @@ BANNER_WIDTH_FRACTION = 0.5
 WEBM_MEDIA_TYPE = "video/webm"
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 DEFAULT_FRAME_TIME_MS = 1000.0 / 30.0  # when the header gives no timing
+# libvpx (FFmpeg's option names): realtime mode at its fastest speed (16: PSNR 35.4 dB against
+# the rendered frames, as at 8, in half the time), one thread (automatic threading spins on a
+# loaded small machine), constant quality 10 capped at 8 Mbit/s (crf needs a cap in VP8)
+VP8_OPTIONS = {"deadline": "realtime", "cpu-used": "16", "threads": "1", "crf": "10", "b": "8M"}
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-class RenderingError(RuntimeError):
+class RenderingError(ReportingError, RuntimeError):
     """The video could not be encoded (no encoder, or it wrote nothing usable)."""
 
 
@@ -140,20 +152,23 @@ def write_overlay_video(
         raise ValueError(f"the overlay video is WebM: name it *.webm, not {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fps = 1000.0 / (frame_time_ms if frame_time_ms and frame_time_ms > 0 else DEFAULT_FRAME_TIME_MS)
+    rate = Fraction(fps).limit_denominator(1001)
     rows, cols = frames.shape[1:3]
     # VP8 wants even dimensions; pad by one black row/column rather than rescale
     even_rows, even_cols = rows + rows % 2, cols + cols % 2
-    fourcc = cv2.VideoWriter_fourcc(*"VP80")
-    writer = cv2.VideoWriter(str(path), fourcc, fps, (even_cols, even_rows))
-    if not writer.isOpened():
-        raise RenderingError("OpenCV has no VP8/WebM encoder here (opencv-python-headless' FFmpeg)")
     try:
-        canvas = np.zeros((even_rows, even_cols, 3), np.uint8)
-        for frame in frames:
-            canvas[:rows, :cols] = frame
-            writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
+        with av.open(str(path), "w", format="webm") as container:
+            stream = container.add_stream("libvpx", rate=rate, options=dict(VP8_OPTIONS))
+            stream.width, stream.height, stream.pix_fmt = even_cols, even_rows, "yuv420p"
+            canvas = np.zeros((even_rows, even_cols, 3), np.uint8)
+            for index, frame in enumerate(frames):
+                canvas[:rows, :cols] = frame
+                picture = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+                picture.pts, picture.time_base = index, 1 / rate
+                container.mux(stream.encode(picture))
+            container.mux(stream.encode(None))  # flush the encoder
+    except (av.FFmpegError, ValueError) as exc:  # no encoder, or it refused the frames
+        raise RenderingError(f"the VP8/WebM encoder failed: {exc}") from exc
     check_webm(path)
     return path
 

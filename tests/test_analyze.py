@@ -1,6 +1,7 @@
-"""The analysis entry point end to end: a truth oracle in place of the networks proves the
-plumbing (preprocess -> segment -> map back -> beats -> clips -> measurements) against the
-phantom truth; the torch wrappers are checked for shapes and batching at a small width."""
+"""The analysis entry point (``inference.analyze.analyse``) end to end: a truth oracle in place
+of the networks proves the plumbing (preprocess -> segment -> map back -> beats -> clips ->
+measurements) against the phantom truth; the torch wrappers are checked for shapes and batching
+at a small width."""
 
 from __future__ import annotations
 
@@ -13,15 +14,10 @@ import pytest
 import torch
 from support import phantom_truth
 
-from inference.analyze import (
-    TorchEFModel,
-    TorchSegmenter,
-    analyze_cine,
-    build_clips,
-    run_analysis,
-)
+from inference.analyze import LoopAnalysis, Networks, analyse, build_clips
 from inference.beats import beat_clip_start, clip_starts
 from inference.decode import read_cine
+from inference.model_cache import TorchEFModel, TorchSegmenter
 from inference.preprocess import PreprocessParams, preprocess_cine
 from inference.types import Cine, RegionBox
 
@@ -56,6 +52,11 @@ def loops(phantom_studies) -> list[tuple[Path, dict, Cine]]:
     ]
 
 
+def _analysis(cine: Cine, segmenter: object, ef_model: object) -> LoopAnalysis:
+    """The one entry on a decoded loop, with the given networks and ``PARAMS``."""
+    return analyse(cine, Networks(segmenter, ef_model, PARAMS)).analysis  # type: ignore[arg-type]
+
+
 def _oracle(path: Path, truth: dict, cine: Cine) -> tuple[TruthOracle, np.ndarray]:
     masks = np.load(path.parent / truth["masks_file"])["masks"]
     transform = preprocess_cine(cine, PARAMS).transform
@@ -67,7 +68,7 @@ def _oracle(path: Path, truth: dict, cine: Cine) -> tuple[TruthOracle, np.ndarra
 def test_a_truth_oracle_reproduces_the_phantom_truth_end_to_end(loops) -> None:
     for path, truth, cine in loops:
         oracle, masks = _oracle(path, truth, cine)
-        analysis = run_analysis(cine, oracle, oracle, PARAMS)
+        analysis = _analysis(cine, oracle, oracle)
         m = analysis.measurements
         assert m.ef_percent == pytest.approx(truth["ef_percent"]) and m.ef_source == "beats"
         assert m.ef_disks_percent == pytest.approx(truth["ef_percent"], abs=3.0)
@@ -97,11 +98,11 @@ def test_a_truth_oracle_reproduces_the_phantom_truth_end_to_end(loops) -> None:
 
 
 @pytest.mark.slow
-def test_analyze_cine_without_spacing_reports_ef_and_no_volumes(loops) -> None:
+def test_a_loop_without_spacing_reports_ef_and_no_volumes(loops) -> None:
     path, truth, cine = loops[1]
     oracle, _ = _oracle(path, truth, cine)
     bare = dataclasses.replace(cine, spacing_cm=None, tissue_region=None)
-    m = analyze_cine(bare, oracle, oracle, PARAMS)
+    m = _analysis(bare, oracle, oracle).measurements
     assert m.edv_ml is None and m.esv_ml is None
     assert "no_spacing" in m.flag_codes
     assert m.ef_percent == pytest.approx(truth["ef_percent"])
@@ -139,7 +140,7 @@ def test_torch_wrappers_batch_every_frame_and_clip() -> None:
         segmenter = TorchSegmenter.build(0.125, batch_size=16)
         ef_model = TorchEFModel.build(0.125, batch_size=4)
         cine = _synthetic_cine()
-        analysis = run_analysis(cine, segmenter, ef_model, PARAMS)
+        analysis = _analysis(cine, segmenter, ef_model)
     finally:
         torch.set_num_threads(threads)
     p = analysis.lv_probability
@@ -169,7 +170,7 @@ def test_wrappers_refuse_wrong_shapes() -> None:
             return np.zeros((len(batch_112), 64, 64), np.float32)
 
     with pytest.raises(ValueError, match="segmenter returned shape"):
-        run_analysis(_synthetic_cine(8), Broken(), None, PARAMS)
+        _analysis(_synthetic_cine(8), Broken(), None)
 
 
 def test_clips_take_every_second_frame_and_pad_with_the_mean() -> None:

@@ -15,7 +15,7 @@ from pydicom import examples
 from pydicom.dataset import Dataset
 from support import phantom_truth
 
-from inference.analyze import finish_analysis
+from inference.analyze import SegmentedLoop, check, estimate_ef, gate, measure
 from inference.calibration import (
     FLAG_CALIBRATION_NO_DELTA,
     FLAG_CALIBRATION_OUTSIDE_IMAGE,
@@ -28,10 +28,11 @@ from inference.calibration import (
     without_untrusted_spacing,
 )
 from inference.decode import FrameReader, read_cine
+from inference.gate import GateSettings
 from inference.lv_geometry import disks_volume_from_outline, find_landmarks, lv_outline_px
 from inference.measure import FLAG_NO_SPACING, measure_cine
-from inference.preprocess import PreprocessParams, preprocess_cine
-from inference.types import Cine, QualityFlag, RegionBox
+from inference.preprocess import Preprocessed, PreprocessParams, preprocess_cine
+from inference.types import Cine, Measurements, QualityFlag, RegionBox
 
 PARAMS = PreprocessParams(mean=(30.0, 30.0, 30.0), std=(45.0, 45.0, 45.0))
 
@@ -179,6 +180,13 @@ def _pulsing_fan_cine(n: int = 24) -> tuple[Cine, np.ndarray]:
     return cine, masks
 
 
+def _measured(cine: Cine, pre: Preprocessed, probability: np.ndarray) -> Measurements:
+    """The analysis stages after segmentation, on a given segmentation of ``cine``."""
+    checked = check(SegmentedLoop.of(cine, pre, probability))
+    measured = measure(estimate_ef(checked, None, clip_batch=1, all_clip_stride=1), 1)
+    return gate(measured, GateSettings()).analysis.measurements
+
+
 def test_analysis_measures_no_volume_with_a_region_that_misses_the_fan() -> None:
     cine, masks = _pulsing_fan_cine()
     pre = preprocess_cine(cine, PARAMS)
@@ -187,13 +195,13 @@ def test_analysis_measures_no_volume_with_a_region_that_misses_the_fan() -> None
     probability = np.stack([pre.transform.mask_to_grid(m) for m in masks])
 
     holds = dataclasses.replace(cine, tissue_region=RegionBox(0, 0, 199, 159))
-    good = finish_analysis(holds, pre, probability, None).measurements
+    good = _measured(holds, pre, probability)
     assert good.spacing_cm == (0.08, 0.08)
     assert FLAG_CALIBRATION_SECTOR_MISMATCH not in good.flag_codes
 
     left_half = RegionBox(0, 0, (fan_box[0] + fan_box[2]) // 2, 159)
     misses = dataclasses.replace(cine, tissue_region=left_half)
-    bad = finish_analysis(misses, pre, probability, None).measurements
+    bad = _measured(misses, pre, probability)
     assert bad.spacing_cm is None and bad.edv_ml is None and bad.esv_ml is None
     assert bad.lv_area_cm2 is None
     assert FLAG_CALIBRATION_SECTOR_MISMATCH in bad.flag_codes

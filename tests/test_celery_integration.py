@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import held_analysis
 import pytest
 import redis
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ from orthanc_helpers import free_tcp_port, wait_until
 from support import require_or_skip
 
 from pacs_agent.config import LlmConfig
-from pacs_agent.pipeline import JOB_LOG_NAME, MEASUREMENTS_NAME, TEST_DELAY_ENV, read_log
+from pacs_agent.pipeline import JOB_LOG_NAME, MEASUREMENTS_NAME, read_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -140,10 +141,13 @@ class Cluster:
             [self.exe, *args], env=self.env(), capture_output=True, text=True, timeout=120
         )
 
-    def start(self, name: str, args: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], command: list[str] | None = None, **extra_env: str
+    ) -> subprocess.Popen[bytes]:
+        """``echo-agent ARGS`` (or ``command``, e.g. ``held_analysis.command(*args)``)."""
         with (self.root / f"{name}.log").open("wb") as out:
             proc = subprocess.Popen(
-                [self.exe, *args],
+                command or [self.exe, *args],
                 cwd=self.root,
                 env=self.env(**extra_env),
                 stdout=out,
@@ -226,8 +230,9 @@ def test_listener_two_workers_and_web_process_every_study_exactly_once(
     assert upgraded.returncode == 0, upgraded.stderr
     cluster.start("listener", ["serve", "--role", "listener"])
     cluster.start("web", ["serve", "--role", "web"])
-    # worker A holds every job it takes after decoding, so the test can kill it mid-job
-    worker_a = cluster.start("worker-a", ["worker"], **{TEST_DELAY_ENV: "600"})
+    # worker A holds every job it takes (its segmenter never starts), so the test can kill it
+    # mid-job
+    worker_a = cluster.start("worker-a", ["worker"], command=held_analysis.command("worker"))
     metrics_port = free_tcp_port()
     cluster.start("worker-b", ["worker", "--metrics-port", str(metrics_port)])
     cluster.wait_log("listener", "echo-agent is running (listener)")
@@ -242,14 +247,14 @@ def test_listener_two_workers_and_web_process_every_study_exactly_once(
     try:
         a_id = f":{worker_a.pid}:celery"
 
-        def a_holds_a_decoded_job() -> dict | None:
+        def a_holds_a_job() -> dict | None:
             for job in rows(engine, "SELECT * FROM jobs WHERE state = 'running'"):
                 events = read_log(cluster.home / "jobs" / str(job["id"]))
-                if job["worker_id"].endswith(a_id) and any(e["event"] == "decoded" for e in events):
+                if job["worker_id"].endswith(a_id) and any(e["event"] == "attempt" for e in events):
                     return job
             return None
 
-        killed_job = wait_until(a_holds_a_decoded_job, 300, "worker A to run a job", 0.5)
+        killed_job = wait_until(a_holds_a_job, 300, "worker A to run a job", 0.5)
         worker_a.send_signal(signal.SIGKILL)
         assert worker_a.wait(timeout=30) == -signal.SIGKILL
         # a replacement worker: two workers again (any worker but A may take A's job over)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import POSTGRES_ADMIN_URL
+from held_analysis import held_loader
 from running_node import (
     first_a4c_loop,
     node_config,
@@ -22,12 +23,12 @@ from running_node import (
 )
 
 from echo_agent.node import pool_settings
+from inference import model_cache
 from pacs_agent import jobs
 from pacs_agent.config import ConfigError, QueueConfig, load_config
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.engine import RETRY_ATTEMPTS, PoolSettings, retry_on_disconnect
 from pacs_agent.db.models import Instance, Job, Patient, Series, Study, utcnow
-from pacs_agent.pipeline import TEST_DELAY_ENV
 
 pytestmark = pytest.mark.postgres
 
@@ -158,7 +159,8 @@ def test_a_node_on_postgresql_finishes_its_job_while_its_connections_are_killed(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv(TEST_DELAY_ENV, "3")  # the job sits between decoding and analysis
+    release = threading.Event()  # the job's analysis waits for it: set once the kills are over
+    monkeypatch.setattr(model_cache, "load_models", held_loader(release))
     config = node_config(tmp_path / "home", postgres_url)
     config = dataclasses.replace(
         config, queue=QueueConfig(backoff_initial_s=0.5, backoff_max_s=1.0, max_attempts=5)
@@ -191,6 +193,7 @@ def test_a_node_on_postgresql_finishes_its_job_while_its_connections_are_killed(
         finally:
             stop.set()
             killer.join()
+            release.set()
         wait_for_jobs_done(node, 1)
         with node.session_factory() as session:
             job = session.scalars(sa.select(Job)).one()

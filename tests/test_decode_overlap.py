@@ -1,6 +1,7 @@
-"""Decoding overlapped with analysis (``inference.stream``): the same frames, network input, LV
-probabilities and measurements as decoding first, on every encoding the phantom writes; the
-same ``DecodeError`` for corrupt data wherever it is; and no decoding thread left behind."""
+"""Decoding overlapped with analysis (``inference.stream``, via ``analyse`` on a file): the same
+frames, network input, LV probabilities and measurements as a loop decoded first, on every
+encoding the phantom writes; the same ``DecodeError`` for corrupt data wherever it is; and no
+decoding thread left behind."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from support import phantom_truth
 
-from inference.analyze import TorchEFModel, TorchSegmenter, run_analysis
+from inference.analyze import Networks, analyse
 from inference.decode import DecodeError, read_cine
+from inference.model_cache import ModelCache, TorchEFModel, TorchSegmenter
 from inference.preprocess import MAX_STAT_FRAMES, PreprocessError, PreprocessParams
 from inference.presets import load_preset
-from inference.stream import analyze_stream, decode_order, fan_sample_indices
-from pacs_agent.analysis import ModelCache
+from inference.stream import DECODE_THREAD_NAME, decode_order, fan_sample_indices
+from pacs_agent.analysis import model_settings
 from pacs_agent.config import Config
-from pacs_agent.pipeline import AnalysisError, PixelDataError, decode_and_analyse
+from pacs_agent.pipeline import AnalysisError, PixelDataError, analyse_for_job
 
-DECODE_THREAD = "cine-decode"
+DECODE_THREAD = DECODE_THREAD_NAME
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,9 @@ def a4c_loops(phantom_studies) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def demo():
+def demo() -> Networks:
     loaded = load_preset("demo", device="cpu")
-    return (
+    return Networks(
         TorchSegmenter(loaded.segmenter),
         TorchEFModel(loaded.ef_model),
         PreprocessParams(mean=loaded.mean, std=loaded.std),
@@ -67,13 +69,12 @@ def test_the_fan_sample_comes_first_and_every_frame_once(n_frames) -> None:
 
 @pytest.mark.slow
 def test_overlapped_equals_sequential_on_every_phantom_encoding(a4c_loops, demo) -> None:
-    segmenter, ef_model, params = demo
     syntaxes = set()
     for path in a4c_loops:
         cine = read_cine(path)
-        sequential = run_analysis(cine, segmenter, ef_model, params)
-        timings: dict[str, float] = {}
-        streamed = analyze_stream(path, segmenter, ef_model, params, timings_s=timings)
+        sequential = analyse(cine, demo).analysis
+        streamed = analyse(path, demo)
+        timings = streamed.timings_s()
         header = pydicom.dcmread(path, stop_before_pixels=True)
         syntaxes.add((str(header.file_meta.TransferSyntaxUID), header.PhotometricInterpretation))
         assert np.array_equal(streamed.cine.frames, cine.frames)
@@ -98,7 +99,6 @@ def test_overlapped_equals_sequential_on_every_phantom_encoding(a4c_loops, demo)
 def test_a_corrupt_frame_mid_loop_is_a_decode_error_and_the_thread_ends(
     a4c_loops, demo, tmp_path
 ) -> None:
-    segmenter, ef_model, params = demo
     ds = _loop_with(a4c_loops, JPEGBaseline8Bit)
     n = int(ds.NumberOfFrames)
     fragments = list(generate_frames(ds.PixelData, number_of_frames=n))
@@ -111,7 +111,7 @@ def test_a_corrupt_frame_mid_loop_is_a_decode_error_and_the_thread_ends(
     with pytest.raises(DecodeError) as sequential:
         read_cine(path)
     with pytest.raises(DecodeError) as overlapped:
-        analyze_stream(path, segmenter, ef_model, params)
+        analyse(path, demo)
     assert str(overlapped.value).startswith("cannot decode pixel data (JPEG Baseline")
     assert str(sequential.value).split(":")[0] == str(overlapped.value).split(":")[0]
     assert not _decode_threads()
@@ -119,7 +119,6 @@ def test_a_corrupt_frame_mid_loop_is_a_decode_error_and_the_thread_ends(
 
 @pytest.mark.slow
 def test_truncated_pixels_and_non_dicom_fail_alike(a4c_loops, demo, tmp_path) -> None:
-    segmenter, ef_model, params = demo
     ds = _loop_with(a4c_loops, ExplicitVRLittleEndian)
     ds.PixelData = ds.PixelData[: len(ds.PixelData) * 2 // 3]
     truncated = tmp_path / "truncated.dcm"
@@ -130,25 +129,23 @@ def test_truncated_pixels_and_non_dicom_fail_alike(a4c_loops, demo, tmp_path) ->
         with pytest.raises(DecodeError):
             read_cine(path)
         with pytest.raises(DecodeError):
-            analyze_stream(path, segmenter, ef_model, params)
+            analyse(path, demo)
     assert not _decode_threads()
 
 
 @pytest.mark.slow
 def test_a_loop_without_a_fan_stops_the_decoder(a4c_loops, demo, tmp_path) -> None:
-    segmenter, ef_model, params = demo
     ds = _loop_with(a4c_loops, ExplicitVRLittleEndian)
     ds.PixelData = bytes(len(ds.PixelData))  # every frame black: no fan to find
     path = tmp_path / "blank.dcm"
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(PreprocessError):
-        analyze_stream(path, segmenter, ef_model, params)
+        analyse(path, demo)
     assert not _decode_threads()
 
 
 @pytest.mark.slow
 def test_a_failing_segmenter_ends_the_decoding_thread(a4c_loops, demo) -> None:
-    _, ef_model, params = demo
     path = next(p for p in a4c_loops if phantom_truth(p)["n_frames"] > 40)
 
     class WrongShape:
@@ -158,7 +155,7 @@ def test_a_failing_segmenter_ends_the_decoding_thread(a4c_loops, demo) -> None:
             return np.zeros((len(batch_112), 1), np.float32)
 
     with pytest.raises(ValueError, match="segmenter returned shape"):
-        analyze_stream(path, WrongShape(), ef_model, params, frame_batch=8)
+        analyse(path, Networks(WrongShape(), demo.ef_model, demo.params), frame_batch=8)
     assert not _decode_threads()
 
 
@@ -167,20 +164,22 @@ def test_the_pipeline_records_corrupt_pixels_and_missing_fans_as_job_errors(
     a4c_loops, tmp_path
 ) -> None:
     config = Config(home=str(tmp_path / "home"))
-    models = ModelCache(config)
+    models = ModelCache(model_settings(config))
     ds = _loop_with(a4c_loops, ExplicitVRLittleEndian)
     ds.PixelData = ds.PixelData[:1000]
     corrupt = tmp_path / "corrupt.dcm"
     ds.save_as(corrupt, enforce_file_format=True)
     with pytest.raises(PixelDataError):
-        decode_and_analyse(corrupt, config, models)
+        analyse_for_job(corrupt, config, models)
     ds = _loop_with(a4c_loops, ExplicitVRLittleEndian)
     ds.PixelData = bytes(len(ds.PixelData))
     blank = tmp_path / "blank.dcm"
     ds.save_as(blank, enforce_file_format=True)
     with pytest.raises(AnalysisError, match="cannot analyse the loop"):
-        decode_and_analyse(blank, config, models)
-    result = decode_and_analyse(a4c_loops[0], config, models)
+        analyse_for_job(blank, config, models)
+    result, loaded = analyse_for_job(a4c_loops[0], config, models)
     assert result.cine.n_frames == phantom_truth(a4c_loops[0])["n_frames"]
-    assert result.timings_s["decode_and_analysis_wall_s"] > 0
+    assert loaded.demo and result.timings_s()["decode_s"] > 0
+    stages = ("decode", "preprocess", "segment", "checks", "ef", "measure", "gate")
+    assert result.timings.names() == stages
     assert not _decode_threads()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,16 @@ from dicom_helpers import (
     us_loop_dataset,
     write_instance,
 )
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from sqlalchemy import select
 
 from pacs_agent import export
-from pacs_agent.config import Config, DestinationConfig, DicomConfig, ExportConfig
+from pacs_agent.config import Config, DatabaseConfig, DestinationConfig, DicomConfig, ExportConfig
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import Artifact, ExportAttempt, Patient, Study
+from pacs_agent.dicom import start_storage_scp
+from pacs_agent.dicom.ae import node_ae
+from pacs_agent.store import INCOMING_DIR_NAME
 
 
 @pytest.fixture
@@ -191,3 +195,44 @@ def test_destinations_check_says_which_answer(tmp_path, free_port) -> None:
     assert (up.destination, up.ok, up.detail) == ("up", True, "C-ECHO succeeded")
     assert (down.destination, down.ok) == ("down", False)
     assert f"NOBODY@127.0.0.1:{closed}" in down.detail
+
+
+def test_the_listener_and_every_send_share_one_ae_and_leave_its_contexts_alone(
+    database_url: str, tmp_path: Path
+) -> None:
+    """pynetdicom's model: one AE per process. The listener and the sends of one configuration
+    use the same object; each send proposes its contexts to its own association only, so
+    threads sending different SOP classes and syntaxes at once all get theirs through."""
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    config = Config(
+        home=str(tmp_path / "home"),
+        dicom=DicomConfig(port=0, min_free_disk_mb=0),
+        database=DatabaseConfig(url=database_url),
+    )
+    ae = node_ae(config.dicom)
+    assert node_ae(DicomConfig(port=0, min_free_disk_mb=0)) is ae
+    assert node_ae(DicomConfig(allowed_calling_aes=["PACS1"])) is not ae  # other listener rules
+    scp = start_storage_scp(config, engine)
+    try:
+        assert scp._ae is ae
+        syntaxes = (ExplicitVRLittleEndian, JPEGBaseline8Bit, ImplicitVRLittleEndian)
+        files = [
+            write_instance(
+                tmp_path / f"{index}.dcm",
+                us_loop_dataset(Ids.new(), frames=2, rows=32, columns=48),
+                syntaxes[index % len(syntaxes)],
+            )
+            for index in range(9)
+        ]
+        dest = DestinationConfig(name="self", ae_title="ECHOAGENT", host="127.0.0.1",
+                                 port=scp.port)  # fmt: skip
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outcomes = list(pool.map(lambda p: export.c_store_file(p, dest, ae), files))
+        assert [o.error for o in outcomes] == [""] * len(files)
+        assert ae.requested_contexts == []
+        stored = [p for p in config.store_path.rglob("*.dcm") if INCOMING_DIR_NAME not in p.parts]
+        assert len(stored) == len(files)
+    finally:
+        scp.shutdown(timeout_s=5)
+        engine.dispose()

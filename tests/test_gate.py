@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from inference.analyze import run_analysis
+from inference.analyze import Networks, analyse
 from inference.gate import (
     FLAG_EF_DISAGREEMENT,
     FLAG_HEART_RATE_DISAGREES,
@@ -212,7 +212,7 @@ def _sector_loop(values: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["noise", "blank_fan"])
 def test_loops_with_nothing_to_measure_publish_no_number(demo, kind) -> None:
     """The issue's case: uniform noise frames got an EF of 36 %."""
-    from inference.analyze import TorchEFModel, TorchSegmenter
+    from inference.model_cache import TorchEFModel, TorchSegmenter
     from inference.preprocess import PreprocessParams
 
     rng = np.random.default_rng(7)
@@ -222,13 +222,10 @@ def test_loops_with_nothing_to_measure_publish_no_number(demo, kind) -> None:
         values = 60 + rng.integers(0, 8, size=(40, 160, 200))
     cine = _loop(_sector_loop(values))
     params = PreprocessParams(mean=demo.mean, std=demo.std)
-    analysis = run_analysis(
-        cine,
-        TorchSegmenter(demo.segmenter),
-        TorchEFModel(demo.ef_model),
-        params,
-        gate=GateSettings(),
+    networks = Networks(
+        TorchSegmenter(demo.segmenter), TorchEFModel(demo.ef_model), params, GateSettings()
     )
+    analysis = analyse(cine, networks).analysis
     m = analysis.measurements
     for key in ("ef_percent", "ef_disks_percent", "edv_ml", "esv_ml"):
         assert getattr(m, key) is None, (kind, key, analysis.ungated)
@@ -249,17 +246,19 @@ def test_the_negative_set_publishes_nothing_through_the_node_analysis(negative_l
     """Every class of ``echo-agent phantom --negative`` (blank, noise, non-cardiac, wrong view,
     LV cut off by the sector) through the node's own analysis with the shipped demo models,
     thresholds and OOD reference: no EF and no volume, each with a reason."""
+    from inference.analyze import analyse
+    from inference.model_cache import load_models
     from inference.preprocess import PreprocessError
-    from pacs_agent.analysis import analyze_file, load_models
+    from pacs_agent.analysis import model_settings
     from pacs_agent.config import Config
 
-    models = load_models(Config())
+    models = load_models(model_settings(Config()))
     assert models.gate.ood_reference is not None  # the shipped reference is in use
     classes = set()
     for path in negative_loops:
         classes.add(json.loads(path.with_suffix(".json").read_text())["negative_class"])
         try:
-            m = analyze_file(path, models).analysis.measurements
+            m = analyse(path, models).analysis.measurements
         except PreprocessError:  # no fan at all: nothing measured, nothing to publish
             continue
         for key in ("ef_percent", "ef_disks_percent", "edv_ml", "esv_ml"):

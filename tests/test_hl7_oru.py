@@ -305,7 +305,9 @@ def test_real_sonosite_loop_sends_no_lv_number(peer) -> None:
     import pydicom
     from pydicom import examples
 
-    from pacs_agent.analysis import analyze_file, load_models
+    from inference.analyze import analyse
+    from inference.model_cache import load_models
+    from pacs_agent.analysis import model_settings
     from pacs_agent.config import Config
     from pacs_agent.outputs import algorithms_for
     from reporting.types import SourceLoop
@@ -313,8 +315,8 @@ def test_real_sonosite_loop_sends_no_lv_number(peer) -> None:
     path = Path(examples.get_path("ybr_color"))
     with tempfile.TemporaryDirectory() as home:
         config = Config(home=home)
-        models = load_models(config)
-        result = analyze_file(path, models, config.models.all_clip_stride)
+        models = load_models(model_settings(config))
+        result = analyse(path, models, all_clip_stride=config.models.all_clip_stride)
     measurements = result.analysis.measurements
     source = SourceLoop.from_dataset(pydicom.dcmread(path, stop_before_pixels=True))
     message = build_oru(source, measurements, algorithms_for(models), draft(models.demo))

@@ -46,10 +46,12 @@ from reporting_helpers import (
 )
 from running_node import node_config, running_node, wait_for_jobs_done
 
+from inference.analyze import analyse
 from inference.decode import FrameReader
 from inference.measure import measure_cine
+from inference.model_cache import load_models
 from inference.types import Cine, Measurements
-from pacs_agent.analysis import analyze_file, load_models
+from pacs_agent.analysis import model_settings
 from pacs_agent.config import Config, EhrConfig, SelectionConfig
 from pacs_agent.outputs import algorithms_for
 from reporting.encapsulated_pdf import write_encapsulated_pdf
@@ -136,8 +138,8 @@ def phantom_path(request, tmp_path_factory) -> Path:
 def _sonosite(home: Path) -> Analysed:
     """The real loop through the node's analysis with the shipped demo networks."""
     config = Config(home=str(home))
-    models = load_models(config)
-    result = analyze_file(sonosite_path(), models, config.models.all_clip_stride)
+    models = load_models(model_settings(config))
+    result = analyse(sonosite_path(), models, all_clip_stride=config.models.all_clip_stride)
     return Analysed(
         pydicom.dcmread(sonosite_path(), stop_before_pixels=True),
         result.cine,

@@ -12,6 +12,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import held_analysis
 import pytest
 from dicom_helpers import run_storescu
 from orthanc_helpers import free_tcp_port, phantom_cache, phantom_studies, truth, wait_until
@@ -21,7 +22,6 @@ from pacs_agent.pipeline import (
     JOB_LOG_NAME,
     MEASUREMENTS_NAME,
     OUTPUTS_DIR_NAME,
-    TEST_DELAY_ENV,
     read_log,
 )
 
@@ -45,7 +45,8 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
-    def start(self, **extra_env: str) -> None:
+    def start(self, held: bool = False) -> None:
+        """``echo-agent serve``; ``held``: with every analysis held (``held_analysis``)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_AGENT_")}
         env.update(
             ECHO_AGENT_HOME=str(self.home),
@@ -55,13 +56,13 @@ class Node:
             ECHO_AGENT_DICOM_MIN_FREE_DISK_MB="0",
             ECHO_AGENT_SELECTION_VIEW_CLASSIFIER="phantom",
             ECHO_AGENT_LLM_DRAFT="false",  # drafting has its own test (test_pipeline_drafting)
-            **extra_env,
         )
+        command = held_analysis.command("serve") if held else [self.exe, "serve"]
         self.runs += 1
         self.home.mkdir(parents=True, exist_ok=True)
         with (self.home / f"node-{self.runs}.log").open("wb") as out:
             self.proc = subprocess.Popen(
-                [self.exe, "serve"], cwd=self.home, env=env, stdout=out, stderr=subprocess.STDOUT
+                command, cwd=self.home, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         wait_until(self.healthy, 60, "the node's health endpoint", step_s=0.2)
 
@@ -109,23 +110,23 @@ def port_is_free(port: int) -> bool:
 
 
 def test_a_job_killed_mid_run_finishes_exactly_once_after_restart(node, a4c_loop) -> None:
-    node.start(**{TEST_DELAY_ENV: "120"})
+    node.start(held=True)  # the job's segmentation never starts: it runs until killed
     sent = run_storescu("127.0.0.1", node.dicom_port, [a4c_loop])
     assert sent.returncode == 0, sent.stderr
 
-    def running_after_decoding() -> dict | None:
+    def running() -> dict | None:
         for job in node.jobs():
             log = read_log(node.home / "jobs" / str(job["id"]))
-            if job["state"] == "running" and any(e["event"] == "decoded" for e in log):
+            if job["state"] == "running" and any(e["event"] == "attempt" for e in log):
                 return job
         return None
 
-    job = wait_until(running_after_decoding, 120, "the job to run (decoded, then held)", 0.3)
+    job = wait_until(running, 120, "the job to run (and be held)", 0.3)
     assert job["attempts"] == 1 and job["heartbeat_at"] is not None
     assert node.stop(signal.SIGKILL) == -signal.SIGKILL
     assert node.jobs()[0]["state"] == "running", "a killed node leaves its job running"
 
-    node.start()  # no test delay this time
+    node.start()  # not held this time
     finished = wait_until(
         lambda: next((j for j in node.jobs() if j["state"] in ("done", "failed")), None),
         120,

@@ -11,6 +11,7 @@ request is read, and ordinary stores (pynetdicom and dcmtk) at the negotiated ma
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import socket
 import struct
@@ -34,17 +35,19 @@ from dicom_helpers import (
 )
 from pydicom.uid import AllTransferSyntaxes, ImplicitVRLittleEndian
 from pynetdicom import StoragePresentationContexts, build_context
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     MaximumLengthNotification,
     UserIdentityNegotiation,
 )
+from pynetdicom.transport import AssociationSocket
 
 from pacs_agent.config import Config, DatabaseConfig, DicomConfig
 from pacs_agent.db import make_engine, upgrade
 from pacs_agent.dicom import StorageSCP, start_storage_scp
-from pacs_agent.dicom.pdu_limits import ASSOCIATION_REQUEST_MAX_BYTES
+from pacs_agent.dicom.pdu_limits import ASSOCIATION_REQUEST_MAX_BYTES, LimitedPduSocket
 from pacs_agent.dicom.scp import MAX_PDU_BYTES
 from pacs_agent.store import INCOMING_DIR_NAME
 
@@ -349,3 +352,36 @@ def test_stores_in_pdus_of_the_negotiated_maximum_still_work(node: Node, tmp_pat
     assert done.returncode == 0, done.stderr
     stored = {dataset_bytes(p) for p in node.stored_files()}
     assert stored == {dataset_bytes(pynetdicom_file), dataset_bytes(dcmtk_file)}
+
+
+# --- the private pynetdicom API the listener's socket relies on ------------------------------
+
+
+def test_the_pynetdicom_reader_the_listener_socket_overrides_is_unchanged() -> None:
+    """``LimitedPduSocket`` overrides ``AssociationSocket.recv(nr_bytes)`` and reads the raw
+    ``socket`` itself; both the PDU limits and ``dicom.one_buffer_pdu_reads`` hold only while
+    pynetdicom's DUL reads a PDU as ``recv(6)`` for the header, then ``recv(length)``. A
+    pynetdicom upgrade that changes either fails here, not silently in production."""
+    assert list(inspect.signature(AssociationSocket.recv).parameters) == ["self", "nr_bytes"]
+    reader = inspect.getsource(DULServiceProvider._read_pdu_data)
+    assert "self.socket.recv(6)" in reader
+    assert "self.socket.recv(pdu_length)" in reader
+    assert "self.socket = " in inspect.getsource(AssociationSocket.__init__)
+    assert LimitedPduSocket.__mro__[1] is AssociationSocket
+
+
+@pytest.mark.parametrize("one_buffer", [True, False], ids=["one-buffer", "pynetdicom-reads"])
+def test_both_ways_of_reading_refuse_long_pdus_and_store_the_same_bytes(
+    start_node: Callable[..., Node], tmp_path: Path, one_buffer: bool
+) -> None:
+    """``dicom.one_buffer_pdu_reads`` changes how a PDU is read, nothing else: an over-long
+    P-DATA is refused unread, and a loop larger than one PDU is stored byte for byte."""
+    node = start_node(one_buffer_pdu_reads=one_buffer)
+    with _associate(node.port) as sock:
+        sock.sendall(_header(P_DATA_TF, MAX_PDU_BYTES + 1))
+        _assert_aborted_and_closed(sock)
+    big = write_instance(
+        tmp_path / "big.dcm", us_loop_dataset(Ids.new(), rows=480, columns=640, frames=16)
+    )
+    assert send_files(HOST, node.port, [big]) == [0]
+    assert [dataset_bytes(p) for p in node.stored_files()] == [dataset_bytes(big)]

@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import func, select
 from support import need_tool, phantom_truth
 
-from pacs_agent.analysis import ModelCache
+from inference.model_cache import ModelCache
+from pacs_agent.analysis import model_settings
 from pacs_agent.config import Config, LlmConfig
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import (
@@ -74,7 +75,7 @@ def stored_job(database_url, tmp_path, a4c_loop):
 @pytest.mark.slow
 def test_a_job_measures_reports_and_records_once(stored_job, a4c_loop) -> None:
     config, sessions, job_id = stored_job
-    models = ModelCache(config)
+    models = ModelCache(model_settings(config))
     run_job(job_id, sessions, config, models)
     out = job_output_dir(config, job_id)
     document = json.loads((out / MEASUREMENTS_NAME).read_text())

@@ -335,15 +335,17 @@ def test_real_sonosite_loop_through_the_analysis_has_no_lv_number(tmp_path):
     numeric about the LV, yet is a valid document dcmtk reads."""
     from pydicom import examples
 
-    from pacs_agent.analysis import analyze_file, load_models
+    from inference.analyze import analyse
+    from inference.model_cache import load_models
+    from pacs_agent.analysis import model_settings
     from pacs_agent.config import Config
     from pacs_agent.outputs import algorithms_for
 
     path = Path(examples.get_path("ybr_color"))
     with tempfile.TemporaryDirectory() as home:
         config = Config(home=home)
-        models = load_models(config)
-        result = analyze_file(path, models, config.models.all_clip_stride)
+        models = load_models(model_settings(config))
+        result = analyse(path, models, all_clip_stride=config.models.all_clip_stride)
     measurements = result.analysis.measurements
     algorithms = algorithms_for(models)
     withheld = {w.key for w in withheld_values(measurements)}

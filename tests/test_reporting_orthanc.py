@@ -19,7 +19,7 @@ from reporting_helpers import (
 )
 
 from pacs_agent.config import DestinationConfig
-from pacs_agent.export import c_store_file
+from pacs_agent.export import c_store_file, calling_ae
 from reporting.outputs import write_report_objects
 
 NODE_AET = "ECHOAGENT"
@@ -58,7 +58,7 @@ def test_orthanc_files_every_object_in_the_source_study(loop, tmp_path):
             name="orthanc", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
         )
         for kind, obj in dicom.items():
-            outcome = c_store_file(obj.path, dest, NODE_AET)
+            outcome = c_store_file(obj.path, dest, calling_ae(NODE_AET))
             assert outcome.ok, f"{kind}: {outcome.error}"
 
         series_ids = set()

@@ -22,11 +22,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from support import phantom_truth, require_or_skip
 
-from inference.analyze import TorchEFModel, TorchSegmenter
 from inference.decode import read_cine
+from inference.model_cache import Models, TorchEFModel, TorchSegmenter
 from inference.preprocess import PreprocessParams, preprocess_cine
 from inference.presets import DEMO_DIR, DEMO_EF_FILE, DEMO_SEG_FILE, load_preset
-from pacs_agent.analysis import Models
 from pacs_agent.config import Config, DatabaseConfig, LlmConfig
 from pacs_agent.db import make_engine, make_session_factory, upgrade
 from pacs_agent.db.models import Instance, Job, Patient, Series, Study
@@ -80,7 +79,7 @@ class TruthOracle:
 
 
 class FixedModels:
-    """Stands in for ``pacs_agent.analysis.ModelCache``: ``get`` returns the given models."""
+    """Stands in for ``inference.model_cache.ModelCache``: ``get`` returns the given models."""
 
     def __init__(self, models: Models) -> None:
         self.models = models

@@ -13,10 +13,12 @@ from sqlalchemy.exc import IntegrityError
 
 from pacs_agent.config import Config
 from pacs_agent.db.models import ReportVersion, Study
+from pacs_agent.reports import ReportText, save_draft
+from pacs_agent.states import is_signed
 from web import audit
 from web.auth import require_role
 from web.db import db
-from web.signoff import ExportRunner, SignOffError, edit_grounding, finalise
+from web.signoff import ExportRunner, SignOffError, finalise
 from web.studies import (
     STATUS_LABELS,
     export_summary,
@@ -154,22 +156,10 @@ def save_report(study_id: int) -> Any:
         return refusal
     versions = list(study.report_versions)
     previous = versions[-1] if versions else None
-    if previous is not None and previous.status in ("signed", "amended"):
+    if previous is not None and is_signed(previous.status):
         return _sign(study, body, amending=True)
-    verdict, reasons = edit_grounding(db(), study, body.get("structured_text", ""),
-                                      body.get("narrative_text", ""))  # fmt: skip
-    version = ReportVersion(
-        study_fk=study.id,
-        version=(previous.version if previous else 0) + 1,
-        status="draft",
-        structured_text=body.get("structured_text", ""),
-        narrative_text=body.get("narrative_text", ""),
-        grounding_verdict=verdict,
-        grounding_reasons=reasons,
-        demo_models=previous.demo_models if previous else False,
-        author_fk=g.user.id,
-    )
-    db().add(version)
+    text = ReportText(body.get("structured_text", ""), body.get("narrative_text", ""))
+    version = save_draft(db(), study.id, g.user.id, text)
     try:
         db().commit()
     except IntegrityError:  # another edit took this version number a moment ago
@@ -187,7 +177,7 @@ def sign_report(study_id: int) -> Any:
     if refusal is not None:
         return refusal
     versions = list(study.report_versions)
-    if versions and versions[-1].status in ("signed", "amended"):
+    if versions and is_signed(versions[-1].status):
         return jsonify(error="already signed; an edit now makes an amendment (give a reason)"), 409
     return _sign(study, body, amending=False)
 

@@ -12,11 +12,13 @@ import secrets
 import stat
 from pathlib import Path
 
+from pacs_agent.errors import EchoAgentError
+
 SECRET_FILE_NAME = "web-secret-key"
 KEY_BYTES = 32
 
 
-class SecretKeyError(RuntimeError):
+class SecretKeyError(EchoAgentError, RuntimeError):
     """The key file exists but cannot be used (unreadable, too short, too open)."""
 
 

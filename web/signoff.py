@@ -29,25 +29,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inference.types import Measurements
-from llm.typed_text import advise
 from pacs_agent.config import Config
-from pacs_agent.db.models import (
-    Analysis,
-    Artifact,
-    Instance,
-    Job,
-    ReportVersion,
-    Study,
-    User,
-    utcnow,
-)
+from pacs_agent.db.models import Analysis, Artifact, Instance, Job, Study, User, utcnow
 from pacs_agent.deliveries import ACTIVE_STATES, active_for_study, queue_deliveries, see_through
+from pacs_agent.drafting import report_text
+from pacs_agent.errors import SignOffError
 from pacs_agent.export import artifact_path, destination_status
 from pacs_agent.fhir_delivery import delivery_status
 from pacs_agent.hl7_delivery import ARTIFACT_KIND as HL7_KIND
 from pacs_agent.hl7_delivery import HL7_MEDIA_TYPE, message_status, write_messages
 from pacs_agent.jobs import DELIVERY_KINDS, KIND_DELIVER_FHIR, KIND_DELIVER_HL7, KIND_DELIVER_STOW
 from pacs_agent.outputs import node_identifier_system
+from pacs_agent.reports import ReportText, latest_analysis, plan_signature, record_signature
 from pacs_agent.stow_delivery import stow_status
 from reporting.dicom_base import derived_uid
 from reporting.echo_sr import write_echo_sr, write_signed_echo_sr
@@ -57,7 +50,7 @@ from reporting.sr import write_signed_sr
 from reporting.types import DraftReport, Signature, SourceLoop
 from web.audit import write_event
 from web.export_resume import UnfinishedExport, unfinished_signoff_exports
-from web.studies import analysis_algorithms, latest_analysis
+from web.studies import analysis_algorithms
 
 log = logging.getLogger("echo_agent.web.signoff")
 
@@ -67,10 +60,6 @@ RESUMING_USER = "echo-agent (resumed after restart)"
 # (study id, [(artifact id, PACS destination names or None for all)], FHIR artifact id,
 #  {HL7 destination name: ORU^R01 artifact id})
 Sends = tuple[int, list[tuple[int, tuple[str, ...] | None]], int | None, dict[str, int]]
-
-
-class SignOffError(ValueError):
-    """The report cannot be signed as asked (no analysis, no SR to follow, bad state)."""
 
 
 @dataclass(frozen=True)
@@ -98,33 +87,6 @@ def observer_name(user: User) -> str:
     if len(parts) < 2:
         return name
     return f"{parts[-1]}^{' '.join(parts[:-1])}"
-
-
-def report_text(structured: str, narrative: str) -> str:
-    """The words the signed SR and FHIR carry: the structured part, then the narrative."""
-    return "\n\n".join(p.strip() for p in (structured, narrative) if p.strip())
-
-
-def edit_grounding(
-    session: Session, study: Study, structured_text: str, narrative_text: str
-) -> tuple[str, list[str]]:
-    """(verdict, reasons) for a new version with these words. Unchanged from the previous
-    version: its verdict still holds. Changed: the text is a person's, so the guard runs on the
-    lines they typed as advice only (``llm.typed_text``) and the verdict is never the
-    model's "pass"."""
-    versions = list(study.report_versions)
-    previous = versions[-1] if versions else None
-    if previous is not None and (previous.structured_text, previous.narrative_text) == (
-        structured_text, narrative_text
-    ):
-        return previous.grounding_verdict, list(previous.grounding_reasons or [])
-    node = next((v for v in reversed(versions) if v.status == "preliminary"), None)
-    node_text = report_text(node.structured_text, node.narrative_text) if node else ""
-    analysis = latest_analysis(session, study.id)
-    measurements = Measurements.from_json(analysis.measurements) if analysis else None
-    advice = advise(report_text(structured_text, narrative_text), node_text, measurements,
-                    study.patient.sex if study.patient else None)  # fmt: skip
-    return advice.verdict, list(advice.reasons)
 
 
 def _previous_sr(
@@ -159,17 +121,14 @@ def finalise(
     amendment_reason: str = "",
     now: dt.datetime | None = None,
 ) -> SignedOutputs:
-    """Writes the signed SR and FHIR bundle and adds the signed (or amended) version; the
-    caller commits. Raises SignOffError when there is nothing to sign."""
+    """Writes the signed SR and FHIR bundle and adds the signed (or amended) version
+    (``pacs_agent.reports``); the caller commits. Raises SignOffError when there is nothing to
+    sign."""
     analysis = latest_analysis(session, study.id)
     if analysis is None:
         raise SignOffError("this study has no analysed loop to report on")
-    versions = list(study.report_versions)
-    previous = versions[-1] if versions else None
-    amending = previous is not None and previous.status in ("signed", "amended")
-    if amending and not amendment_reason.strip():
-        raise SignOffError("a change to a signed report needs the reason for the amendment")
-    number = (previous.version if previous else 0) + 1
+    signing = plan_signature(session, study.id, amendment_reason)
+    number = signing.number
     signed_at = now or utcnow()
     instance = session.get(Instance, analysis.instance_fk)
     if instance is None:
@@ -189,10 +148,10 @@ def finalise(
     report = DraftReport(
         narrative_text=report_text(structured_text, narrative_text),
         demo_models=analysis.demo_models,
-        status="amended" if amending else "final",
+        status=signing.published_status,
         version=number,
         signature=signature,
-        amendment_reason=amendment_reason.strip() if amending else "",
+        amendment_reason=signing.amendment_reason,
     )
     measurements = Measurements.from_json(analysis.measurements)
     algorithms = analysis_algorithms(analysis)
@@ -251,23 +210,15 @@ def finalise(
     fhir_path = folder / f"fhir_bundle_v{number}.json"
     fhir_path.write_text(bundle_json(bundle), encoding="utf-8")
 
-    verdict, reasons = edit_grounding(session, study, structured_text, narrative_text)
-    version = ReportVersion(
-        study_fk=study.id,
-        version=number,
-        status="amended" if amending else "signed",
-        structured_text=structured_text,
-        narrative_text=narrative_text,
-        grounding_verdict=verdict,
-        grounding_reasons=reasons,
-        demo_models=analysis.demo_models,
-        author_fk=user.id,
-        signed_by_fk=user.id,
+    version = record_signature(
+        session,
+        study.id,
+        signing,
+        ReportText(structured_text, narrative_text),
+        signer_id=user.id,
         signed_at=signed_at,
-        amendment_reason=report.amendment_reason,
+        demo_models=analysis.demo_models,
     )
-    session.add(version)
-    session.flush()
     sr_artifact = _artifact(config, study.id, version.id, "sr", sr_path, DICOM_MEDIA_TYPE,
                             str(sr.SOPInstanceUID))
     fhir_artifact = _artifact(config, study.id, version.id, "fhir", fhir_path, FHIR_MEDIA_TYPE,
@@ -280,7 +231,6 @@ def finalise(
         for m in messages
     }
     session.add_all([sr_artifact, fhir_artifact, echo_sr_artifact, *hl7_artifacts.values()])
-    study.status = "signed"
     session.flush()
     return SignedOutputs(version.id, number, sr_artifact.id, fhir_artifact.id,
                          echo_sr_artifact.id, {n: a.id for n, a in hl7_artifacts.items()})

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from inference.types import Measurements
 from llm.typed_text import grounding_label, shown_reasons, typed_by_person
+from pacs_agent import reports
 from pacs_agent.attempts import DestinationStatus
 from pacs_agent.config import Config
 from pacs_agent.db.models import (
@@ -95,13 +96,7 @@ def display_status(study: Study, jobs: list[Job], has_analysis: bool) -> tuple[s
 
 
 def _latest_analysis(session: Session, study_id: int) -> Analysis | None:
-    return session.scalar(
-        select(Analysis)
-        .join(Job, Job.id == Analysis.job_fk)
-        .where(Job.study_fk == study_id)
-        .order_by(Analysis.created_at.desc(), Analysis.id.desc())
-        .limit(1)
-    )
+    return reports.latest_analysis(session, study_id)
 
 
 def _flags(analysis: Analysis | None) -> list[dict[str, str]]:

@@ -9,7 +9,6 @@ the figure to watch is the ratio; the goal is at least half of storescp's throug
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import shutil
 import socket
@@ -94,10 +93,12 @@ def run_ingest_bench(
     phantom_studies: int = 2,
     repeats: int = 3,
     seed: int = 7,
+    one_buffer_pdu_reads: bool = True,
 ) -> BenchResult:
     """Writes the bench files under ``workdir``, sends them to both receivers ``repeats``
     times (a fresh node home and storescp folder each time, so nothing is a duplicate), and
     returns the best time of each. Needs dcmtk's ``storescu`` and ``storescp`` on PATH.
+    ``one_buffer_pdu_reads`` is the node's ``dicom.one_buffer_pdu_reads``.
     """
     for tool in ("storescu", "storescp"):
         find_dcmtk_tool(tool)  # before writing any file, not after
@@ -116,7 +117,7 @@ def run_ingest_bench(
     node_times: list[float] = []
     scp_times: list[float] = []
     for run in range(repeats):
-        node_times.append(_time_node(workdir / f"node-{run}", groups))
+        node_times.append(_time_node(workdir / f"node-{run}", groups, one_buffer_pdu_reads))
         scp_times.append(_time_storescp(workdir / f"storescp-{run}", groups))
         shutil.rmtree(workdir / f"node-{run}", ignore_errors=True)
         shutil.rmtree(workdir / f"storescp-{run}", ignore_errors=True)
@@ -231,11 +232,14 @@ def _group_by_syntax(files: Sequence[Path]) -> dict[str, list[Path]]:
 # --- the receivers ---------------------------------------------------------------------------
 
 
-def _time_node(home: Path, groups: dict[str, list[Path]]) -> float:
+def _time_node(
+    home: Path, groups: dict[str, list[Path]], one_buffer_pdu_reads: bool = True
+) -> float:
     port = _free_port()
+    dicom = DicomConfig(port=port, min_free_disk_mb=0, one_buffer_pdu_reads=one_buffer_pdu_reads)
     config = Config(
         home=str(home),
-        dicom=dataclasses.replace(DicomConfig(), port=port, min_free_disk_mb=0),
+        dicom=dicom,
         database=DatabaseConfig(),
     )
     upgrade(config.database_url)

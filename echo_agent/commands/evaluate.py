@@ -54,22 +54,24 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace, config: Any) -> int:
+    from inference.analyze import analyse
     from inference.evaluation import agreement, dice
+    from inference.model_cache import load_models
     from inference.plots import bland_altman_png
-    from pacs_agent.analysis import analyze_file, load_models
+    from pacs_agent.analysis import model_settings
 
     if args.data is None:
         raise ValueError("evaluate needs --data DIR (or: echo-agent evaluate llm --help)")
     cases = _a4c_cases(args.data)[: args.limit]
     if not cases:
         raise ValueError(f"{args.data}: no A4C loop with a truth file (NAME.dcm + NAME.json)")
-    models = load_models(config)
+    models = load_models(model_settings(config))
     rows: list[dict[str, Any]] = []
     dice_ed: list[float] = []
     dice_es: list[float] = []
     started = time.perf_counter()
     for path, truth in cases:
-        result = analyze_file(path, models, config.models.all_clip_stride)
+        result = analyse(path, models, all_clip_stride=config.models.all_clip_stride)
         m = result.analysis.measurements
         predicted = result.analysis.lv_masks_source()
         true_masks = np.load(path.parent / truth["masks_file"])["masks"]

@@ -68,9 +68,10 @@ def cmd_evaluate_gate(args: argparse.Namespace, config: Any) -> int:
     import dataclasses
 
     from inference.gate import GateSettings
-    from pacs_agent.analysis import load_models
+    from inference.model_cache import load_models
+    from pacs_agent.analysis import model_settings
 
-    models = load_models(config)
+    models = load_models(model_settings(config))
     if args.write_reference is not None:
         if args.reference_data is None:
             raise ValueError("--write-reference needs --reference-data DIR (the training split)")
@@ -106,15 +107,15 @@ def cmd_evaluate_gate(args: argparse.Namespace, config: Any) -> int:
 
 def write_reference(folder: Path, target: Path, models: Any, limit: int | None) -> Any:
     """Features of every loop in ``folder`` through the models -> an ``OodReference`` file."""
-    from inference.analyze import run_analysis
-    from inference.decode import read_cine
+    from inference.analyze import Networks, analyse
     from inference.ood import build_reference, loop_features
 
     paths = sorted(folder.glob("*.dcm"))
     paths = [p for p in paths if _truth(p) is None or _truth(p).get("view", "A4C") == "A4C"]
     features = []
+    segmentation_only = Networks(models.segmenter, None, models.params)
     for path in paths[:limit]:
-        analysis = run_analysis(read_cine(path), models.segmenter, None, models.params)
+        analysis = analyse(path, segmentation_only).analysis
         pre = analysis.preprocessed
         features.append(loop_features(pre.frames, pre.sector_mask, analysis.lv_probability))
     reference = build_reference(
@@ -127,16 +128,16 @@ def write_reference(folder: Path, target: Path, models: Any, limit: int | None) 
 
 
 def _evaluate_case(path: Path, truth: dict | None, models: Any, config: Any) -> dict[str, Any]:
+    from inference.analyze import analyse
     from inference.decode import DecodeError
     from inference.preprocess import PreprocessError
-    from pacs_agent.analysis import analyze_file
 
     klass = _class_of(truth)
     row: dict[str, Any] = {key: None for key in CSV_FIELDS}
     row.update(file=path.name, **{"class": klass})
     row["ef_true"] = None if truth is None or klass != CLASS_GOOD else truth.get("ef_percent")
     try:
-        result = analyze_file(path, models, config.models.all_clip_stride)
+        result = analyse(path, models, all_clip_stride=config.models.all_clip_stride)
     except (DecodeError, PreprocessError) as exc:  # nothing to measure: nothing published
         row.update(published_ef=False, reasons=f"analysis refused: {exc}")
         print(f"{path.name} [{klass}]: analysis refused ({exc})", flush=True)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm.types import Verdict
+
 if TYPE_CHECKING:
     from inference.types import Measurements
     from llm.backend import (
@@ -345,11 +347,11 @@ def cmd_evaluate_llm(args: argparse.Namespace, config: Any) -> int:
         m = truth_measurements(truth)
         sex = truth.get("sex") if truth.get("sex") in ("M", "F") else None
         draft = draft_report(m, model, sex, demo_models=False, limits=limits)
-        raw_pass = draft.verdict == "pass" and draft.attempts == 1
+        raw_pass = draft.verdict == Verdict.PASS and draft.attempts == 1
         # a replaced narrative is the structured template: correct by construction (its
         # quality notes and method texts are not narrative wording the guard is built for)
-        final_pass = (
-            draft.verdict == "replaced" or check_grounding(draft.narrative_text, m, sex).passed
+        final_pass = draft.verdict == Verdict.REPLACED or (
+            check_grounding(draft.narrative_text, m, sex).passed
         )
         context = StudyContext(m, sex, f"{draft.structured_text}\n{draft.narrative_text}")
         answers = []
@@ -388,7 +390,7 @@ def _summary(
         "studies": n,
         "raw_draft_pass_rate": sum(r["raw_pass"] for r in rows) / n,
         "guarded_pass_rate": sum(r["guarded_pass"] for r in rows) / n,
-        "raw_answer_pass_rate": sum(a["verdict"] == "pass" for a in answers) / len(answers),
+        "raw_answer_pass_rate": sum(a["verdict"] == Verdict.PASS for a in answers) / len(answers),
         "guarded_answer_pass_rate": sum(a["guarded_pass"] for a in answers) / len(answers),
         "generations": len(generations),
         "time_to_first_token_s_median": statistics.median(firsts) if firsts else None,

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from inference.beats import CLIP_LENGTH_FRAMES, CLIP_PERIOD_FRAMES, clip_frame_indices
+from inference.errors import InferenceError
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 GRID_SIZE_PX = 112
@@ -31,7 +32,7 @@ MEAN_STD_MAX_VIDEOS = 128  # EchoNet-Dynamic's get_mean_and_std samples this man
 _POLY_SHIFT_BITS = 4  # cv2.fillPoly sub-pixel precision: 1/16 pixel
 
 
-class EchoNetDataError(ValueError):
+class EchoNetDataError(InferenceError, ValueError):
     """A data folder does not follow the EchoNet-Dynamic layout (named file and row)."""
 
 

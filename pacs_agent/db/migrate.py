@@ -11,6 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from pacs_agent.errors import EchoAgentError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -42,7 +44,7 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-class SchemaError(RuntimeError):
+class SchemaError(EchoAgentError, RuntimeError):
     """The database's schema is not the one this version of the node needs."""
 
 

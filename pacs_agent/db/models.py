@@ -30,6 +30,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from llm.types import Verdict
+from pacs_agent.states import AttemptState, JobState, ReportState, StudyState
+
 # Deterministic constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -41,8 +44,9 @@ NAMING_CONVENTION = {
 
 UID = String(64)  # DICOM UI VR: at most 64 characters
 
-STUDY_STATES = ("receiving", "complete", "analysing", "drafted", "signed", "failed", "not_eligible")
-JOB_STATES = ("received", "queued", "running", "done", "failed")
+# the stored values of the state machines (``pacs_agent.states``), in the migrations' order
+STUDY_STATES = tuple(s.value for s in StudyState)
+JOB_STATES = tuple(s.value for s in JobState)
 ARTIFACT_KINDS = (
     "seg",
     "sr",
@@ -54,9 +58,10 @@ ARTIFACT_KINDS = (
     "echo_sr",  # TID 5200 Echocardiography Procedure Report (migration 0005)
     "hl7_oru",  # an HL7 v2 ORU^R01 message for one HL7 destination (migration 0005)
 )
-REPORT_STATES = ("draft", "preliminary", "signed", "amended")
+REPORT_STATES = tuple(s.value for s in ReportState)
 USER_ROLES = ("admin", "cardiologist", "sonographer")
-EXPORT_STATES = ("pending", "sent", "failed")
+EXPORT_STATES = tuple(s.value for s in AttemptState)
+GROUNDING_VERDICTS = tuple(v.value for v in Verdict)
 CHAT_ROLES = ("user", "assistant")
 
 
@@ -282,7 +287,7 @@ class ReportVersion(Base):
     __tablename__ = "report_versions"
     __table_args__ = (
         _one_of("status", REPORT_STATES),
-        _one_of("grounding_verdict", ("pass", "fail", "replaced", "not_checked")),
+        _one_of("grounding_verdict", GROUNDING_VERDICTS),
         UniqueConstraint("study_fk", "version", name="uq_report_versions_study_version"),
     )
 

@@ -28,12 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacs_agent.config import Config
 from pacs_agent.db.engine import make_session_factory
 from pacs_agent.dicom import contexts
-from pacs_agent.dicom.filemeta import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    encode_file_meta,
-)
-from pacs_agent.dicom.server import ListenerServer
+from pacs_agent.dicom.ae import MAX_PDU_BYTES as MAX_PDU_BYTES  # re-exported (tests)
+from pacs_agent.dicom.ae import node_ae
+from pacs_agent.dicom.filemeta import encode_file_meta
+from pacs_agent.dicom.server import AcceptorTimeouts, ListenerServer
 from pacs_agent.dicom.status import (
     CONFLICT_RESPONSES,
     OUT_OF_RESOURCES,
@@ -47,7 +45,6 @@ from pacs_agent.ingest import find_instance
 from pacs_agent.logcontext import log_context
 from pacs_agent.startup import StartupError, check_port_free, dicom_address
 from pacs_agent.store import (
-    BYTES_PER_MB,
     InstanceStore,
     OutOfSpaceError,
     QuarantinedError,
@@ -59,11 +56,6 @@ from pacs_agent.store import (
 
 log = logging.getLogger("echo_agent.dicom")
 
-# Largest P-DATA PDU the node accepts. Senders split a dataset into PDUs of at most this size;
-# pynetdicom handles each PDU in Python, so fewer, larger PDUs make ingest several times faster
-# than its 16 KiB default (see ``echo-agent bench ingest``). It is also a hard limit: a longer
-# PDU inside an association is aborted unread (``pdu_limits``).
-MAX_PDU_BYTES = 4 * BYTES_PER_MB
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
 # An association that sends nothing for this long is released by pynetdicom; a connection that
@@ -262,16 +254,7 @@ def start_storage_scp(config: Config, engine: Engine) -> StorageSCP:
     service = StoreService(store=store, sessions=make_session_factory(engine))
     _check_database(service.sessions)
 
-    ae = AE(ae_title=dicom.ae_title)
-    ae.maximum_associations = dicom.max_associations
-    ae.require_calling_aet = list(dicom.allowed_calling_aes)
-    ae.require_called_aet = dicom.check_called_ae
-    ae.maximum_pdu_size = MAX_PDU_BYTES
-    ae.acse_timeout = ACSE_TIMEOUT_S
-    ae.dimse_timeout = DIMSE_TIMEOUT_S
-    ae.network_timeout = NETWORK_TIMEOUT_S
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae = node_ae(dicom)  # the process's AE, shared with the node's sends
 
     handlers: list[Any] = [
         (evt.EVT_C_STORE, service.handle_store),
@@ -289,6 +272,10 @@ def start_storage_scp(config: Config, engine: Engine) -> StorageSCP:
             tls_context=tls_context,
             handshake_timeout_s=TLS_HANDSHAKE_TIMEOUT_S,
             socket_timeout_s=NETWORK_TIMEOUT_S,
+            timeouts=AcceptorTimeouts(
+                acse_s=ACSE_TIMEOUT_S, dimse_s=DIMSE_TIMEOUT_S, network_s=NETWORK_TIMEOUT_S
+            ),
+            one_buffer_pdu_reads=dicom.one_buffer_pdu_reads,
         )
     except OSError as exc:
         raise StartupError(

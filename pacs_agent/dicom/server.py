@@ -1,6 +1,6 @@
 """pynetdicom's threaded association server, hardened and sped up for a listener of loops.
 
-Four changes, all in the per-connection thread rather than the accept loop:
+Five changes, all in the per-connection thread rather than the accept loop:
 
 * TLS: pynetdicom wraps and handshakes each client socket inside ``get_request``, i.e. in the
   one thread that accepts connections, so a client that connects and sends nothing stalls every
@@ -12,6 +12,8 @@ Four changes, all in the per-connection thread rather than the accept loop:
   them, and reads the others into one buffer (``pdu_limits``).
 * Admission: ``max_associations`` is counted when a connection arrives; one over the limit
   gets an A-ASSOCIATE-RJ (transient, local limit) before anything it sends is read.
+* Timeouts: the node's one AE (``pacs_agent.dicom.ae``) carries the timeouts of its sends; each
+  accepted association gets the listener's own (``AcceptorTimeouts``) before it reads anything.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socketserver
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pynetdicom.association import Association
@@ -41,6 +44,15 @@ log = logging.getLogger("echo_agent.dicom")
 REFUSAL_LINGER_S = 2.0
 
 
+@dataclass(frozen=True)
+class AcceptorTimeouts:
+    """pynetdicom's association timeouts for the associations the listener accepts."""
+
+    acse_s: float
+    dimse_s: float
+    network_s: float
+
+
 class ListenerServer(ThreadedAssociationServer):
     """Accepts connections; each gets a timeout and, with TLS, its handshake in its own thread.
 
@@ -54,9 +66,13 @@ class ListenerServer(ThreadedAssociationServer):
         tls_context: ssl.SSLContext | None,
         handshake_timeout_s: float,
         socket_timeout_s: float,
+        timeouts: AcceptorTimeouts,
+        one_buffer_pdu_reads: bool,
         **kwargs: Any,
     ) -> None:
         self._tls_context = tls_context
+        self.acceptor_timeouts = timeouts
+        self.one_buffer_pdu_reads = one_buffer_pdu_reads
         self._handshake_timeout_s = handshake_timeout_s
         self._socket_timeout_s = socket_timeout_s
         # held while a connection is counted and its association thread started, so that two
@@ -127,15 +143,25 @@ class ListenerServer(ThreadedAssociationServer):
 
 
 class _RequestHandler(RequestHandler):
-    """pynetdicom's handler; the association's socket reads PDUs within ``PduLimits``."""
+    """pynetdicom's handler; the association's socket reads PDUs within ``PduLimits``, and
+    the association runs under the listener's timeouts rather than the AE's (a sender's)."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
+        server = cast(ListenerServer, self.server)
+        timeouts = server.acceptor_timeouts
+        assoc.acse_timeout = timeouts.acse_s
+        assoc.dimse_timeout = timeouts.dimse_s
+        assoc.network_timeout = timeouts.network_s
         limits = PduLimits(
             association_request_bytes=ASSOCIATION_REQUEST_MAX_BYTES,
             data_bytes=assoc.acceptor.maximum_length,  # what the A-ASSOCIATE-AC announces
         )
-        limit_socket(cast(AssociationSocket, assoc.dul.socket), limits)
+        limit_socket(
+            cast(AssociationSocket, assoc.dul.socket),
+            limits,
+            one_buffer_reads=server.one_buffer_pdu_reads,
+        )
         return assoc
 
 
