@@ -410,8 +410,20 @@ def chat_backend_for(config: Config, text_models: TextModelCache | None = None) 
     from llm.chat_service import language_model_backend
 
     cache = text_models if text_models is not None else TextModelCache(config)
+    return language_model_backend(chat_model_loader(config, cache))
+
+
+def chat_model_loader(config: Config, cache: TextModelCache) -> Callable[[], Any]:
+    """Loads the chat's model on first use: the drafts' model from ``cache``, or, with
+    ``llm.chat_adapter``, a copy of it with the stage-2 chat adapter merged in (the drafts keep
+    the plain model: the adapter was trained on chat answers only)."""
 
     def load() -> Any:
-        return cache.get()
+        base = cache.get()
+        if not config.llm.chat_adapter:
+            return base
+        from llm.chat_adapter import load_chat_adapter
 
-    return language_model_backend(load)
+        return load_chat_adapter(base)
+
+    return load

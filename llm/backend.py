@@ -10,6 +10,7 @@ its next token.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,45 @@ from llm.hf_imports import transformers_module
 ROLES = ("system", "user", "assistant")
 # the consumer waits this long beyond the wall-clock limit before it calls the worker stuck
 STREAM_GRACE_S = 30.0
+EXIT_JOIN_S = 15.0  # at interpreter exit, how long to wait for a generation to stop
+
+
+class _LiveGenerations:
+    """Generation threads still running, so that the interpreter's exit can stop them.
+
+    Why: a caller may abandon a stream (the chat stops waiting for the model's sentence after a
+    deadline; the model may still be reading its prompt). A daemon thread still inside torch
+    when the interpreter finalises aborts the process ("terminate called without an active
+    exception", exit status 134) after all its work is done. ``stop_all`` at exit asks each
+    generation (and each thread that reads one, registered the same way) to stop at its next
+    token and waits for it, bounded by ``EXIT_JOIN_S``; from then on no generation starts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[threading.Thread, threading.Event] = {}
+        self.closing = False
+
+    def add(self, worker: threading.Thread, stop: threading.Event) -> None:
+        with self._lock:
+            self._live[worker] = stop
+
+    def discard(self, worker: threading.Thread) -> None:
+        with self._lock:
+            self._live.pop(worker, None)
+
+    def stop_all(self, timeout_s: float = EXIT_JOIN_S) -> None:
+        with self._lock:
+            self.closing = True
+            live = list(self._live.items())
+        for _, stop in live:
+            stop.set()
+        deadline = time.monotonic() + timeout_s
+        for worker, _ in live:
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+
+LIVE_GENERATIONS = _LiveGenerations()
+atexit.register(LIVE_GENERATIONS.stop_all)
 
 
 class LanguageModelError(LlmError, RuntimeError):
@@ -228,6 +268,8 @@ def stream_generation(
     thread, yielding text chunks. Shared by the text backend and the video-text model."""
     import torch
 
+    if LIVE_GENERATIONS.closing:
+        raise LanguageModelError("the process is exiting: no new generation starts")
     transformers = transformers_module()
 
     started = time.perf_counter()
@@ -274,8 +316,11 @@ def stream_generation(
         except BaseException as exc:  # re-raised in the consumer's thread
             errors.append(exc)
             streamer.end()
+        finally:
+            LIVE_GENERATIONS.discard(threading.current_thread())
 
     worker = threading.Thread(target=work, name="llm-generate", daemon=True)
+    LIVE_GENERATIONS.add(worker, stop)
     worker.start()
     pieces: list[str] = []
     try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from inference.types import Measurements
+from llm.backend import LIVE_GENERATIONS
 from llm.claims import check_claims, sentences
 from llm.compose import Composition, compose_answer
 from llm.drafting import measurement_lines
@@ -213,8 +214,11 @@ def _model_sentence(open_stream: Callable[[], Iterator[str]], deadline_s: float)
             if close is not None:
                 close()  # stops the generation thread
             pieces.put(None)
+            LIVE_GENERATIONS.discard(threading.current_thread())
 
-    threading.Thread(target=read, name="chat-model-sentence", daemon=True).start()
+    reader = threading.Thread(target=read, name="chat-model-sentence", daemon=True)
+    LIVE_GENERATIONS.add(reader, stop)  # joined at exit if the answer leaves it behind
+    reader.start()
     deadline = time.monotonic() + deadline_s
     written = ""
     try:

@@ -52,8 +52,14 @@ TOPIC_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     )
 )
 
+# "should", "recommend", "suggest", "advice" alone ask for advice about anything: they make a
+# question advisory only when it is about the study (or follows one), else it is out of scope
+_ADVISORY_GENERIC = re.compile(r"\bshould\b|suggest\w*|recommend\w*|\badvi[cs]e\w*", re.I)
+_ASKS_TO_UNDERSTAND = re.compile(
+    r"\bunderstand\w*|\bmeans?\b|\bmeaning\b|\bexplain\w*|\binterpret\w*", re.I
+)
 _ADVISORY = re.compile(
-    r"\bshould\b|suggest\w*|recommend\w*|\badvi[cs]e\w*|lifestyle|treatment\w*|\btreat\b|"
+    r"what should I do|lifestyle|treatment\w*|\btreat\b|"
     r"medication\w*|medicine\w*|\bdrugs?\b|\bpills?\b|exercis\w*|\bdiet\w*|\bsport\w*|"
     r"what (?:can|could|do) I do|what to do|next steps?|\bprevent\w*|\bimprove\w*|\bavoid\b|"
     r"\bsee a (?:doctor|cardiologist|specialist)\b|follow[- ]?up|\bsmok\w*|\balcohol\b|"
@@ -110,12 +116,23 @@ def question_topics(question: str) -> tuple[str, ...]:
     return tuple(topic for topic, pattern in TOPIC_PATTERNS if pattern.search(question))
 
 
-def _intent_of(question: str, topics: tuple[str, ...]) -> Intent | None:
-    """The intent the words say, None when they say none (a follow-up, or off topic)."""
+def _intent_of(question: str, topics: tuple[str, ...], follow_up: bool = False) -> Intent | None:
+    """The intent the words say, None when they say none (a follow-up, or off topic).
+    ``follow_up``: the question points back at an earlier one, so it needs no domain words."""
     if _OFF_TOPIC.search(question) and not topics:
         return Intent.OUT_OF_SCOPE
     if _ADVISORY.search(question):
         return Intent.ADVISORY
+    generic_advice = _ADVISORY_GENERIC.search(question)
+    # a short request ("what do you recommend?", "should I worry?") is about the study; a
+    # longer one names its own subject, and when no word of it is ours it is about something
+    # else ("can you recommend a good restaurant nearby?")
+    names_own_subject = len(question.split()) > 4
+    if generic_advice and names_own_subject and not (topics or _DOMAIN.search(question)
+                                                     or follow_up):
+        return Intent.OUT_OF_SCOPE
+    if generic_advice and not _ASKS_TO_UNDERSTAND.search(question):
+        return Intent.ADVISORY  # "how should I understand this result?" is explanatory
     if _DESCRIPTIVE.search(question):
         return Intent.DESCRIPTIVE
     if _EXPLANATORY.search(question):
@@ -134,8 +151,8 @@ def route_question(question: str, history: Sequence[_Turn] = ()) -> Route:
     of the last user question to a follow-up that names none, and its intent when the
     follow-up's words name no intent either."""
     topics = question_topics(question)
-    intent = _intent_of(question, topics)
     previous = next((t.content for t in reversed(history) if t.role == "user"), None)
+    intent = _intent_of(question, topics, previous is not None and _is_follow_up(question))
     if previous is not None and not topics and intent != Intent.OUT_OF_SCOPE:
         earlier = route_question(previous)
         if intent is None or _is_follow_up(question):

@@ -122,6 +122,11 @@ def test_the_four_questions_with_the_embedded_model() -> None:
         ("Write a poem about the sea.", Intent.OUT_OF_SCOPE),
         ("Who won the football match?", Intent.OUT_OF_SCOPE),
         ("Translate hello into French.", Intent.OUT_OF_SCOPE),
+        # generic advice words make a question advisory only when it is about the study
+        ("Can you recommend a good restaurant nearby?", Intent.OUT_OF_SCOPE),
+        ("Which hotel would you recommend in Paris?", Intent.OUT_OF_SCOPE),
+        ("What do you recommend?", Intent.ADVISORY),
+        ("How should I understand this result?", Intent.EXPLANATORY),
     ],
 )
 def test_questions_are_routed_by_intent(question: str, intent: Intent) -> None:

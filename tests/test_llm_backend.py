@@ -109,6 +109,21 @@ def test_a_consumer_can_stop_the_stream(lm: HFTextModel) -> None:
     assert first
 
 
+def test_an_abandoned_stream_is_stopped_at_exit(lm: HFTextModel) -> None:
+    """A caller that stops reading without closing (the chat's deadline) leaves a generation
+    thread inside torch; the exit hook must stop it, or the interpreter aborts on the way out."""
+    import threading
+
+    from llm.backend import LIVE_GENERATIONS
+
+    stream = lm.stream(QUESTION, GenerationLimits(500, 60.0))
+    assert next(stream)  # generating now; the stream is neither read further nor closed
+    assert any(t.name == "llm-generate" and t.is_alive() for t in threading.enumerate())
+    LIVE_GENERATIONS.stop_all(timeout_s=30.0)
+    assert not any(t.name == "llm-generate" and t.is_alive() for t in threading.enumerate())
+    stream.close()
+
+
 def test_limits_and_roles_are_checked() -> None:
     with pytest.raises(ValueError):
         GenerationLimits(0, 1.0)

@@ -61,10 +61,16 @@ def add_llm_train_parser(train_actions: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         type=Path,
-        required=True,
+        default=None,
         help="a dataset JSON (llm/dataset.py), a phantom folder (NAME.dcm + "
-        "NAME.json) or an EchoNet-Dynamic folder (FileList.csv + Videos/)",
+        "NAME.json) or an EchoNet-Dynamic folder (FileList.csv + Videos/); with --qa an "
+        "optional question-answer set JSON (llm/qa_dataset.py)",
     )
+    p.add_argument("--qa", action="store_true",
+                   help="stage 2 for the study chat: a text-only LoRA of the language model on "
+                   "the generated question-answer set (llm/qa_dataset.py)")  # fmt: skip
+    p.add_argument("--qa-pairs", type=int, default=3000,
+                   help="with --qa: question-answer pairs to generate")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="adapter and projector folder")
     p.add_argument(
         "--init-adapter",
@@ -107,6 +113,9 @@ def add_llm_evaluate_parser(evaluate_actions: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     _add_model_options(p)
     p.set_defaults(func=cmd_evaluate_llm)
+    from echo_agent.commands.llm_chat import add_chat_evaluate_parser
+
+    add_chat_evaluate_parser(evaluate_actions, _add_model_options)  # echo-agent evaluate chat
     return p
 
 
@@ -145,6 +154,12 @@ def _dataset_file(data: Path, stage: int, out_dir: Path) -> Path:
 
 
 def cmd_train_llm(args: argparse.Namespace, config: Any) -> int:
+    if getattr(args, "qa", False):
+        from echo_agent.commands.llm_chat import cmd_train_chat
+
+        return cmd_train_chat(args, config)
+    if args.data is None:
+        raise ValueError("--data is required (or --qa for the stage-2 chat adapter)")
     from inference.presets import load_preset
     from llm.training import FitOptions, LlmTrainOptions, train_video_text
     from llm.video_text import encoder_from_segmenter
@@ -220,34 +235,9 @@ class _Recorder:
 def truth_measurements(truth: dict[str, Any]) -> Measurements:
     """A phantom's truth as the node's measurements: its beats, volumes and heart rate, and
     its EF (from the true volumes, the method-of-disks definition) for both EFs."""
-    from inference.types import Beat, Measurements
+    from llm.evaluate_chat import measurements_from_truth
 
-    ed = [int(b["ed_frame"]) for b in truth.get("beats") or []]
-    beats = tuple(
-        Beat(
-            ed_frame=int(b["ed_frame"]),
-            es_frame=int(b["es_frame"]),
-            next_ed_frame=ed[i + 1] if i + 1 < len(ed) else None,
-            ef_percent=b.get("ef_percent"),
-            clip_start_frame=None,
-            edv_ml=b.get("edv_ml"),
-            esv_ml=b.get("esv_ml"),
-            ef_disks_percent=b.get("ef_percent"),
-            ed_area_cm2=None,
-            es_area_cm2=None,
-        )
-        for i, b in enumerate(truth.get("beats") or [])
-    )
-    ef = truth.get("ef_percent")
-    return Measurements(
-        ef_percent=ef, ef_sd_percent=None, ef_source="beats" if ef is not None else "none",
-        ef_clips_mean_percent=None, ef_disks_percent=ef, edv_ml=truth.get("edv_ml"),
-        esv_ml=truth.get("esv_ml"), heart_rate_bpm=truth.get("heart_rate_bpm"),
-        heart_rate_source="beats", beats=beats, flags=(), n_frames=int(truth.get("n_frames", 0)),
-        frame_time_ms=truth.get("frame_time_ms"), spacing_cm=None,
-        ed_frames=tuple(truth.get("ed_frames") or ()),
-        es_frames=tuple(truth.get("es_frames") or ()), lv_area_px=(), lv_area_cm2=None,
-    )  # fmt: skip
+    return measurements_from_truth(truth)
 
 
 def _phantom_truths(folder: Path, n: int) -> list[tuple[str, dict[str, Any]]]:

@@ -225,10 +225,15 @@ class LlmConfig:
     """The language model behind the report draft and the chat. ``model_path`` empty: the
     embedded SmolLM2-135M, converted once into ``cache_dir`` (empty: ``<home>/models``);
     otherwise any local Hugging Face model directory. ``draft = false`` reports the structured
-    text only (no narrative); ``chat = false`` answers by quoting the measurements only."""
+    text only (no narrative); ``chat = false`` answers by quoting the measurements only.
+    ``chat_adapter = true``: the chat's model sentence comes from the embedded model with the
+    shipped stage-2 chat adapter (``llm/weights/chat_adapter``) merged in; off by default
+    because it passes the guard by saying one referral sentence in almost every answer and
+    holds a second copy of the model (README, "The study chat")."""
 
     draft: bool = True
     chat: bool = True
+    chat_adapter: bool = False
     model_path: str = ""
     cache_dir: str = ""
     device: str = "auto"

