@@ -56,3 +56,19 @@ def test_bland_altman_png_is_written(tmp_path) -> None:
     image = cv2.imread(str(path))
     assert image is not None and image.shape == (560, 900, 3)
     assert (image < 250).any(), "something was drawn"
+
+
+def test_a_split_where_the_gate_published_no_ef_is_reported_not_an_error() -> None:
+    from echo_agent.commands.evaluate import _published_agreement, format_summary
+
+    truth = [40.0, 60.0, 70.0]
+    assert _published_agreement([None, None, None], truth) is None
+    disks = _published_agreement([41.0, None, 68.0], truth)
+    assert disks is not None and disks["n"] == 2 and disks["mae"] == 1.5
+    summary = {
+        "models": "demo", "cases": 3, "ef_regression": None, "ef_disks": disks,
+        "dice": {"ed": 0.8, "es": 0.7, "overall": 0.75},
+    }
+    text = format_summary(summary)
+    assert "| MAE (points) | none published | 1.500 |" in text
+    assert "withheld that EF on all 3 loops" in text

@@ -55,7 +55,7 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_evaluate(args: argparse.Namespace, config: Any) -> int:
     from inference.analyze import analyse
-    from inference.evaluation import agreement, dice
+    from inference.evaluation import dice
     from inference.model_cache import load_models
     from inference.plots import bland_altman_png
     from pacs_agent.analysis import model_settings
@@ -116,8 +116,8 @@ def cmd_evaluate(args: argparse.Namespace, config: Any) -> int:
             "es": float(np.mean(dice_es)),
             "overall": float(np.mean(dice_ed + dice_es)),
         },
-        "ef_regression": agreement([r["ef_regression"] for r in rows], truth_ef).to_json(),
-        "ef_disks": agreement([r["ef_disks"] for r in rows], truth_ef).to_json(),
+        "ef_regression": _published_agreement([r["ef_regression"] for r in rows], truth_ef),
+        "ef_disks": _published_agreement([r["ef_disks"] for r in rows], truth_ef),
         "missing": {
             "ef_regression": sum(r["ef_regression"] is None for r in rows),
             "ef_disks": sum(r["ef_disks"] is None for r in rows),
@@ -130,16 +130,31 @@ def cmd_evaluate(args: argparse.Namespace, config: Any) -> int:
         writer.writeheader()
         writer.writerows(rows)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    bland_altman_png(
-        [
-            ("regression", [r["ef_regression"] for r in rows], truth_ef),
-            ("method of disks", [r["ef_disks"] for r in rows], truth_ef),
-        ],
-        args.out / "bland_altman.png",
-    )
+    written = [str(args.out / "cases.csv"), "summary.json"]
+    if summary["ef_regression"] or summary["ef_disks"]:  # else the gate published no EF
+        bland_altman_png(
+            [
+                ("regression", [r["ef_regression"] for r in rows], truth_ef),
+                ("method of disks", [r["ef_disks"] for r in rows], truth_ef),
+            ],
+            args.out / "bland_altman.png",
+        )
+        written.append("bland_altman.png")
     print(format_summary(summary))
-    print(f"written: {args.out / 'cases.csv'}, summary.json, bland_altman.png")
+    print(f"written: {', '.join(written)}")
     return 0
+
+
+def _published_agreement(
+    measured: list[float | None], truth: list[float]
+) -> dict[str, Any] | None:
+    """The agreement of the published values; None when the validity gate published none (on
+    loops unlike the training data it may withhold every EF: that is a result, not an error)."""
+    from inference.evaluation import agreement
+
+    if all(m is None for m in measured):
+        return None
+    return agreement(measured, truth).to_json()
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -150,6 +165,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         "|---|---:|---:|",
     ]
     reg, disks = summary["ef_regression"], summary["ef_disks"]
+
+    def cell(stats: dict[str, Any] | None, key: str, threshold: str | None = None) -> str:
+        if stats is None:
+            return "none published"
+        return _fmt(stats["auc"][threshold] if threshold else stats[key])
+
     for key, label in (
         ("mae", "MAE (points)"),
         ("rmse", "RMSE (points)"),
@@ -157,11 +178,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("bias", "bias (points)"),
         ("n", "loops"),
     ):
-        lines.append(f"| {label} | {_fmt(reg[key])} | {_fmt(disks[key])} |")
+        lines.append(f"| {label} | {cell(reg, key)} | {cell(disks, key)} |")
     for threshold in ("40", "50", "70"):
         lines.append(
-            f"| AUC EF < {threshold} % | {_fmt(reg['auc'][threshold])} "
-            f"| {_fmt(disks['auc'][threshold])} |"
+            f"| AUC EF < {threshold} % | {cell(reg, 'auc', threshold)} "
+            f"| {cell(disks, 'auc', threshold)} |"
+        )
+    if reg is None or disks is None:
+        lines.append(
+            f"none published: the validity gate withheld that EF on all {summary['cases']} "
+            "loops (reasons in cases.csv, column flags)"
         )
     d = summary["dice"]
     lines.append(f"Dice: ED {d['ed']:.3f}, ES {d['es']:.3f}, overall {d['overall']:.3f}")

@@ -132,18 +132,23 @@ class A4CLoop:
 
 
 def plan_loop(
-    rng: np.random.Generator, max_frames: int, min_frames: int = 0, integer_fps: bool = False
+    rng: np.random.Generator,
+    max_frames: int,
+    min_frames: int = 0,
+    integer_fps: bool = False,
+    hr_range_bpm: tuple[int, int] = HR_RANGE_BPM,
+    fps_range: tuple[float, float] = FPS_RANGE,
 ) -> LoopPlan:
     """2-3 complete beats starting somewhere in diastole, frame rate chosen so the loop fits
     max_frames (file-size cap) and, if asked, lasts at least min_frames. The frame time is on a
     0.1 ms grid (what DICOM Frame Time carries exactly) unless integer_fps (AVI/EchoNet)."""
-    hr = int(rng.integers(HR_RANGE_BPM[0], HR_RANGE_BPM[1] + 1))
+    hr = int(rng.integers(hr_range_bpm[0], hr_range_bpm[1] + 1))
     period = 60.0 / hr
     es_s = end_systole_delay_s(hr)
     n_beats = int(rng.integers(2, 4))
     first_r = float(rng.uniform(0.05, 0.45)) * period
     tail = float(rng.uniform(0.15, 0.55)) * period
-    fps_lo, fps_hi = FPS_RANGE
+    fps_lo, fps_hi = fps_range
     for _ in range(8):
         duration = first_r + (n_beats - 1) * period + es_s + tail
         fps_max = min(fps_hi, (max_frames - 1) / duration)

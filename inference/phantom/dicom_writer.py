@@ -119,12 +119,12 @@ class SeriesInfo:
     depth_cm: float | None = None
 
 
-def _jpeg_frames(frames: np.ndarray) -> tuple[list[bytes], float]:
+def _jpeg_frames(frames: np.ndarray, quality: int = JPEG_QUALITY) -> tuple[list[bytes], float]:
     out = []
     for f in frames:
         buf = io.BytesIO()
         Image.fromarray(f, "RGB").save(
-            buf, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:2", optimize=False
+            buf, format="JPEG", quality=quality, subsampling="4:2:2", optimize=False
         )
         out.append(buf.getvalue())
     ratio = frames.nbytes / max(1, sum(len(b) for b in out))
@@ -203,8 +203,15 @@ def _base_dataset(info: SeriesInfo, enc: PixelEncoding, n_frames: int, shape) ->
     return ds
 
 
-def write_ultrasound(path: Path, frames: np.ndarray, info: SeriesInfo, enc: PixelEncoding) -> Path:
-    """frames: (n, rows, cols, 3) RGB, or (n, rows, cols) grey for MONOCHROME2."""
+def write_ultrasound(
+    path: Path,
+    frames: np.ndarray,
+    info: SeriesInfo,
+    enc: PixelEncoding,
+    jpeg_quality: int = JPEG_QUALITY,
+) -> Path:
+    """frames: (n, rows, cols, 3) RGB, or (n, rows, cols) grey for MONOCHROME2. jpeg_quality:
+    Pillow's 1-95 scale, varied by the B-mode styles because labs export at different ones."""
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     if enc.samples_per_pixel == 1 and frames.ndim != 3:
         raise ValueError("MONOCHROME2 needs (n, rows, cols) frames")
@@ -222,7 +229,7 @@ def write_ultrasound(path: Path, frames: np.ndarray, info: SeriesInfo, enc: Pixe
     pixels = frames if multi else frames[0]
 
     if enc.transfer_syntax_uid == JPEGBaseline8Bit:
-        chunks, ratio = _jpeg_frames(frames)
+        chunks, ratio = _jpeg_frames(frames, jpeg_quality)
         ds.PixelData = encapsulate(chunks, has_bot=True)
         ds["PixelData"].VR = "OB"
         ds.LossyImageCompression = "01"
