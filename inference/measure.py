@@ -28,68 +28,82 @@ What is reported, and from what (see ``inference.beats`` for beats and clips, an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from inference.beats import (
     CLIP_LENGTH_FRAMES,
     CLIP_PERIOD_FRAMES,
-    BeatFrames,
-    CycleEvents,
     beat_clip_start,
     clip_span_frames,
     clip_starts,
-    ecg_cycle_events,
-    find_cycle_events,
     heart_rate_from_beats,
-    pair_beats,
-    smooth_curve,
-    smoothing_window_frames,
 )
 from inference.calibration import CALIBRATION_FLAG_CODES
 from inference.disks import ejection_fraction_percent
-from inference.lv_geometry import (
-    GeometryError,
-    disks_volume_from_outline,
-    find_landmarks,
-    is_fragmented,
-    lv_outline_px,
+from inference.measure_beats import (
+    ClipEF,
+    FrameVolumes,
+    clip_predictions,
+    frame_volumes,
+    heart_rate_of,
+    loop_beats,
+    rate_from_r_waves,
+    regression_ef,
+    wanted_starts,
 )
-from inference.types import Beat, Cine, Landmarks, Measurements, QualityFlag
+from inference.measure_flags import (
+    AREA_RESIDUAL_FRACTION,
+    EDGE_BAND_PX,
+    EDGE_FRAME_FRACTION,
+    EF_DISAGREEMENT_POINTS,
+    FLAG_EF_FROM_ALL_CLIPS,
+    FLAG_EF_METHODS_DISAGREE,
+    FLAG_HEART_RATE_DISAGREES,
+    FLAG_HEART_RATE_FROM_HEADER,
+    FLAG_LESS_THAN_ONE_BEAT,
+    FLAG_LOOP_SHORTER_THAN_CLIP,
+    FLAG_LV_MISSING,
+    FLAG_LV_OUTLINE_FAILED,
+    FLAG_LV_TOUCHES_SECTOR_EDGE,
+    FLAG_NO_FRAME_TIME,
+    FLAG_NO_SPACING,
+    FLAG_UNSTABLE_LV_AREA,
+    HEART_RATE_DISAGREEMENT_FRACTION,
+    MIN_UNSTABLE_FRAMES,
+    UNSTABLE_FRAME_FRACTION,
+    beat_flags,
+    heart_rate_agreement,
+    mask_flags,
+)
+from inference.types import Beat, Cine, Measurements, QualityFlag
 
-ClipEF = np.ndarray | Sequence[float] | Callable[[np.ndarray], np.ndarray]
-
-EF_DISAGREEMENT_POINTS = 10.0
-EDGE_BAND_PX = 3  # LV pixels this close to the fan's edge (or outside it) "touch" it
-EDGE_FRAME_FRACTION = 0.1  # touching on this share of frames (or any measured frame) flags
-AREA_RESIDUAL_FRACTION = 0.15  # |area - smoothed| over the median area: a jump
-UNSTABLE_FRAME_FRACTION = 0.05  # jumps / fragmented / empty frames on this share of frames
-HEART_RATE_DISAGREEMENT_FRACTION = 0.15  # |area-curve rate - header or ECG rate| / that rate
-MIN_UNSTABLE_FRAMES = 1
-
-# Stable identifiers of the quality flags (software matches on these; the text is for people).
-FLAG_LESS_THAN_ONE_BEAT = "less_than_one_beat"
-FLAG_EF_METHODS_DISAGREE = "ef_methods_disagree"
-FLAG_LV_TOUCHES_SECTOR_EDGE = "lv_touches_sector_edge"
-FLAG_UNSTABLE_LV_AREA = "unstable_lv_area"
-FLAG_LV_MISSING = "lv_missing_on_frames"
-FLAG_NO_SPACING = "no_spacing"
-FLAG_NO_FRAME_TIME = "no_frame_time"
-FLAG_HEART_RATE_FROM_HEADER = "heart_rate_from_header"
-FLAG_LOOP_SHORTER_THAN_CLIP = "loop_shorter_than_clip"
-FLAG_EF_FROM_ALL_CLIPS = "ef_from_all_clips"
-FLAG_LV_OUTLINE_FAILED = "lv_outline_failed"
-FLAG_HEART_RATE_DISAGREES = "heart_rate_disagrees"
-
-
-@dataclass(frozen=True)
-class _Volumes:
-    volume: float | None  # mL with spacing, cubic pixels without
-    area_cm2: float | None
-    landmarks: Landmarks | None
+__all__ = [
+    "AREA_RESIDUAL_FRACTION",
+    "EDGE_BAND_PX",
+    "EDGE_FRAME_FRACTION",
+    "EF_DISAGREEMENT_POINTS",
+    "FLAG_EF_FROM_ALL_CLIPS",
+    "FLAG_EF_METHODS_DISAGREE",
+    "FLAG_HEART_RATE_DISAGREES",
+    "FLAG_HEART_RATE_FROM_HEADER",
+    "FLAG_LESS_THAN_ONE_BEAT",
+    "FLAG_LOOP_SHORTER_THAN_CLIP",
+    "FLAG_LV_MISSING",
+    "FLAG_LV_OUTLINE_FAILED",
+    "FLAG_LV_TOUCHES_SECTOR_EDGE",
+    "FLAG_NO_FRAME_TIME",
+    "FLAG_NO_SPACING",
+    "FLAG_UNSTABLE_LV_AREA",
+    "HEART_RATE_DISAGREEMENT_FRACTION",
+    "MIN_UNSTABLE_FRAMES",
+    "UNSTABLE_FRAME_FRACTION",
+    "ClipEF",
+    "ef_clip_starts",
+    "measure_cine",
+    "measure_loop",
+]
 
 
 def measure_cine(
@@ -143,12 +157,12 @@ def ef_clip_starts(
     n = int(m.shape[0])
     area_px = m.astype(bool, copy=False).reshape(n, -1).sum(axis=1).astype(np.float64)
     frame_time_ms = cine.frame_time_ms if cine.frame_time_ms and cine.frame_time_ms > 0 else None
-    _, _, beat_frames = _loop_beats(
+    _, _, beat_frames = loop_beats(
         area_px, frame_time_ms, cine.heart_rate_bpm, cine.ecg_r_wave_frames
     )
     averaged = clip_starts(n, clip_length, clip_period)[:: int(all_clip_stride)]
     beat_starts = [beat_clip_start(b.es_frame, n, clip_length, clip_period) for b in beat_frames]
-    return _wanted_starts(averaged, beat_starts)
+    return wanted_starts(averaged, beat_starts)
 
 
 def measure_loop(
@@ -194,22 +208,22 @@ def measure_loop(
     px_cm2 = None if spacing_cm is None else float(spacing_cm[0]) * float(spacing_cm[1])
     area_cm2 = None if px_cm2 is None else area_px * px_cm2
 
-    area_beats, events, beat_frames = _loop_beats(
+    area_beats, events, beat_frames = loop_beats(
         area_px, frame_time_ms, header_heart_rate_bpm, r_wave_frames
     )
     area_heart_rate = heart_rate_from_beats(area_beats, frame_time_ms)
     ecg_heart_rate = None
     if r_wave_frames:
-        ecg_heart_rate = ecg_heart_rate_bpm or _rate_from_r_waves(r_wave_frames, frame_time_ms)
-    flags += _beat_flags(beat_frames)
+        ecg_heart_rate = ecg_heart_rate_bpm or rate_from_r_waves(r_wave_frames, frame_time_ms)
+    flags += beat_flags(beat_frames)
 
     if ecg_heart_rate:
         heart_rate, hr_source = float(ecg_heart_rate), "ecg"
     else:
-        heart_rate, hr_source = _heart_rate(
+        heart_rate, hr_source = heart_rate_of(
             beat_frames, frame_time_ms, header_heart_rate_bpm, flags
         )
-    flags += _heart_rate_agreement(area_heart_rate, header_heart_rate_bpm, ecg_heart_rate)
+    flags += heart_rate_agreement(area_heart_rate, header_heart_rate_bpm, ecg_heart_rate)
 
     # regression EF: every clip start (or every k-th) plus each beat's ES-aligned start
     all_starts = clip_starts(n, clip_length, clip_period)
@@ -223,14 +237,14 @@ def measure_loop(
         )
     averaged = all_starts[:: int(all_clip_stride)]
     beat_starts = [beat_clip_start(b.es_frame, n, clip_length, clip_period) for b in beat_frames]
-    ef_by_start = _clip_predictions(clip_ef, all_starts, averaged, beat_starts)
+    ef_by_start = clip_predictions(clip_ef, all_starts, averaged, beat_starts)
 
-    volumes: dict[int, _Volumes] = {}
+    volumes: dict[int, FrameVolumes] = {}
     outline_failures: list[int] = []
 
-    def volumes_at(frame: int) -> _Volumes:
+    def volumes_at(frame: int) -> FrameVolumes:
         if frame not in volumes:
-            volumes[frame] = _frame_volumes(m[frame], spacing_cm, transducer_px, px_cm2)
+            volumes[frame] = frame_volumes(m[frame], spacing_cm, transducer_px, px_cm2)
             if volumes[frame].volume is None:
                 outline_failures.append(frame)
         return volumes[frame]
@@ -290,7 +304,7 @@ def measure_loop(
 
     averaged_efs = [ef_by_start[int(s)] for s in averaged if int(s) in ef_by_start]
     clips_mean = float(np.mean(averaged_efs)) if averaged_efs else None
-    ef, ef_sd, ef_source = _regression_ef(beats, clips_mean, flags)
+    ef, ef_sd, ef_source = regression_ef(beats, clips_mean, flags)
     if ef is not None and ef_disks is not None and abs(ef - ef_disks) > EF_DISAGREEMENT_POINTS:
         flags.append(
             QualityFlag(
@@ -300,7 +314,7 @@ def measure_loop(
             )
         )
     measured_frames = sorted({f for b in beat_frames for f in (b.ed_frame, b.es_frame)})
-    flags += _mask_flags(m, area_px, frame_time_ms, sector_mask, measured_frames)
+    flags += mask_flags(m, area_px, frame_time_ms, sector_mask, measured_frames)
 
     return Measurements(
         ef_percent=ef,
@@ -327,216 +341,3 @@ def measure_loop(
         ef_clips_percent=tuple(averaged_efs),
         notes=tuple(notes),
     )
-
-
-def _heart_rate(
-    beats: tuple[BeatFrames, ...],
-    frame_time_ms: float | None,
-    header_bpm: float | None,
-    flags: list[QualityFlag],
-) -> tuple[float | None, str]:
-    """From the loop's cycles when it has a complete beat, else the header's (flagged)."""
-    measured = heart_rate_from_beats(beats, frame_time_ms)
-    if measured is not None:
-        return measured, "beats"
-    if header_bpm:
-        flags.append(
-            QualityFlag(
-                FLAG_HEART_RATE_FROM_HEADER,
-                "Heart rate is the scanner's header value, not measured from the loop.",
-            )
-        )
-        return float(header_bpm), "header"
-    return None, "none"
-
-
-def _rate_from_r_waves(r_wave_frames: Sequence[int], frame_time_ms: float | None) -> float | None:
-    """Mean R-R interval of the R-wave frames as beats/min (None with fewer than two)."""
-    frames = np.sort(np.asarray(r_wave_frames, np.float64))
-    if frames.size < 2 or not frame_time_ms or float(np.mean(np.diff(frames))) <= 0:
-        return None
-    return float(60000.0 / (float(np.mean(np.diff(frames))) * frame_time_ms))
-
-
-def _heart_rate_agreement(
-    area_bpm: float | None, header_bpm: float | None, ecg_bpm: float | None
-) -> list[QualityFlag]:
-    """One flag naming each rate that differs from the area curve's cycles by more than
-    HEART_RATE_DISAGREEMENT_FRACTION of it (header, ECG), and the ECG from the header."""
-    pairs = [
-        ("the LV area curve's cycles", area_bpm, "the header", header_bpm),
-        ("the LV area curve's cycles", area_bpm, "the ECG", ecg_bpm),
-        ("the ECG", ecg_bpm, "the header", header_bpm),
-    ]
-    limit = HEART_RATE_DISAGREEMENT_FRACTION
-    parts = [
-        f"{name} ({rate:.0f} /min) and {ref_name} ({ref:.0f} /min)"
-        for name, rate, ref_name, ref in pairs
-        if rate and ref and ref > 0 and abs(rate - ref) / ref > limit
-    ]
-    if not parts:
-        return []
-    timing = (
-        "Beats were timed from the ECG."
-        if ecg_bpm
-        else "The beats found on the LV area curve may be wrong."
-    )
-    text = f"Heart rates differ by more than {limit:.0%}: {'; '.join(parts)}. {timing}"
-    return [QualityFlag(FLAG_HEART_RATE_DISAGREES, text)]
-
-
-def _regression_ef(
-    beats: list[Beat], clips_mean: float | None, flags: list[QualityFlag]
-) -> tuple[float | None, float | None, str]:
-    """(mean, SD, source): over beats' ES-aligned clips, else over every clip (flagged)."""
-    beat_efs = [b.ef_percent for b in beats if b.ef_percent is not None]
-    if beat_efs:
-        sd = float(np.std(beat_efs, ddof=1)) if len(beat_efs) > 1 else None
-        return float(np.mean(beat_efs)), sd, "beats"
-    if clips_mean is not None:
-        flags.append(
-            QualityFlag(
-                FLAG_EF_FROM_ALL_CLIPS,
-                "No beat to align clips to: EF is the average over every clip of the loop.",
-            )
-        )
-        return clips_mean, None, "all_clips"
-    return None, None, "none"
-
-
-def _loop_beats(
-    area_px: np.ndarray,
-    frame_time_ms: float | None,
-    header_heart_rate_bpm: float | None,
-    r_wave_frames: Sequence[int] | None,
-) -> tuple[tuple[BeatFrames, ...], CycleEvents, tuple[BeatFrames, ...]]:
-    """(the area curve's beats, the cycle events and beats measured: the ECG's when it has R
-    waves, else the area curve's)."""
-    events = find_cycle_events(area_px, frame_time_ms, header_heart_rate_bpm)
-    area_beats = pair_beats(events)
-    if not r_wave_frames:
-        return area_beats, events, area_beats
-    events = ecg_cycle_events(area_px, frame_time_ms, tuple(r_wave_frames))
-    return area_beats, events, pair_beats(events)
-
-
-def _wanted_starts(averaged: np.ndarray, beat_starts: Sequence[int]) -> np.ndarray:
-    return np.unique(np.concatenate([averaged, np.asarray(beat_starts, np.int64)]))
-
-
-def _clip_predictions(
-    clip_ef: ClipEF | None,
-    all_starts: np.ndarray,
-    averaged: np.ndarray,
-    beat_starts: list[int],
-) -> dict[int, float]:
-    """EF per clip start, for the starts that are used; empty when no predictions."""
-    if clip_ef is None:
-        return {}
-    wanted = _wanted_starts(averaged, beat_starts)
-    if callable(clip_ef):
-        values = np.asarray(clip_ef(wanted), dtype=np.float64).reshape(-1)
-        if values.shape != wanted.shape:
-            raise ValueError(
-                f"the EF callable returned {values.shape[0]} values for {wanted.shape[0]} clips"
-            )
-        return {int(s): float(v) for s, v in zip(wanted, values, strict=True)}
-    values = np.asarray(clip_ef, dtype=np.float64).reshape(-1)
-    if values.shape != all_starts.shape:
-        raise ValueError(
-            f"expected one EF per clip start ({all_starts.shape[0]}), got {values.shape[0]}"
-        )
-    return {int(s): float(values[int(s)]) for s in wanted}
-
-
-def _frame_volumes(
-    mask: np.ndarray,
-    spacing_cm: tuple[float, float] | None,
-    transducer_px: tuple[float, float] | None,
-    px_cm2: float | None,
-) -> _Volumes:
-    area = None if px_cm2 is None else float(np.count_nonzero(mask)) * px_cm2
-    try:
-        outline = lv_outline_px(mask)
-        landmarks = find_landmarks(outline, transducer_px, spacing_cm)
-        volume = disks_volume_from_outline(outline, landmarks, spacing_cm)
-    except (GeometryError, ValueError):
-        return _Volumes(None, area, None)
-    return _Volumes(volume, area, landmarks)
-
-
-def _beat_flags(beats: tuple[BeatFrames, ...]) -> list[QualityFlag]:
-    if any(b.complete for b in beats):
-        return []
-    if beats:
-        text = (
-            "Fewer than one full cardiac cycle (ED -> ES -> next ED) in the loop: only "
-            f"{len(beats)} partial beat(s); heart rate is not measured from the loop."
-        )
-    else:
-        text = (
-            "No end-diastole followed by end-systole was found on the LV area curve: volumes and "
-            "beat-aligned EF are not reported."
-        )
-    return [QualityFlag(FLAG_LESS_THAN_ONE_BEAT, text)]
-
-
-def _mask_flags(
-    masks: np.ndarray,
-    area_px: np.ndarray,
-    frame_time_ms: float | None,
-    sector_mask: np.ndarray | None,
-    measured_frames: list[int],
-) -> list[QualityFlag]:
-    """Edge contact, missing LV, fragmented masks and jumps in the area curve."""
-    n, rows, cols = masks.shape
-    flags: list[QualityFlag] = []
-    empty = np.flatnonzero(area_px == 0)
-    if len(empty):
-        flags.append(QualityFlag(FLAG_LV_MISSING, f"No LV found on {len(empty)} of {n} frames."))
-    union = masks.any(axis=0)
-    if not union.any():
-        return flags
-
-    # edge: LV pixels outside the fan shrunk by EDGE_BAND_PX
-    inside = (
-        np.asarray(sector_mask, dtype=bool)
-        if sector_mask is not None
-        else np.ones((rows, cols), bool)
-    )
-    if inside.shape != (rows, cols):
-        raise ValueError(f"sector_mask shape {inside.shape} differs from the masks' {(rows, cols)}")
-    core = np.zeros((rows + 2, cols + 2), np.uint8)
-    core[1:-1, 1:-1] = inside  # the image border counts as an edge too
-    k = 2 * EDGE_BAND_PX + 1
-    core = cv2.erode(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))[1:-1, 1:-1]
-    ys, xs = np.nonzero(union)
-    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-    outside = ~core[box].astype(bool)
-    touching = np.flatnonzero((masks[:, box[0], box[1]] & outside).any(axis=(1, 2)))
-    if len(touching) and (
-        len(touching) >= EDGE_FRAME_FRACTION * n or set(touching) & set(measured_frames)
-    ):
-        flags.append(
-            QualityFlag(
-                FLAG_LV_TOUCHES_SECTOR_EDGE,
-                f"The LV reaches the edge of the scanned sector on {len(touching)} of {n} "
-                "frames: it may be cut off, and volumes underestimated.",
-            )
-        )
-
-    # stability: fragmented masks and frame-to-frame jumps of the area
-    fragmented = sum(is_fragmented(masks[i, box[0], box[1]]) for i in range(n) if area_px[i])
-    smoothed = smooth_curve(area_px, smoothing_window_frames(frame_time_ms))
-    median = float(np.median(area_px[area_px > 0])) if np.any(area_px > 0) else 0.0
-    jumps = int(np.count_nonzero(np.abs(area_px - smoothed) > AREA_RESIDUAL_FRACTION * median))
-    limit = max(MIN_UNSTABLE_FRAMES, UNSTABLE_FRAME_FRACTION * n)
-    if fragmented >= limit or jumps >= limit or len(empty) >= limit:
-        flags.append(
-            QualityFlag(
-                FLAG_UNSTABLE_LV_AREA,
-                f"The LV mask is unstable: {jumps} frame(s) with area jumps, {fragmented} "
-                f"fragmented, {len(empty)} empty, of {n}.",
-            )
-        )
-    return flags

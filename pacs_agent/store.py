@@ -13,101 +13,75 @@ not its study's, its series belongs to another study, or its SOP Instance UID is
 for another patient or study) joins no study: it is written to ``<home>/quarantine`` instead,
 recorded as a ``QuarantinedInstance`` for an admin, and ``QuarantinedError`` tells the caller
 to refuse it.
+
+The parts: ``pacs_agent.store_files`` (the store's layout and durable file writing) and
+``pacs_agent.store_quarantine`` (refused instances); this module stores instances and keeps
+every name it always exported.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import logging
 import os
 import re
 import shutil
-import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pacs_agent.db.models import Instance, QuarantinedInstance, utcnow
+from pacs_agent.db.models import Instance
 from pacs_agent.dicom.validate import InstanceHeader
-from pacs_agent.disk_guard import BYTES_PER_MB, disk_guard_shortfall
-from pacs_agent.errors import EchoAgentError
+from pacs_agent.disk_guard import disk_guard_shortfall
 from pacs_agent.ingest import (
-    Conflict,
     ConflictError,
-    ConflictKind,
     StoredFile,
     find_instance,
     new_instance_conflict,
     record_instance,
     resend_conflict,
 )
+from pacs_agent.store_files import (
+    INCOMING_DIR_NAME,
+    PARTIAL_SUFFIX,
+    QUARANTINE_DIR_NAME,
+    WRITE_CHUNK_BYTES,
+    Buffer,
+    InstanceStore,
+    OutOfSpaceError,
+    StoreError,
+    fsync_dir,
+    log,
+    make_dirs,
+    remove_durably,
+    write_new,
+)
+from pacs_agent.store_quarantine import QuarantinedError, quarantine_instance
 
-log = logging.getLogger("echo_agent.store")
+__all__ = [
+    "INCOMING_DIR_NAME",
+    "PARTIAL_SUFFIX",
+    "QUARANTINE_DIR_NAME",
+    "WRITE_CHUNK_BYTES",
+    "Buffer",
+    "InstanceStore",
+    "OutOfSpaceError",
+    "QuarantinedError",
+    "StoreError",
+    "StoreResult",
+    "check_free_space",
+    "free_bytes",
+    "instance_relative_path",
+    "open_store",
+    "quarantine_instance",
+    "store_instance",
+    "sweep_partial_files",
+]
 
-INCOMING_DIR_NAME = ".incoming"
-QUARANTINE_DIR_NAME = "quarantine"  # under the node's home, beside the store
-PARTIAL_SUFFIX = ".partial"
-# Large writes in pieces, so a signal or a slow disk never sees one giant system call.
-WRITE_CHUNK_BYTES = 4 * BYTES_PER_MB
 _SAFE_COMPONENT = re.compile(r"[0-9][0-9.]{0,63}")
-_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-Buffer = bytes | bytearray | memoryview
-
-
-class StoreError(EchoAgentError, RuntimeError):
-    """The store could not keep an instance (I/O error); nothing of it was kept."""
-
-
-class OutOfSpaceError(StoreError):
-    """Keeping the instance would leave less free disk than ``dicom.min_free_disk_mb``."""
-
-
-class QuarantinedError(EchoAgentError):
-    """The instance was refused: it contradicts what is recorded (``kind``, see
-    ``pacs_agent.ingest``). It is kept in quarantine (``relative_path`` under the node's home,
-    row ``quarantine_id``); ``reason`` has no PHI."""
-
-    def __init__(
-        self, reason: str, quarantine_id: int, relative_path: str, kind: ConflictKind
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.quarantine_id = quarantine_id
-        self.relative_path = relative_path
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class InstanceStore:
-    """Where instances live, and how much disk must stay free (MiB).
-
-    ``data_dir`` is the node's home, which holds the quarantine; None: the store's parent
-    folder (the default layout, ``<home>/store``).
-    """
-
-    root: Path
-    min_free_disk_mb: int = 0
-    data_dir: Path | None = None
-
-    @property
-    def incoming(self) -> Path:
-        return self.root / INCOMING_DIR_NAME
-
-    @property
-    def home(self) -> Path:
-        return self.data_dir if self.data_dir is not None else self.root.parent
-
-    @property
-    def quarantine(self) -> Path:
-        return self.home / QUARANTINE_DIR_NAME
 
 
 @dataclass(frozen=True)
@@ -145,6 +119,7 @@ def open_store(
 
 
 def sweep_partial_files(store: InstanceStore) -> int:
+    """Removes the partial files in ``.incoming`` and the quarantine; returns how many."""
     removed = 0
     for folder in (store.incoming, store.quarantine):
         for path in folder.glob(f"*{PARTIAL_SUFFIX}"):
@@ -166,6 +141,7 @@ def _safe_component(uid: str) -> str:
 
 
 def free_bytes(store: InstanceStore) -> int:
+    """Free bytes on the store's file system."""
     return shutil.disk_usage(store.root).free
 
 
@@ -246,82 +222,9 @@ def store_instance(
                     log.warning("commit of %s reported a failure but went through", relative)
                     return StoreResult("stored", instance.id, final, size)
                 if outcome == "absent":
-                    _remove(final)
+                    remove_durably(final)
                 raise
             return StoreResult("stored", instance.id, final, size)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def quarantine_instance(
-    store: InstanceStore,
-    sessions: sessionmaker[Session],
-    header: InstanceHeader,
-    parts: Sequence[Buffer],
-    calling_ae: str,
-    conflict: Conflict,
-) -> QuarantinedError:
-    """Keeps a refused instance in the quarantine and records it; returns the error to raise.
-
-    The file is written like a stored one (fsynced, renamed into place), so nothing is lost of
-    an instance the node refused. A resend of the same bytes finds its earlier row and keeps
-    no second copy, so a sender that retries does not fill the disk. Raises
-    ``OutOfSpaceError``, ``StoreError`` or the database's error, having kept nothing.
-    """
-    size = sum(memoryview(p).nbytes for p in parts)
-    shortfall = disk_guard_shortfall(store.home, store.min_free_disk_mb, size)
-    if shortfall:
-        raise OutOfSpaceError(shortfall)
-    folder = store.quarantine
-    try:
-        _make_dirs(store.home, folder)
-    except OSError as exc:
-        raise StoreError(f"cannot create {folder}: {exc.strerror}") from exc
-    partial, sha256 = _write_new(folder, parts)
-    name = f"{partial.name.removesuffix(PARTIAL_SUFFIX)}.dcm"
-    relative = f"{QUARANTINE_DIR_NAME}/{name}"
-    try:
-        with sessions() as session:
-            earlier = session.scalars(
-                select(QuarantinedInstance)
-                .where(
-                    QuarantinedInstance.sop_instance_uid == header.sop_instance_uid,
-                    QuarantinedInstance.sha256 == sha256,
-                )
-                .order_by(QuarantinedInstance.id)
-                .limit(1)
-            ).one_or_none()
-            if earlier is not None and (store.home / earlier.file_path).is_file():
-                return QuarantinedError(
-                    conflict.reason, earlier.id, earlier.file_path, conflict.kind
-                )
-            row = QuarantinedInstance(
-                received_at=utcnow(),
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                study_instance_uid=header.study_instance_uid,
-                series_instance_uid=header.series_instance_uid,
-                calling_ae=calling_ae[:16],
-                reason=conflict.reason[:256],
-                file_path=relative,
-                file_size_bytes=size,
-                sha256=sha256,
-            )
-            session.add(row)
-            session.flush()
-            final = folder / name
-            try:
-                os.replace(partial, final)
-                _fsync_dir(folder)
-            except OSError as exc:
-                _remove(final)
-                raise StoreError(f"cannot place {relative}: {exc.strerror}") from exc
-            try:
-                session.commit()
-            except BaseException:
-                _remove(final)
-                raise
-            return QuarantinedError(conflict.reason, row.id, relative, conflict.kind)
     finally:
         partial.unlink(missing_ok=True)
 
@@ -359,92 +262,20 @@ def _duplicate(
 
 def _write_partial(store: InstanceStore, parts: Sequence[Buffer]) -> tuple[Path, str]:
     """Writes and fsyncs a new file in ``.incoming``; returns it and the SHA-256 of its bytes."""
-    return _write_new(store.incoming, parts)
-
-
-def _write_new(folder: Path, parts: Sequence[Buffer]) -> tuple[Path, str]:
-    """Writes and fsyncs a new partial file in ``folder``; returns it and its SHA-256.
-
-    The hash runs in a second thread while this one writes: hashlib and os.write both release
-    the GIL, so a large loop is hashed for free instead of adding a third of the write time.
-    """
-    path = folder / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
-    views = [memoryview(part).cast("B") for part in parts]
-    digest = hashlib.sha256()
-    hasher = threading.Thread(target=_hash_into, args=(digest, views), name="echo-agent-hash")
-    hasher.start()
-    try:
-        with open(path, "xb", buffering=0) as fh:
-            for view in views:
-                for start in range(0, len(view), WRITE_CHUNK_BYTES):
-                    _write_all(fh.fileno(), view[start : start + WRITE_CHUNK_BYTES])
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        if exc.errno in _OUT_OF_SPACE_ERRNOS:
-            raise OutOfSpaceError(f"disk full while writing: {exc.strerror}") from exc
-        raise StoreError(f"cannot write {path}: {exc.strerror}") from exc
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    finally:
-        hasher.join()
-    return path, digest.hexdigest()
-
-
-def _hash_into(digest: hashlib._Hash, views: Sequence[memoryview]) -> None:
-    for view in views:
-        digest.update(view)
-
-
-def _write_all(fd: int, chunk: memoryview) -> None:
-    written = 0
-    while written < len(chunk):
-        written += os.write(fd, chunk[written:])
+    return write_new(store.incoming, parts)
 
 
 def _place(store: InstanceStore, partial: Path, relative: str) -> Path:
     """Renames the partial file to its final name and makes the new directory entries durable."""
     final = store.root / relative
     try:
-        _make_dirs(store.root, final.parent)
+        make_dirs(store.root, final.parent)
         os.replace(partial, final)
     except OSError as exc:
         raise StoreError(f"cannot place {relative}: {exc.strerror}") from exc
     try:
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except OSError as exc:
-        _remove(final)
+        remove_durably(final)
         raise StoreError(f"cannot sync the folder of {relative}: {exc.strerror}") from exc
     return final
-
-
-def _make_dirs(root: Path, target: Path) -> None:
-    """Creates missing folders below ``root``, fsyncing each parent so the new entry survives."""
-    missing: list[Path] = []
-    current = target
-    while current != root and not current.is_dir():
-        missing.append(current)
-        current = current.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue  # another association created it meanwhile
-        _fsync_dir(folder.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-    except OSError as exc:  # the caller is already failing; say what is left behind
-        log.error("could not remove %s after a failed store: %s", path, exc.strerror)

@@ -41,6 +41,9 @@ date, number or length is never sent.
 The library is hl7apy rather than python-hl7: it knows the v2.5.1 message structures, data
 types and lengths, so a message is checked as a receiver checks it, where python-hl7 only
 splits on delimiters. MLLP is a few lines of framing (``pacs_agent.hl7_mllp``).
+
+The data types (escaping, CE, XPN, DTM, text lines) are ``reporting.hl7_datatypes``; this
+module builds the segments and the message and keeps every name it always exported.
 """
 
 from __future__ import annotations
@@ -48,8 +51,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-import textwrap
-from dataclasses import dataclass
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException
@@ -57,8 +58,24 @@ from hl7apy.parser import parse_message
 
 from inference.types import Measurements
 from reporting import codes
-from reporting.codes import PRIVATE_SCHEME, ClinicalCode
+from reporting.codes import ClinicalCode
 from reporting.fhir import _conclusion as fhir_conclusion
+from reporting.hl7_datatypes import (
+    LINE_WIDTH,
+    MAX_VALUE_CHARS,
+    SAFE_CHUNK_CHARS,
+    V2_CODING_SYSTEMS,
+    Segment,
+    aware,
+    ce,
+    cnn,
+    dtm,
+    escape,
+    repetitions,
+    study_dtm,
+    unescape,
+    xpn,
+)
 from reporting.interpretation import interpret, lv_systolic_function
 from reporting.types import DEMO_LABEL_ASCII, Algorithms, DraftReport, SourceLoop
 from reporting.values import (
@@ -72,6 +89,34 @@ from reporting.values import (
     withheld_values,
 )
 
+__all__ = [
+    "CHARACTER_SET",
+    "CONCLUSIONS",
+    "CONTROL_ID_MAX_CHARS",
+    "DIAGNOSTIC_SERVICE_SECTION",
+    "ENCODING_CHARACTERS",
+    "HL7_VERSION",
+    "IDENTIFIER_TYPE_MRN",
+    "LINE_WIDTH",
+    "MAX_VALUE_CHARS",
+    "MESSAGE_TYPE",
+    "NOTE_SOURCE_FILLER",
+    "NOTE_TYPE_REMARK",
+    "ORDER_CONTROL_RESULTS",
+    "PROCESSING_ID",
+    "RESULT_CANNOT_BE_OBTAINED",
+    "RESULT_STATUS",
+    "SAFE_CHUNK_CHARS",
+    "SEGMENT_END",
+    "SENDING_APPLICATION",
+    "V2_CODING_SYSTEMS",
+    "build_oru",
+    "check_oru",
+    "escape",
+    "new_control_id",
+    "unescape",
+]
+
 SENDING_APPLICATION = "ECHO-AGENT"
 HL7_VERSION = "2.5.1"
 MESSAGE_TYPE = "ORU^R01^ORU_R01"
@@ -80,9 +125,6 @@ PROCESSING_ID = "P"  # production (table 0103)
 ENCODING_CHARACTERS = "^~\\&"
 SEGMENT_END = "\r"
 CONTROL_ID_MAX_CHARS = 20  # MSH-10 is ST(20) in v2.5.1
-LINE_WIDTH = 80  # free text (OBX TX, NTE) is sent as display lines of at most this width
-MAX_VALUE_CHARS = 199  # one escaped repetition of OBX-5 / NTE-3 (see _text_lines)
-SAFE_CHUNK_CHARS = MAX_VALUE_CHARS // 3  # an escape sequence is 3 characters for 1
 
 # HL7 table 0123 (OBR-25) and table 0085 (OBX-11) share these letters for a report's states
 RESULT_STATUS: dict[str, str] = {"preliminary": "P", "final": "F", "amended": "C"}
@@ -96,54 +138,11 @@ IDENTIFIER_TYPE_MRN = codes.IDENTIFIER_TYPE_MRN.value  # table 0203: "MR"
 # the FHIR DiagnosticReport.conclusion.
 CONCLUSIONS = codes.CONCLUSIONS_DOCUMENT
 
-# DICOM coding scheme designator -> HL7 v2 coding system (table 0396); "99zzz" is a local
-# system in both, so this node's private scheme keeps its name.
-V2_CODING_SYSTEMS: dict[str, str] = {
-    "LN": "LN",
-    "SCT": "SCT",
-    "DCM": "DCM",
-    "UCUM": "UCUM",
-    PRIVATE_SCHEME: PRIVATE_SCHEME,
-}
-
-_ESCAPES = (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
-_UNESCAPES = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\", ".br": "\n"}
-_ESCAPE_SEQUENCE = re.compile(r"\\(F|S|T|R|E|\.br)\\")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def escape(text: str) -> str:
-    """``text`` as one HL7 value: the escape character first (``\\E\\``), then the field,
-    component, subcomponent and repetition separators; control characters (a CR would end the
-    segment, MLLP's frame bytes would end the message) become spaces. Line breaks of free
-    text are repetitions (``_text_lines``), never escaped into one value."""
-    out = text.replace("\\", "\\E\\")
-    for char, sequence in _ESCAPES:
-        out = out.replace(char, sequence)
-    return _CONTROL.sub(" ", out)
-
-
-def unescape(value: str) -> str:
-    """The inverse of ``escape`` (and FT's ``\\.br\\`` line break): what a receiver shows."""
-    return _ESCAPE_SEQUENCE.sub(lambda m: _UNESCAPES[m.group(1)], value)
-
 
 def new_control_id() -> str:
     """A message control id (MSH-10): 80 random bits in hex, 20 characters, unique per
     message so an ACK can only match the message it answers."""
     return secrets.token_hex(CONTROL_ID_MAX_CHARS // 2).upper()
-
-
-@dataclass(frozen=True)
-class _Segment:
-    name: str
-    fields: list[str]  # already encoded (escaped, components joined), field 1 first
-
-    def er7(self) -> str:
-        fields = list(self.fields)
-        while fields and not fields[-1]:
-            fields.pop()
-        return "|".join([self.name, *fields])
 
 
 def build_oru(
@@ -167,7 +166,7 @@ def build_oru(
     control_id = control_id or new_control_id()
     if not control_id or len(control_id) > CONTROL_ID_MAX_CHARS:
         raise ValueError(f"the control id must be 1-{CONTROL_ID_MAX_CHARS} characters")
-    when = _aware(message_time or dt.datetime.now().astimezone())
+    when = aware(message_time or dt.datetime.now().astimezone())
     status = RESULT_STATUS[report.status]
     demo = report.demo_models or algorithms.demo_models
     segments = [
@@ -207,34 +206,34 @@ def _msh(
     receiving_application: str,
     receiving_facility: str,
     sending_facility: str,
-) -> _Segment:
+) -> Segment:
     # MSH-1 is the field separator itself and MSH-2 the encoding characters, unescaped
     fields = [""] * 18
     fields[1] = escape(SENDING_APPLICATION)  # MSH-3
     fields[2] = escape(sending_facility)  # MSH-4
     fields[3] = escape(receiving_application)  # MSH-5
     fields[4] = escape(receiving_facility)  # MSH-6
-    fields[5] = _dtm(when)  # MSH-7
+    fields[5] = dtm(when)  # MSH-7
     fields[7] = MESSAGE_TYPE  # MSH-9
     fields[8] = escape(control_id)  # MSH-10
     fields[9] = PROCESSING_ID  # MSH-11
     fields[10] = HL7_VERSION  # MSH-12
     fields[17] = CHARACTER_SET  # MSH-18
-    return _Segment("MSH", [ENCODING_CHARACTERS, *fields[1:]])
+    return Segment("MSH", [ENCODING_CHARACTERS, *fields[1:]])
 
 
-def _pid(source: SourceLoop) -> _Segment:
+def _pid(source: SourceLoop) -> Segment:
     fields = [""] * 8
     fields[0] = "1"  # PID-1 set id
     if source.patient_id:  # PID-3: CX id^^^assigning authority^identifier type
         authority = escape(source.issuer_of_patient_id)
         fields[2] = f"{escape(source.patient_id)}^^^{authority}^{IDENTIFIER_TYPE_MRN}"
-    fields[4] = _xpn(source.patient_name)  # PID-5
+    fields[4] = xpn(source.patient_name)  # PID-5
     if re.fullmatch(r"\d{8}", source.patient_birth_date):
         fields[6] = source.patient_birth_date  # PID-7
     if source.patient_sex in ("M", "F", "O"):  # DICOM's values are table 0001's too
         fields[7] = source.patient_sex  # PID-8
-    return _Segment("PID", fields)
+    return Segment("PID", fields)
 
 
 def _filler_order_number(source: SourceLoop) -> str:
@@ -242,29 +241,29 @@ def _filler_order_number(source: SourceLoop) -> str:
     return f"{escape(source.study_instance_uid)}^{SENDING_APPLICATION}"
 
 
-def _orc(source: SourceLoop) -> _Segment:
-    return _Segment("ORC", [ORDER_CONTROL_RESULTS, "", _filler_order_number(source)])
+def _orc(source: SourceLoop) -> Segment:
+    return Segment("ORC", [ORDER_CONTROL_RESULTS, "", _filler_order_number(source)])
 
 
-def _obr(source: SourceLoop, report: DraftReport, status: str, when: dt.datetime) -> _Segment:
+def _obr(source: SourceLoop, report: DraftReport, status: str, when: dt.datetime) -> Segment:
     fields = [""] * 32
     fields[0] = "1"  # OBR-1 set id
     fields[2] = _filler_order_number(source)  # OBR-3
-    fields[3] = _ce(codes.REPORT_US_HEART)  # OBR-4 universal service identifier
-    fields[6] = _study_dtm(source)  # OBR-7 observation date/time
+    fields[3] = ce(codes.REPORT_US_HEART)  # OBR-4 universal service identifier
+    fields[6] = study_dtm(source)  # OBR-7 observation date/time
     fields[17] = escape(source.accession_number)  # OBR-18 placer field 1: the accession
     signed_at = report.signature.signed_at if report.signature is not None else when
-    fields[21] = _dtm(signed_at)  # OBR-22 results report / status change
+    fields[21] = dtm(signed_at)  # OBR-22 results report / status change
     fields[23] = DIAGNOSTIC_SERVICE_SECTION  # OBR-24
     fields[24] = status  # OBR-25 result status
     if report.signature is not None:  # OBR-32 principal result interpreter (NDL.1 = CNN)
-        fields[31] = _cnn(report.signature.observer_name)
-    return _Segment("OBR", fields)
+        fields[31] = cnn(report.signature.observer_name)
+    return Segment("OBR", fields)
 
 
-def _nte(set_id: int, text: str) -> _Segment:
+def _nte(set_id: int, text: str) -> Segment:
     """One note (NTE-3 is FT, escaped like any text; a long note wraps into repetitions)."""
-    return _Segment("NTE", [str(set_id), NOTE_SOURCE_FILLER, _repetitions(text), NOTE_TYPE_REMARK])
+    return Segment("NTE", [str(set_id), NOTE_SOURCE_FILLER, repetitions(text), NOTE_TYPE_REMARK])
 
 
 def _observations(
@@ -275,13 +274,13 @@ def _observations(
     status: str,
     when: dt.datetime,
     demo: bool,
-) -> list[_Segment]:
+) -> list[Segment]:
     values = reported_values(measurements, algorithms)
     withheld = withheld_values(measurements)
     by_key: dict[str, ReportedValue | WithheldValue] = {v.key: v for v in values}
     by_key.update({w.key: w for w in withheld})
     order = [key for key in GATED_FIELDS if key in by_key]
-    segments: list[_Segment] = []
+    segments: list[Segment] = []
     sub_ids: dict[str, int] = {}
     set_id = 0
     for key in order:
@@ -303,16 +302,16 @@ def _observations(
         set_id += 1
         fields = _obx_fields(set_id, "NM", codes.LOOP_QUALITY_SCORE, "1", source, status, when)
         fields[4] = f"{quality.score:.3f}"  # OBX-5
-        fields[5] = _ce(codes.UNIT_NONE)  # OBX-6
-        segments += [_Segment("OBX", fields), _nte(1, quality.statement)]
+        fields[5] = ce(codes.UNIT_NONE)  # OBX-6
+        segments += [Segment("OBX", fields), _nte(1, quality.statement)]
     systolic = lv_systolic_function(primary_ef(values), source.patient_sex, withheld_ef(withheld))
     # the DiagnosticReport's conclusion, its demo label in ASCII like every other line here
     conclusion = fhir_conclusion(report, systolic, False, withheld, quality)
     text = f"{DEMO_LABEL_ASCII}\n\n{conclusion}" if demo else conclusion
     set_id += 1
     fields = _obx_fields(set_id, "TX", CONCLUSIONS, "1", source, status, when)
-    fields[4] = _repetitions(text)  # OBX-5, one repetition per display line
-    segments.append(_Segment("OBX", fields))
+    fields[4] = repetitions(text)  # OBX-5, one repetition per display line
+    segments.append(Segment("OBX", fields))
     return segments
 
 
@@ -329,11 +328,11 @@ def _obx_fields(
     fields = [""] * 19
     fields[0] = str(set_id)  # OBX-1
     fields[1] = value_type  # OBX-2
-    fields[2] = _ce(code, local)  # OBX-3 observation identifier
+    fields[2] = ce(code, local)  # OBX-3 observation identifier
     fields[3] = sub_id  # OBX-4: tells the two LVEFs (same LOINC) apart
     fields[10] = status  # OBX-11 observation result status
-    fields[13] = _study_dtm(source)  # OBX-14 date/time of the observation (the study)
-    fields[18] = _dtm(when)  # OBX-19 date/time of the analysis
+    fields[13] = study_dtm(source)  # OBX-14 date/time of the observation (the study)
+    fields[18] = dtm(when)  # OBX-19 date/time of the analysis
     return fields
 
 
@@ -344,11 +343,11 @@ def _value_obx(
     value: ReportedValue,
     status: str,
     when: dt.datetime,
-) -> _Segment:
+) -> Segment:
     local = (value.key, value.label)
     fields = _obx_fields(set_id, "NM", value.concept, sub_id, source, status, when, local)
     fields[4] = f"{value.value:.1f}"  # OBX-5 (reporting.values rounds to one decimal)
-    fields[5] = _ce(value.unit)  # OBX-6 units (UCUM)
+    fields[5] = ce(value.unit)  # OBX-6 units (UCUM)
     interpretation = interpret(value, source.patient_sex)
     if interpretation is not None:
         if len(interpretation.ranges) == 1:  # OBX-7; two ranges (sex unknown) go to the NTE
@@ -357,10 +356,10 @@ def _value_obx(
         if interpretation.flag is not None:
             fields[7] = interpretation.flag.value  # OBX-8: N, L, H (table 0078)
     if value.method is not None:  # OBX-17 observation method
-        fields[16] = _ce(value.method)
+        fields[16] = ce(value.method)
     else:
         fields[16] = f"^{escape(value.method_text)}"
-    return _Segment("OBX", fields)
+    return Segment("OBX", fields)
 
 
 def _value_notes(value: ReportedValue, source: SourceLoop) -> list[str]:
@@ -375,86 +374,14 @@ def _value_notes(value: ReportedValue, source: SourceLoop) -> list[str]:
 
 def _withheld_obx(
     set_id: int, sub_id: str, source: SourceLoop, value: WithheldValue, when: dt.datetime
-) -> _Segment:
+) -> Segment:
     """No OBX-2 and no OBX-5 (there is no value), status X; the unit and method say what
     would have been measured."""
     local = (value.key, value.label)
     fields = _obx_fields(
         set_id, "", value.concept, sub_id, source, RESULT_CANNOT_BE_OBTAINED, when, local
     )
-    fields[5] = _ce(value.unit)
+    fields[5] = ce(value.unit)
     if value.method is not None:
-        fields[16] = _ce(value.method)
-    return _Segment("OBX", fields)
-
-
-# --- data types -------------------------------------------------------------------------------
-
-
-def _ce(code: ClinicalCode, local: tuple[str, str] | None = None) -> str:
-    """CE: identifier^text^coding system, and this node's key and label as the alternate
-    (local) code when given."""
-    system = V2_CODING_SYSTEMS.get(code.scheme)
-    if system is None:
-        raise ValueError(f"{code.scheme} codes have no HL7 v2 coding system ({code.value})")
-    parts = [escape(code.value), escape(code.meaning), system]
-    if local is not None:
-        parts += [escape(local[0]), escape(local[1]), PRIVATE_SCHEME]
-    return "^".join(parts)
-
-
-def _pn_parts(pn: str) -> list[str]:
-    """DICOM PN (alphabetic group): family, given, middle, prefix, suffix."""
-    parts = (pn.split("=")[0].split("^") + [""] * 5)[:5]
-    return [p.strip() for p in parts]
-
-
-def _xpn(pn: str) -> str:
-    """XPN: family^given^further given^suffix^prefix (v2 puts the suffix before the prefix,
-    DICOM the other way round)."""
-    family, given, middle, prefix, suffix = _pn_parts(pn)
-    return "^".join(escape(p) for p in (family, given, middle, suffix, prefix)).rstrip("^")
-
-
-def _cnn(pn: str) -> str:
-    """CNN as NDL.1's subcomponents: id&family&given&further given&suffix&prefix."""
-    family, given, middle, prefix, suffix = _pn_parts(pn)
-    parts = ["", family, given, middle, suffix, prefix]
-    return "&".join(escape(p) for p in parts).rstrip("&")
-
-
-def _aware(when: dt.datetime) -> dt.datetime:
-    return when.astimezone() if when.tzinfo is None else when
-
-
-def _dtm(when: dt.datetime) -> str:
-    """DTM to the second with the zone offset (YYYYMMDDHHMMSS+ZZZZ)."""
-    return _aware(when).strftime("%Y%m%d%H%M%S%z")
-
-
-def _study_dtm(source: SourceLoop) -> str:
-    """The study's date-time; DICOM gives local time without a zone, read in the node's (as
-    ``reporting.fhir`` does). Empty when the header has no study date."""
-    study = source.study_datetime
-    return "" if study is None else _dtm(study)
-
-
-def _text_lines(text: str) -> list[str]:
-    """Display lines of free text, each one repetition (in TX and FT a repetition is a hard
-    line break): the text's own lines (blank ones kept), wrapped at word boundaries to
-    ``LINE_WIDTH`` characters, as v2 results text is shown line by line. A line's escaped
-    form stays within ``MAX_VALUE_CHARS`` (hl7apy, as many engines, holds OBX-5 and NTE-3
-    values to the 199 characters of ST whatever OBX-2 says)."""
-    lines: list[str] = []
-    for line in text.replace("\r\n", "\n").split("\n"):
-        wrapped = textwrap.wrap(line, LINE_WIDTH, break_on_hyphens=False) or [""]
-        for piece in wrapped:
-            while len(escape(piece)) > MAX_VALUE_CHARS:  # only with many delimiters
-                lines.append(piece[:SAFE_CHUNK_CHARS])
-                piece = piece[SAFE_CHUNK_CHARS:]
-            lines.append(piece)
-    return lines
-
-
-def _repetitions(text: str) -> str:
-    return "~".join(escape(line) for line in _text_lines(text))
+        fields[16] = ce(value.method)
+    return Segment("OBX", fields)
