@@ -365,6 +365,35 @@ def _events(
     return out
 
 
+@dataclass(frozen=True)
+class LoopEvents:
+    """A loop's true cardiac events: every ED and ES frame found, and the complete beats."""
+
+    ed_frames: tuple[int, ...]
+    es_frames: tuple[int, ...]
+    beats: tuple[Beat, ...]
+
+
+def loop_events(volumes: np.ndarray, times_s: np.ndarray, timing: CardiacTiming) -> LoopEvents:
+    """ED at the largest volume near each R wave, ES at the smallest near each R wave plus the
+    end-systole delay; beats only where both fall inside the loop. Shared by every generator
+    style, so their truth is defined one way."""
+    period = timing.period_s
+    r_times = timing.r_wave_times_s(times_s[-1] + period)
+    r_times = np.concatenate([[r_times[0] - period], r_times])
+    es_delay = end_systole_delay_s(timing.heart_rate_bpm)
+    ed = _events(volumes, times_s, r_times, period, largest=True)
+    es = _events(volumes, times_s, r_times + es_delay, period, largest=False)
+    beats = tuple(
+        Beat(ed[tr], es[tr + es_delay], float(volumes[ed[tr]]), float(volumes[es[tr + es_delay]]))
+        for tr in r_times
+        if float(tr) in ed and float(tr + es_delay) in es
+    )
+    if not beats:
+        raise RuntimeError("loop holds no complete beat")
+    return LoopEvents(tuple(sorted(ed.values())), tuple(sorted(es.values())), beats)
+
+
 def simulate_a4c(case: A4CCase, rng: np.random.Generator, render: bool = True) -> A4CLoop:
     plan, sector = case.plan, case.sector
     times = plan.frame_times_s()
@@ -382,27 +411,14 @@ def simulate_a4c(case: A4CCase, rng: np.random.Generator, render: bool = True) -
         if renderer is not None:
             frames[f] = renderer.frame(a4c_paints(s, case.levels), rng)
 
-    timing = plan.timing
-    period = timing.period_s
-    r_times = timing.r_wave_times_s(times[-1] + period)
-    r_times = np.concatenate([[r_times[0] - period], r_times])
-    es_delay = end_systole_delay_s(timing.heart_rate_bpm)
-    ed = _events(volumes, times, r_times, period, largest=True)
-    es = _events(volumes, times, r_times + es_delay, period, largest=False)
-    beats = tuple(
-        Beat(ed[tr], es[tr + es_delay], float(volumes[ed[tr]]), float(volumes[es[tr + es_delay]]))
-        for tr in r_times
-        if float(tr) in ed and float(tr + es_delay) in es
-    )
-    if not beats:
-        raise RuntimeError("loop holds no complete beat")  # pragma: no cover
+    events = loop_events(volumes, times, plan.timing)
     return A4CLoop(
         case=case,
         frames=frames,
         masks=masks,
         volumes_ml=volumes,
         shapes_cm=tuple(shapes),
-        ed_frames=tuple(sorted(ed.values())),
-        es_frames=tuple(sorted(es.values())),
-        beats=beats,
+        ed_frames=events.ed_frames,
+        es_frames=events.es_frames,
+        beats=events.beats,
     )

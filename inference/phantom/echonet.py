@@ -120,8 +120,24 @@ def _render_video(job: tuple[Path, int, int, np.random.SeedSequence]):
     loop = simulate_a4c(case, rng)
     sq = SquareResize.for_shape(case.sector.rows, case.sector.cols)
     small = np.stack([sq.image(f) for f in loop.frames])
-    name = file_name_for(seed, i)
-    fps = round(float(case.plan.frame_rate_hz))
+    return write_video_entry(videos, file_name_for(seed, i), i, loop, small, sq,
+                             case.plan.frame_rate_hz, rng)
+
+
+def write_video_entry(
+    videos: Path,
+    name: str,
+    index: int,
+    loop: A4CLoop,
+    small: np.ndarray,
+    sq: SquareResize,
+    frame_rate_hz: float,
+    rng: np.random.Generator,
+) -> tuple[list[object], list[list[object]]]:
+    """Writes ``small`` (the 112x112 frames) as ``name``.avi and returns its FileList row and
+    VolumeTracings rows for one beat drawn from ``loop`` (shared by every generator style, so
+    the dataset layout is written one way)."""
+    fps = round(float(frame_rate_hz))
     _write_avi(videos / f"{name}.avi", small, float(fps))
     beat: Beat = loop.beats[int(rng.integers(len(loop.beats)))]
     traces: list[list[object]] = []
@@ -139,7 +155,7 @@ def _render_video(job: tuple[Path, int, int, np.random.SeedSequence]):
         SIZE_PX,
         fps,
         loop.frames.shape[0],
-        split_for(i),
+        split_for(index),
     ]
     return row, traces
 

@@ -33,13 +33,10 @@ from ..dicom_writer import (
 from ..echonet import (
     FILELIST_HEADER,
     MIN_FRAMES,
-    SIZE_PX,
     TRACINGS_HEADER,
     SquareResize,
-    _write_avi,
     file_name_for,
-    split_for,
-    tracing_rows,
+    write_video_entry,
 )
 from ..motion import ecg_mv
 from ..overlay import to_grey
@@ -183,26 +180,8 @@ def _write_echonet_video(job: tuple[Path, int, int, np.random.SeedSequence, tupl
     rgb = exported_rgb(b, rng, text)
     sq = SquareResize.for_shape(case.sector.rows, case.sector.cols)
     small = np.stack([sq.image(to_grey(f)) for f in rgb])
-    name = file_name_for(seed, i)
-    fps = round(float(case.plan.frame_rate_hz))
-    _write_avi(videos / f"{name}.avi", small, float(fps))
-    beat = loop.beats[int(rng.integers(len(loop.beats)))]
-    traces: list[list[object]] = []
-    for frame in (beat.es_frame, beat.ed_frame):  # EchoNet: ES trace first, ED last
-        for r in tracing_rows(loop, frame, sq):
-            traces.append([f"{name}.avi", *(f"{v:.6f}" for v in r[:4]), int(r[4])])
-    row = [
-        name,
-        repr(beat.ef_percent),
-        repr(beat.esv_ml),
-        repr(beat.edv_ml),
-        SIZE_PX,
-        SIZE_PX,
-        fps,
-        loop.frames.shape[0],
-        split_for(i),
-    ]
-    return row, traces
+    return write_video_entry(videos, file_name_for(seed, i), i, loop, small, sq,
+                             case.plan.frame_rate_hz, rng)
 
 
 def worker_count(n: int) -> int:

@@ -19,15 +19,14 @@ from ..cases import (
     N_DISKS,
     A4CCase,
     A4CLoop,
-    Beat,
-    _events,
     _shortening,
+    loop_events,
     plan_loop,
     sample_anatomy,
     sample_levels,
 )
 from ..geometry import PolarGrid, Sector
-from ..motion import contraction, end_systole_delay_s, valve_opening
+from ..motion import contraction, valve_opening
 from ..render import fill_mask, sample_style
 from .families import Family, uniform
 
@@ -263,28 +262,15 @@ def truth_loop(plan: HeartPlan) -> tuple[A4CLoop, list[HeartFrame]]:
         s = hf.shapes
         volumes[f] = disks_volume_ml(s.lv_endo, s.lv_apex, s.mv_mid, N_DISKS)
         masks[f] = fill_mask((sector.rows, sector.cols), sector.to_px(s.lv_endo))
-    timing = case.plan.timing
-    period = timing.period_s
-    r_times = timing.r_wave_times_s(times[-1] + period)
-    r_times = np.concatenate([[r_times[0] - period], r_times])
-    es_delay = end_systole_delay_s(timing.heart_rate_bpm)
-    ed = _events(volumes, times, r_times, period, largest=True)
-    es = _events(volumes, times, r_times + es_delay, period, largest=False)
-    beats = tuple(
-        Beat(ed[tr], es[tr + es_delay], float(volumes[ed[tr]]), float(volumes[es[tr + es_delay]]))
-        for tr in r_times
-        if float(tr) in ed and float(tr + es_delay) in es
-    )
-    if not beats:
-        raise RuntimeError("loop holds no complete beat")
+    events = loop_events(volumes, times, case.plan.timing)
     loop = A4CLoop(
         case=case,
         frames=np.zeros((n, sector.rows, sector.cols), np.uint8),
         masks=masks,
         volumes_ml=volumes,
         shapes_cm=tuple(hf.shapes for hf in frames),
-        ed_frames=tuple(sorted(ed.values())),
-        es_frames=tuple(sorted(es.values())),
-        beats=beats,
+        ed_frames=events.ed_frames,
+        es_frames=events.es_frames,
+        beats=events.beats,
     )
     return loop, frames
