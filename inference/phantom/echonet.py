@@ -197,14 +197,22 @@ def write_echonet(outdir: Path, n: int, seed: int, streams: list[np.random.SeedS
             results = None
     if results is None:
         results = [_render_video(j) for j in jobs]
+    return write_dataset_lists(outdir, results)
+
+
+def write_dataset_lists(
+    outdir: Path, entries: list[tuple[list[object], list[list[object]]]]
+) -> Path:
+    """FileList.csv and VolumeTracings.csv for the (row, tracings) of each video written;
+    returns the FileList path."""
     filelist = outdir / "FileList.csv"
     with filelist.open("w", newline="") as fh:
         wr = csv.writer(fh, lineterminator="\n")
         wr.writerow(FILELIST_HEADER)
-        wr.writerows(row for row, _ in results)
+        wr.writerows(row for row, _ in entries)
     with (outdir / "VolumeTracings.csv").open("w", newline="") as fh:
         wr = csv.writer(fh, lineterminator="\n")
         wr.writerow(TRACINGS_HEADER)
-        for _, traces in results:
+        for _, traces in entries:
             wr.writerows(traces)
     return filelist

@@ -7,7 +7,6 @@ number of worker processes; the families allowed change which family each loop d
 
 from __future__ import annotations
 
-import csv
 import multiprocessing
 import os
 import sys
@@ -31,11 +30,10 @@ from ..dicom_writer import (
     write_ultrasound,
 )
 from ..echonet import (
-    FILELIST_HEADER,
     MIN_FRAMES,
-    TRACINGS_HEADER,
     SquareResize,
     file_name_for,
+    write_dataset_lists,
     write_video_entry,
 )
 from ..motion import ecg_mv
@@ -251,14 +249,4 @@ def write_bmode(
     videos.mkdir(parents=True, exist_ok=True)
     jobs = [(videos, int(seed), i, streams[i], families) for i in range(n)]
     results = _run(_write_echonet_video, jobs, progress)
-    filelist = outdir / "FileList.csv"
-    with filelist.open("w", newline="") as fh:
-        wr = csv.writer(fh, lineterminator="\n")
-        wr.writerow(FILELIST_HEADER)
-        wr.writerows(row for row, _ in results)
-    with (outdir / "VolumeTracings.csv").open("w", newline="") as fh:
-        wr = csv.writer(fh, lineterminator="\n")
-        wr.writerow(TRACINGS_HEADER)
-        for _, traces in results:
-            wr.writerows(traces)
-    return [filelist]
+    return [write_dataset_lists(outdir, results)]
