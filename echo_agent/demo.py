@@ -44,7 +44,7 @@ def send_studies(node: RunningNode, folder: Path) -> int:
         if outcome.ok:
             sent += 1
         else:
-            log.warning("demo: %s not sent: %s", path.name, outcome.detail)
+            log.warning("demo: %s not sent: %s", path.name, outcome.error or outcome.status_code)
     log.info(
         "demo: sent %d of %d phantom loops to %s", sent, len(files), node.config.dicom.ae_title
     )
