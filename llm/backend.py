@@ -34,7 +34,7 @@ class _LiveGenerations:
     Why: a caller may abandon a stream (the chat stops waiting for the model's sentence after a
     deadline; the model may still be reading its prompt). A daemon thread still inside torch
     when the interpreter finalises aborts the process ("terminate called without an active
-    exception", exit status 134) after all its work is done. ``stop_all`` at exit asks each
+    exception", exit status 134) after all its work is done. ``close`` at exit asks each
     generation (and each thread that reads one, registered the same way) to stop at its next
     token and waits for it, bounded by ``EXIT_JOIN_S``; from then on no generation starts."""
 
@@ -51,9 +51,15 @@ class _LiveGenerations:
         with self._lock:
             self._live.pop(worker, None)
 
-    def stop_all(self, timeout_s: float = EXIT_JOIN_S) -> None:
+    def close(self, timeout_s: float = EXIT_JOIN_S) -> None:
+        """At interpreter exit: no generation starts any more, and the running ones stop."""
         with self._lock:
             self.closing = True
+        self.stop_running(timeout_s)
+
+    def stop_running(self, timeout_s: float = EXIT_JOIN_S) -> None:
+        """Asks every running generation to stop at its next token and waits for them."""
+        with self._lock:
             live = list(self._live.items())
         for _, stop in live:
             stop.set()
@@ -63,7 +69,7 @@ class _LiveGenerations:
 
 
 LIVE_GENERATIONS = _LiveGenerations()
-atexit.register(LIVE_GENERATIONS.stop_all)
+atexit.register(LIVE_GENERATIONS.close)
 
 
 class LanguageModelError(LlmError, RuntimeError):

@@ -119,9 +119,18 @@ def test_an_abandoned_stream_is_stopped_at_exit(lm: HFTextModel) -> None:
     stream = lm.stream(QUESTION, GenerationLimits(500, 60.0))
     assert next(stream)  # generating now; the stream is neither read further nor closed
     assert any(t.name == "llm-generate" and t.is_alive() for t in threading.enumerate())
-    LIVE_GENERATIONS.stop_all(timeout_s=30.0)
+    LIVE_GENERATIONS.stop_running(timeout_s=30.0)  # what the exit hook does, minus closing
     assert not any(t.name == "llm-generate" and t.is_alive() for t in threading.enumerate())
     stream.close()
+    assert not LIVE_GENERATIONS.closing  # other tests in this process still generate
+
+
+def test_a_closed_registry_starts_no_generation() -> None:
+    from llm.backend import _LiveGenerations
+
+    registry = _LiveGenerations()
+    registry.close(timeout_s=1.0)
+    assert registry.closing
 
 
 def test_limits_and_roles_are_checked() -> None:
