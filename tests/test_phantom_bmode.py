@@ -147,3 +147,36 @@ def test_echonet_layout_trains_like_the_classic_one(tmp_path: Path) -> None:
     traces = list(csv.DictReader((tmp_path / "VolumeTracings.csv").open()))
     assert len(traces) == 2 * 21  # ES and ED: long axis + 20 chords each
     assert all(0 <= float(t[k]) < 112 for t in traces for k in ("X1", "Y1", "X2", "Y2"))
+
+
+def test_echonet_video_is_the_nodes_own_view_of_the_export() -> None:
+    """The training video is what the node's preprocessing makes of the DICOM-style export:
+    annotations outside the fan are gone, the fan fills the grid, and the traced LV sits on the
+    dark cavity of the same frame."""
+    from inference.phantom.bmode.export import exported_rgb
+    from inference.phantom.bmode.network_view import network_view
+    from inference.phantom.echonet import tracing_rows
+    from inference.preprocess import PreprocessParams, preprocess_cine
+    from inference.types import Cine
+
+    rng = np.random.default_rng(4)
+    b = simulate_bmode(rng, (FAST,), max_side_px=336)
+    rgb = exported_rgb(b, rng, (["Adult TTE", "A4C"], ["HR 70 bpm", "Depth 16 cm"]))
+    small, grid = network_view(rgb, b.plan.case.plan.frame_time_ms)
+    assert small.shape == (len(rgb), 112, 112, 3) and small.dtype == np.uint8
+    cine = Cine(rgb, b.plan.case.plan.frame_time_ms, "phantom", None, None, None, "x")
+    node = preprocess_cine(cine, PreprocessParams((0.0,) * 3, (1.0,) * 3)).frames
+    assert np.abs(node.transpose(0, 2, 3, 1) - small).max() <= 1.0  # the node's own pixels
+    lit = small.max(axis=(0, 3)) > 0
+    rows, cols = np.nonzero(lit)
+    assert rows.max() - rows.min() >= 100 or cols.max() - cols.min() >= 100  # fan fills it
+    frame = b.loop.beats[0].ed_frame
+    trace = np.array(tracing_rows(b.loop, frame, grid))[1:, :4]  # the 20 chords
+    inside = cv2.fillPoly(
+        np.zeros((112, 112), np.uint8),
+        [np.round(np.concatenate([trace[:, :2], trace[::-1, 2:]])).astype(np.int32)],
+        1,
+    ).astype(bool)
+    grey = small[frame].mean(axis=2)
+    ring = cv2.dilate(inside.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool) & ~inside
+    assert grey[inside].mean() < grey[ring].mean()  # a dark cavity inside brighter walls

@@ -258,3 +258,45 @@ def test_init_weights_must_match_the_network(echonet_dir: Path, tmp_path: Path) 
         train_segmentation(options(echonet_dir, tmp_path / "o", width=0.125, init_weights=path))
     with pytest.raises(ValueError, match="--init"):
         train_ef(options(echonet_dir, tmp_path / "o", init_weights=path, max_train_videos=1))
+
+
+def test_intensity_jitter_keeps_black_and_shape_and_varies_per_sample() -> None:
+    from inference.training.common import intensity_jitter, item_generator
+
+    clip = np.random.default_rng(0).integers(0, 256, size=(3, 4, 112, 112), dtype=np.uint8)
+    clip[..., :10, :] = 0  # outside the fan
+    a = intensity_jitter(clip, item_generator(1, 0, 0))
+    b = intensity_jitter(clip, item_generator(1, 0, 1))
+    assert a.shape == clip.shape and a.dtype == np.uint8
+    assert not a[..., :10, :].any()  # black stays black (blur never reaches in from 0-rows)
+    assert not np.array_equal(a, b) and not np.array_equal(a, clip)
+    assert np.array_equal(a, intensity_jitter(clip, item_generator(1, 0, 0)))  # seeded
+
+
+def test_several_data_folders_train_on_their_union(echonet_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    generate_phantoms(other, n=4, seed=32, fmt="echonet")
+    from inference.training.echonet_data import read_filelists, traced_videos_in
+
+    union = read_filelists([echonet_dir, other], ["TRAIN"])
+    assert [r.name for r in union] == [
+        r.name for r in read_filelist(echonet_dir, ["TRAIN"]) + read_filelist(other, ["TRAIN"])
+    ]
+    assert len(traced_videos_in([echonet_dir, other])) == N_VIDEOS + 4
+    opts = options(
+        echonet_dir,
+        tmp_path / "seg",
+        extra_data_dirs=(other,),
+        epochs=1,
+        max_train_videos=None,
+        intensity_augment=True,
+        stop_after_epochs=1,
+    )
+    result = train_segmentation(opts)
+    from inference.checkpoints import read_safetensors_config
+
+    config = read_safetensors_config(result.weights_path)
+    assert config["train_data"]["dir"] == [str(echonet_dir), str(other)]
+    assert "intensity jitter" in config["augmentation"]
+    with pytest.raises(ValueError, match="is not a directory"):
+        options(echonet_dir, tmp_path / "x", extra_data_dirs=(tmp_path / "missing",))

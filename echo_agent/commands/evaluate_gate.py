@@ -56,8 +56,9 @@ def add_gate_evaluate_parser(evaluate_actions: Any) -> argparse.ArgumentParser:
                    help="a loop without truth, class 'real' (repeatable)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("evaluation-gate"), help="output folder")
     p.add_argument("--limit", type=int, default=None, help="at most N loops per folder")
-    p.add_argument("--reference-data", type=Path, default=None,
-                   help="training-split loops to build the OOD reference from")  # fmt: skip
+    p.add_argument("--reference-data", type=Path, action="append", default=[],
+                   help="training-split loops to build the OOD reference from "
+                        "(repeatable: one folder per training data set)")  # fmt: skip
     p.add_argument("--write-reference", type=Path, default=None,
                    help="write the OOD reference here (then evaluate with it)")  # fmt: skip
     p.set_defaults(func=cmd_evaluate_gate)
@@ -73,16 +74,16 @@ def cmd_evaluate_gate(args: argparse.Namespace, config: Any) -> int:
 
     models = load_models(model_settings(config))
     if args.write_reference is not None:
-        if args.reference_data is None:
+        if not args.reference_data:
             raise ValueError("--write-reference needs --reference-data DIR (the training split)")
         reference = write_reference(args.reference_data, args.write_reference, models, args.limit)
         models = dataclasses.replace(
             models, gate=GateSettings(models.gate.thresholds, ood_reference=reference)
         )
         print(f"OOD reference from {reference.n_loops} loops written to {args.write_reference}")
-    cases = [
-        case for folder in args.data for case in _cases(folder)[: args.limit]
-    ] + [(path, None) for path in args.real]
+    cases = [case for folder in args.data for case in _cases(folder)[: args.limit]] + [
+        (path, None) for path in args.real
+    ]
     if not cases:
         raise ValueError("evaluate gate needs --data DIR (loops with truth JSON) or --real FILE")
     started = time.perf_counter()
@@ -105,22 +106,31 @@ def cmd_evaluate_gate(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
-def write_reference(folder: Path, target: Path, models: Any, limit: int | None) -> Any:
-    """Features of every loop in ``folder`` through the models -> an ``OodReference`` file."""
+def write_reference(
+    folders: Path | list[Path], target: Path, models: Any, limit: int | None
+) -> Any:
+    """Features of every loop in ``folders`` (at most ``limit`` per folder) through the
+    models -> an ``OodReference`` file. Models trained on several data sets need loops of
+    each, or the loops of the others read as out of distribution."""
     from inference.analyze import Networks, analyse
     from inference.ood import build_reference, loop_features
 
-    paths = sorted(folder.glob("*.dcm"))
-    paths = [p for p in paths if _truth(p) is None or _truth(p).get("view", "A4C") == "A4C"]
+    folders = [folders] if isinstance(folders, Path) else list(folders)
+    paths: list[Path] = []
+    for folder in folders:
+        found = sorted(folder.glob("*.dcm"))
+        found = [p for p in found if _truth(p) is None or _truth(p).get("view", "A4C") == "A4C"]
+        paths += found[:limit]
     features = []
     segmentation_only = Networks(models.segmenter, None, models.params)
-    for path in paths[:limit]:
+    for path in paths:
         analysis = analyse(path, segmentation_only).analysis
         pre = analysis.preprocessed
         features.append(loop_features(pre.frames, pre.sector_mask, analysis.lv_probability))
     reference = build_reference(
         np.asarray(features),
-        source=f"{len(features)} loops of {folder.name}, models: {models.description}",
+        source=f"{len(features)} loops of {', '.join(f.name for f in folders)}, "
+        f"models: {models.description}",
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(reference.to_json(), indent=1) + "\n")

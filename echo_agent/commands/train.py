@@ -27,7 +27,13 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     for name, what in (("seg", "LV segmentation (DeepLabV3)"), ("ef", "EF (R(2+1)D-18)")):
         d = DEFAULTS[name]
         p = actions.add_parser(name, help=f"train {what}")
-        p.add_argument("--data", type=Path, required=True, help="EchoNet-Dynamic layout folder")
+        p.add_argument(
+            "--data",
+            type=Path,
+            required=True,
+            nargs="+",
+            help="EchoNet-Dynamic layout folder(s); several train on their union, in order",
+        )
         p.add_argument("--out", type=Path, required=True, help="checkpoint and weights folder")
         p.add_argument("--epochs", type=int, default=d["epochs"])
         p.add_argument("--width", type=float, default=d["width"], help="channel width multiplier")
@@ -46,6 +52,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
             default=None,
             help="start from these weights (.safetensors of the same network and width)",
         )
+        p.add_argument(
+            "--intensity-aug",
+            action="store_true",
+            help="random gamma, gain and blur per sample (scanner and lab differences)",
+        )
         p.set_defaults(func=cmd_train, needs_config=False)
     from echo_agent.commands.llm import add_llm_train_parser
 
@@ -63,7 +74,9 @@ def cmd_train(args: argparse.Namespace, _config: object = None) -> int:
     if args.threads < 1:
         raise ValueError("--threads must be at least 1")
     options = TrainOptions(
-        data_dir=args.data,
+        data_dir=args.data[0],
+        extra_data_dirs=tuple(args.data[1:]),
+        intensity_augment=args.intensity_aug,
         out_dir=args.out,
         epochs=args.epochs,
         width=args.width,

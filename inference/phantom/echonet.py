@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -40,6 +41,13 @@ FILELIST_HEADER = [
 ]
 TRACINGS_HEADER = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
 NATIVE_LAYOUT = Layout(rows=None, cols=None, sector_height_px=NATIVE_HEIGHT_PX, n_theta=128)
+
+
+class PointMap(Protocol):
+    """Native (column, row) pixel-centre points -> the 112 grid (``SquareResize``, or the
+    node's own sector transform for the B-mode style)."""
+
+    def points(self, colrow: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ def file_name_for(seed: int, index: int) -> str:
     return f"0X{seed & 0xFFFFFFFF:08X}{index:08X}"
 
 
-def tracing_rows(loop: A4CLoop, frame: int, sq: SquareResize) -> list[tuple[float, ...]]:
+def tracing_rows(loop: A4CLoop, frame: int, sq: PointMap) -> list[tuple[float, ...]]:
     """EchoNet's trace for one frame: the long axis (apex -> mitral annulus midpoint), then the
     20 disk chords apex to base, X1/Y1 on the septal (viewer's left) side, all on the 112 grid."""
     s = loop.shapes_cm[frame]
@@ -105,7 +113,7 @@ def _write_avi(path: Path, frames: np.ndarray, fps: float) -> None:
         raise RuntimeError(f"OpenCV cannot write MJPG AVI to {path}")
     try:
         for f in frames:
-            w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+            w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR if f.ndim == 2 else cv2.COLOR_RGB2BGR))
     finally:
         w.release()
 
@@ -120,8 +128,9 @@ def _render_video(job: tuple[Path, int, int, np.random.SeedSequence]):
     loop = simulate_a4c(case, rng)
     sq = SquareResize.for_shape(case.sector.rows, case.sector.cols)
     small = np.stack([sq.image(f) for f in loop.frames])
-    return write_video_entry(videos, file_name_for(seed, i), i, loop, small, sq,
-                             case.plan.frame_rate_hz, rng)
+    return write_video_entry(
+        videos, file_name_for(seed, i), i, loop, small, sq, case.plan.frame_rate_hz, rng
+    )
 
 
 def write_video_entry(
@@ -130,7 +139,7 @@ def write_video_entry(
     index: int,
     loop: A4CLoop,
     small: np.ndarray,
-    sq: SquareResize,
+    sq: PointMap,
     frame_rate_hz: float,
     rng: np.random.Generator,
 ) -> tuple[list[object], list[list[object]]]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -54,6 +55,11 @@ class TrainOptions:
     # start from these weights (a previous run's .safetensors, same network and width) with a
     # fresh optimizer and schedule: a second, documented training stage
     init_weights: Path | None = None
+    # more EchoNet-layout folders trained on with ``data_dir`` (their union, in this order)
+    extra_data_dirs: tuple[Path, ...] = ()
+    # random gamma, gain and blur per sample (``intensity_jitter``): scanners and labs differ
+    # in grey map, gain and resolution far more than any one simulator draws
+    intensity_augment: bool = False
     log: TextIO = field(default=sys.stderr, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -69,8 +75,13 @@ class TrainOptions:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"stop_after_epochs must be >= 1, got {self.stop_after_epochs}")
-        if not Path(self.data_dir).is_dir():
-            raise ValueError(f"--data {self.data_dir} is not a directory")
+        for d in self.data_dirs:
+            if not Path(d).is_dir():
+                raise ValueError(f"--data {d} is not a directory")
+
+    @property
+    def data_dirs(self) -> tuple[Path, ...]:
+        return (Path(self.data_dir), *(Path(d) for d in self.extra_data_dirs))
 
 
 @dataclass(frozen=True)
@@ -265,12 +276,14 @@ def load_checkpoint(
     return int(state["epoch"]), list(state.get("history", []))
 
 
-def data_fingerprint(data_dir: Path, names: Sequence[str]) -> dict[str, Any]:
-    """What identifies the training data in the weights' config: the video count, a digest of
-    the names used, and the phantom seed when the names are the generator's (``0X<seed><i>``
-    with one seed and indices 0..n-1)."""
+def data_fingerprint(data_dirs: Path | Sequence[Path], names: Sequence[str]) -> dict[str, Any]:
+    """What identifies the training data in the weights' config: the folder(s), the video
+    count, a digest of the names used, and the phantom seed when the names are the
+    generator's (``0X<seed><i>`` with one seed and indices 0..n-1)."""
     digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
-    out: dict[str, Any] = {"dir": str(data_dir), "videos": len(names), "names_sha256": digest}
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    where: Any = str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs]
+    out: dict[str, Any] = {"dir": where, "videos": len(names), "names_sha256": digest}
     seeds = set()
     for name in names:
         m = PHANTOM_NAME.match(name)
@@ -300,6 +313,31 @@ def random_shift(
         return image, (0, 0)
     dy, dx = (int(v) for v in rng.integers(-max_shift_px, max_shift_px + 1, size=2))
     return shift_array(image, dy, dx), (dy, dx)
+
+
+GAMMA_LOG_RANGE = 0.5  # gamma drawn log-uniformly in [e^-0.5, e^0.5] = [0.61, 1.65]
+GAIN_RANGE = (0.55, 1.25)
+BLUR_PROBABILITY = 0.35
+BLUR_SIGMA_PX = (0.5, 1.3)
+
+
+def intensity_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 pixels (the last two axes image rows and columns) with one random gamma, gain
+    and, sometimes, Gaussian blur for the whole sample (every frame of a clip alike). Black
+    stays black: outside the fan the node feeds zeros, whatever the scanner."""
+    gamma = float(np.exp(rng.uniform(-GAMMA_LOG_RANGE, GAMMA_LOG_RANGE)))
+    gain = float(rng.uniform(*GAIN_RANGE))
+    blur = rng.random() < BLUR_PROBABILITY
+    sigma = float(rng.uniform(*BLUR_SIGMA_PX))
+    lut = np.clip(255.0 * gain * (np.arange(256) / 255.0) ** gamma, 0, 255).astype(np.uint8)
+    out = lut[image]
+    if blur:
+        h, w = out.shape[-2:]
+        flat = out.reshape(-1, h, w)
+        for k in range(flat.shape[0]):
+            flat[k] = cv2.GaussianBlur(flat[k], (0, 0), sigma)
+        out = flat.reshape(out.shape)
+    return out
 
 
 def shift_array(a: np.ndarray, dy: int, dx: int) -> np.ndarray:

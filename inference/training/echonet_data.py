@@ -173,6 +173,21 @@ def read_tracings(root: Path) -> dict[str, list[Trace]]:
     return traces
 
 
+def read_filelists(roots: Sequence[Path], splits: Iterable[str] | None = None) -> list[VideoRecord]:
+    """``read_filelist`` over several folders, concatenated in the order given: training on
+    the union of data sets (for example B-mode and classic phantoms) without copying videos."""
+    wanted = None if splits is None else list(splits)
+    return [rec for root in roots for rec in read_filelist(root, wanted)]
+
+
+def traced_videos_in(
+    roots: Sequence[Path], splits: Iterable[str] | None = None
+) -> list[TracedVideo]:
+    """``traced_videos`` over several folders, concatenated in the order given."""
+    wanted = None if splits is None else list(splits)
+    return [v for root in roots for v in traced_videos(root, wanted)]
+
+
 def traced_videos(root: Path, splits: Iterable[str] | None = None) -> list[TracedVideo]:
     """Videos that have at least two traced frames (ES and ED)."""
     traces = read_tracings(root)

@@ -32,6 +32,7 @@ from inference.training.common import (
     data_fingerprint,
     epoch_shape,
     init_from,
+    intensity_jitter,
     item_generator,
     make_optimizer,
     make_runtime,
@@ -45,7 +46,7 @@ from inference.training.echonet_data import (
     compact_video,
     load_video,
     mean_std_subset,
-    read_filelist,
+    read_filelists,
     take_clip,
 )
 from inference.training.metrics import clip_batch, ef_errors, predict_video_ef
@@ -70,6 +71,7 @@ class RandomClips(Dataset):
         max_shift_px: int,
         length: int = CLIP_LENGTH_FRAMES,
         period: int = CLIP_PERIOD_FRAMES,
+        intensity_augment: bool = False,
     ) -> None:
         self.videos = list(videos)
         self.ef = np.asarray(ef_percent, np.float32)
@@ -77,6 +79,7 @@ class RandomClips(Dataset):
         self.max_shift_px = max_shift_px
         self.length = length
         self.period = period
+        self.intensity_augment = intensity_augment
         self.channels = max(v.shape[-1] for v in self.videos)
         self.epoch = 0
 
@@ -95,6 +98,8 @@ class RandomClips(Dataset):
         if chw.shape[0] != self.channels:  # grey and colour videos in one batch
             chw = np.repeat(chw, self.channels, axis=0)
         chw, _ = random_shift(chw, rng, self.max_shift_px)
+        if self.intensity_augment:  # drawn after the shift, so old runs keep their shifts
+            chw = intensity_jitter(chw, rng)
         return torch.from_numpy(chw), torch.from_numpy(valid), torch.tensor(self.ef[i])
 
 
@@ -110,9 +115,9 @@ def _load_videos(records: Sequence[VideoRecord], log: Progress) -> list[np.ndarr
 def train_ef(options: TrainOptions) -> TrainResult:
     runtime = make_runtime(options)
     log = Progress("ef", 1, 0, options.progress_every, options.log)
-    all_train = read_filelist(options.data_dir, ["TRAIN"])
+    all_train = read_filelists(options.data_dirs, ["TRAIN"])
     train = all_train[: options.max_train_videos]
-    val = read_filelist(options.data_dir, ["VAL"])[:MAX_VAL_VIDEOS]
+    val = read_filelists(options.data_dirs, ["VAL"])[:MAX_VAL_VIDEOS]
     if not train:
         raise ValueError(f"{options.data_dir}: no TRAIN videos in FileList.csv")
     # from the whole TRAIN split, whatever --max-videos: both networks of a folder must agree
@@ -120,7 +125,13 @@ def train_ef(options: TrainOptions) -> TrainResult:
     videos = _load_videos(train, log)
     val_videos = _load_videos(val, log)
     log.note(f"{len(train)} train / {len(val)} val videos; mean {mean} std {std}")
-    dataset = RandomClips(videos, [r.ef_percent for r in train], options.seed, MAX_SHIFT_PX)
+    dataset = RandomClips(
+        videos,
+        [r.ef_percent for r in train],
+        options.seed,
+        MAX_SHIFT_PX,
+        intensity_augment=options.intensity_augment,
+    )
     _, steps_per_epoch = epoch_shape(len(dataset), options.batch_size)
 
     torch.manual_seed(options.seed)
@@ -175,8 +186,9 @@ def train_ef(options: TrainOptions) -> TrainResult:
         "seed": options.seed,
         "batch_size": options.batch_size,
         "optimizer": f"AdamW lr {options.lr} wd {options.weight_decay}, warm-up + cosine",
-        "augmentation": f"shift up to {MAX_SHIFT_PX} px",
-        "train_data": data_fingerprint(options.data_dir, [r.name for r in train]),
+        "augmentation": f"shift up to {MAX_SHIFT_PX} px"
+        + (", intensity jitter (gamma, gain, blur)" if options.intensity_augment else ""),
+        "train_data": data_fingerprint(options.data_dirs, [r.name for r in train]),
         "val_videos": len(val),
         "history": history,
         "command": options.command,

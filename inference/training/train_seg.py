@@ -28,6 +28,7 @@ from inference.training.common import (
     data_fingerprint,
     epoch_shape,
     init_from,
+    intensity_jitter,
     item_generator,
     make_optimizer,
     make_runtime,
@@ -40,9 +41,9 @@ from inference.training.echonet_data import (
     GRID_SIZE_PX,
     load_video,
     mean_std_subset,
-    read_filelist,
+    read_filelists,
     seg_samples,
-    traced_videos,
+    traced_videos_in,
 )
 from inference.training.metrics import dice_scores, predict_masks
 from inference.training.normalisation import channel_mean_std
@@ -64,11 +65,19 @@ class TrainResult:
 class TracedFrames(Dataset):
     """Traced frames as (C, H, W) uint8 and (H, W) float masks, shifted per (epoch, index)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, seed: int, max_shift_px: int):
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        seed: int,
+        max_shift_px: int,
+        intensity_augment: bool = False,
+    ):
         self.images = np.ascontiguousarray(np.moveaxis(images, -1, 1))
         self.masks = masks.astype(np.float32)
         self.seed = seed
         self.max_shift_px = max_shift_px
+        self.intensity_augment = intensity_augment
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -81,19 +90,21 @@ class TracedFrames(Dataset):
         rng = item_generator(self.seed, self.epoch, i)
         image, (dy, dx) = random_shift(self.images[i], rng, self.max_shift_px)
         mask = shift_array(self.masks[i], dy, dx)
+        if self.intensity_augment:  # drawn after the shift, so old runs keep their shifts
+            image = intensity_jitter(image, rng)
         return torch.from_numpy(image), torch.from_numpy(mask)
 
 
 def train_segmentation(options: TrainOptions) -> TrainResult:
     runtime = make_runtime(options)
     log = Progress("seg", 1, 0, options.progress_every, options.log)
-    train = traced_videos(options.data_dir, ["TRAIN"])[: options.max_train_videos]
-    val = traced_videos(options.data_dir, ["VAL"])
+    train = traced_videos_in(options.data_dirs, ["TRAIN"])[: options.max_train_videos]
+    val = traced_videos_in(options.data_dirs, ["VAL"])
     if not train:
         raise ValueError(f"{options.data_dir}: no traced TRAIN videos in FileList/VolumeTracings")
     # from the whole TRAIN split, whatever --max-videos: both networks of a folder must agree
     mean, std = channel_mean_std(
-        load_video(r.path) for r in mean_std_subset(read_filelist(options.data_dir, ["TRAIN"]))
+        load_video(r.path) for r in mean_std_subset(read_filelists(options.data_dirs, ["TRAIN"]))
     )
     log.note(f"{len(train)} train / {len(val)} val videos; mean {mean} std {std}")
     samples = seg_samples(train)
@@ -103,6 +114,7 @@ def train_segmentation(options: TrainOptions) -> TrainResult:
         np.stack([s.mask for s in samples]),
         options.seed,
         MAX_SHIFT_PX,
+        options.intensity_augment,
     )
     _, steps_per_epoch = epoch_shape(len(dataset), options.batch_size)
 
@@ -148,8 +160,9 @@ def train_segmentation(options: TrainOptions) -> TrainResult:
         "seed": options.seed,
         "batch_size": options.batch_size,
         "optimizer": f"AdamW lr {options.lr} wd {options.weight_decay}, warm-up + cosine",
-        "augmentation": f"shift up to {MAX_SHIFT_PX} px",
-        "train_data": data_fingerprint(options.data_dir, [v.record.name for v in train]),
+        "augmentation": f"shift up to {MAX_SHIFT_PX} px"
+        + (", intensity jitter (gamma, gain, blur)" if options.intensity_augment else ""),
+        "train_data": data_fingerprint(options.data_dirs, [v.record.name for v in train]),
         "val_videos": len(val),
         "history": history,
         "command": options.command,

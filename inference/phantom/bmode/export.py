@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from pydicom.uid import RLELossless
 
+from ...preprocess import PreprocessError
 from ..cases import A4CLoop
 from ..dicom_writer import (
     JPEG_YBR,
@@ -43,6 +44,7 @@ from ..truthio import save_json, save_npz
 from .display import build_styled_overlay, compose_styled, tint_lut
 from .families import FAMILIES, pick
 from .heart import HeartPlan, sample_heart, truth_loop
+from .network_view import jpeg_round_trip, network_view
 from .scan import BModeScanner, ScanStyle, sample_scan_style
 
 RLE_MONO = PixelEncoding(RLELossless, "MONOCHROME2")
@@ -165,8 +167,10 @@ def _write_dicom(job: tuple[Path, int, int, np.random.SeedSequence, tuple[str, .
 
 
 def _write_echonet_video(job: tuple[Path, int, int, np.random.SeedSequence, tuple[str, ...]]):
-    """One AVI at 112x112 (the whole styled export squared and resized, so geometry and
-    annotations vary as they do in DICOM) and its FileList/VolumeTracings rows."""
+    """One AVI at 112x112 of the styled export as the node's networks see it (its own fan
+    finding, mask, crop and resize; the JPEG round trip for JPEG styles) and its
+    FileList/VolumeTracings rows. A loop whose fan the node cannot find (none so far) falls
+    back to the whole export squared, as before, so every index still writes one video."""
     videos, seed, i, ss, families = job
     rng = np.random.default_rng(ss)
     b = simulate_bmode(
@@ -176,10 +180,16 @@ def _write_echonet_video(job: tuple[Path, int, int, np.random.SeedSequence, tupl
     hr = round(case.plan.timing.heart_rate_bpm)
     text = (["Adult TTE", "A4C"], [f"HR {hr} bpm", f"Depth {case.sector.depth_cm:.0f} cm"])
     rgb = exported_rgb(b, rng, text)
-    sq = SquareResize.for_shape(case.sector.rows, case.sector.cols)
-    small = np.stack([sq.image(to_grey(f)) for f in rgb])
-    return write_video_entry(videos, file_name_for(seed, i), i, loop, small, sq,
-                             case.plan.frame_rate_hz, rng)
+    if b.style.encoding == "jpeg_ybr":
+        rgb = jpeg_round_trip(rgb, b.style.jpeg_quality)
+    try:
+        small, grid = network_view(rgb, case.plan.frame_time_ms)
+    except PreprocessError:
+        sq = SquareResize.for_shape(case.sector.rows, case.sector.cols)
+        small, grid = np.stack([sq.image(to_grey(f)) for f in rgb]), sq
+    return write_video_entry(
+        videos, file_name_for(seed, i), i, loop, small, grid, case.plan.frame_rate_hz, rng
+    )
 
 
 def worker_count(n: int) -> int:
