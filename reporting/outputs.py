@@ -8,13 +8,15 @@ video and the secondary capture.
 
 The overlay branch (render, VP8 video, JPEG secondary capture) spends its time in OpenCV,
 libvpx and libjpeg, which release the GIL, while SEG, SR, PDF and FHIR are Python building
-datasets and documents. So the overlay branch runs on one worker thread beside the others:
-on two cores a loop's objects take about the time of the longer branch, not of both. The
-source header is read in full before the thread starts, so both branches only read it.
+datasets and documents. So the overlay branch runs on one worker thread beside the others
+(and its JPEG frames on one more, ``overlay_writer``): on two cores a loop's objects take
+about the time of the longer branch, not of both. The source header is read in full before
+the thread starts, so both branches only read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +31,8 @@ from reporting.dicom_base import Equipment, derived_uid
 from reporting.echo_sr import write_echo_sr
 from reporting.encapsulated_pdf import write_encapsulated_pdf
 from reporting.fhir import build_fhir_bundle, bundle_json
-from reporting.overlay import WEBM_MEDIA_TYPE, render_overlay_frames, write_overlay_video
+from reporting.overlay import WEBM_MEDIA_TYPE
+from reporting.overlay_writer import render_video_and_jpeg
 from reporting.pdf import PDF_MEDIA_TYPE, build_report_pdf
 from reporting.secondary_capture import write_secondary_capture
 from reporting.seg import write_seg
@@ -172,28 +175,34 @@ def _dicom_objects(job: _Job) -> list[WrittenObject]:
 
 
 def _overlay_objects(job: _Job) -> list[WrittenObject]:
-    """The overlay frames, rendered once, as the WebM video and the secondary capture."""
+    """The overlay frames, rendered once, as the WebM video and the secondary capture
+    (``overlay_writer``: frame by frame, the SC's JPEG frames on a thread of their own). The
+    video's time is the rendering and encoding, the SC's its JPEG frames and its dataset."""
     started = time.perf_counter()
-    rendered = render_overlay_frames(
+    rendered = render_video_and_jpeg(
         job.cine.frames,
         job.masks,
+        job.folder / FILE_NAMES["overlay_video"],
+        job.cine.frame_time_ms,
         ed_frames=tuple(b.ed_frame for b in job.measurements.beats),
         es_frames=tuple(b.es_frame for b in job.measurements.beats),
         demo_models=job.demo,
     )
-    write_overlay_video(rendered, job.folder / FILE_NAMES["overlay_video"], job.cine.frame_time_ms)
     video = job.written("overlay_video", WEBM_MEDIA_TYPE, started)
+    video = dataclasses.replace(video, elapsed_s=rendered.video_s)
     started = time.perf_counter()
     sc = write_secondary_capture(
         job.source_ds,
-        rendered,
+        rendered.jpeg,
         job.folder / FILE_NAMES["secondary_capture"],
         frame_time_ms=job.cine.frame_time_ms,
         demo_models=job.demo,
         equipment=job.equipment,
         **job.uids("secondary_capture"),
     )
-    return [video, job.written("secondary_capture", DICOM_MEDIA_TYPE, started, sc)]
+    sc_written = job.written("secondary_capture", DICOM_MEDIA_TYPE, started, sc)
+    sc_written = dataclasses.replace(sc_written, elapsed_s=sc_written.elapsed_s + rendered.jpeg_s)
+    return [video, sc_written]
 
 
 def _documents(

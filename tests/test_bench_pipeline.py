@@ -44,8 +44,13 @@ def test_one_study_is_timed_from_the_last_store_to_the_report(tmp_path: Path) ->
     # the stages fit inside the end-to-end time
     inside = ("assembly_s", "queue_s", "decode_and_analysis_wall_s", "write_outputs_s")
     assert sum(stages[k] for k in inside) <= study.total_s + 0.5
+    # the row names the loop it wrote (frames x rows x cols) and the load it ran under
+    frames, rows_cols = study.loop.split(" x ")
+    assert int(frames) > 1 and all(int(n) > 0 for n in rows_cols.split("x"))
+    assert study.load_1min is not None and study.load_1min >= 0
     table = format_table(result)
     assert "0 export destination(s)" in table
+    assert study.loop in table and "load (1 min)" in table
     assert all(name in table for name, _ in COLUMNS)
     csv = format_table(result, "csv").splitlines()
     assert len(csv) == 2 and csv[0].startswith("study,state,instances")

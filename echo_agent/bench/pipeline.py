@@ -9,6 +9,9 @@ come from the database timestamps (instances' ``received_at``, the job's ``creat
 ``started_at`` / ``finished_at``) and the job log (``stages_s`` of the "analysed" line, the
 "drafted" and "reported" lines). Decoding overlaps the analysis (``inference.stream``), so the
 decoding thread's time is shown beside the wall time of decoding and analysis together.
+Each row also names the loop the job analysed (frames x rows x cols, from the log's "decoded"
+line: writing the objects grows with the loop's pixels) and the 1-minute load average when
+its job was done, since a wall-clock time on a shared 2-core machine means little without it.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class StudyTiming:
     total_s: float
     stages_s: dict[str, float]
     draft_verdict: str | None
+    loop: str | None = None  # the analysed loop, "139 x 600x800" (frames x rows x cols)
+    load_1min: float | None = None  # the 1-minute load average when the job was done
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ def _time_study(
     last_response = dt.datetime.now(dt.UTC)
     sessions = node.session_factory  # type: ignore[attr-defined]
     job = _wait_for_job(sessions, study_uid)
+    load_1min = MachineLoad.now().load_average_1min
     with sessions() as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         instances = session.scalar(
@@ -184,6 +190,7 @@ def _time_study(
             total_s=stages.get("assembly_s", 0.0),
             stages_s=stages,
             draft_verdict=None,
+            load_1min=load_1min,
         )
     log = read_log(job_output_dir(config, job.id))
     stages = _stages_from_log(log)
@@ -200,7 +207,17 @@ def _time_study(
         total_s=_seconds(last_response, finished),
         stages_s=stages,
         draft_verdict=None if drafted is None else str(drafted.get("verdict")),
+        loop=_loop_size(_last(log, "decoded")),
+        load_1min=load_1min,
     )
+
+
+def _loop_size(decoded: dict | None) -> str | None:
+    """The loop as "frames x rows x cols", from the job log's "decoded" line (None without
+    one): writing time grows with the loop's pixels, so the table says what each row wrote."""
+    if decoded is None or not all(k in decoded for k in ("n_frames", "rows", "cols")):
+        return None
+    return f"{decoded['n_frames']} x {decoded['rows']}x{decoded['cols']}"
 
 
 def _wait_for_job(sessions: object, study_uid: str) -> Job | None:
@@ -267,15 +284,18 @@ def _aware(moment: dt.datetime) -> dt.datetime:
 
 def format_table(result: PipelineBenchResult, fmt: str = "markdown") -> str:
     """One row per study, one column per stage ("not run" where the job did not time it)."""
-    names = ["study", "state", "instances", *(name for name, _ in COLUMNS), "total"]
-    names.append(f"write <= {WRITE_TARGET_S:g} s")
+    names = ["study", "state", "instances", "loop (frames x rows x cols)"]
+    names += [*(name for name, _ in COLUMNS), "total", f"write <= {WRITE_TARGET_S:g} s"]
+    names.append("load (1 min)")
     rows = []
     for i, study in enumerate(result.studies, 1):
-        cells = [str(i), study.state, str(study.instances)]
+        cells = [str(i), study.state, str(study.instances), study.loop or "not run"]
         for _name, key in COLUMNS:
             cells.append(f"{study.stages_s[key]:.2f}" if key in study.stages_s else "not run")
         cells.append(f"{study.total_s:.2f}")
         cells.append(_write_verdict(study.stages_s.get("write_outputs_s")))
+        load = study.load_1min
+        cells.append("not available" if load is None else f"{load:.1f}")
         rows.append(cells)
     writes = [
         s.stages_s["write_outputs_s"] for s in result.studies if "write_outputs_s" in s.stages_s
