@@ -298,10 +298,11 @@ def test_a_closed_port_is_a_retryable_failure(loop) -> None:
 # --- the real SonoSite loop --------------------------------------------------------------
 
 
-def test_real_sonosite_loop_sends_no_lv_number(peer) -> None:
+def test_real_sonosite_loop_sends_its_ef_and_withholds_the_rest(peer) -> None:
     """pydicom's real SonoSite A4C loop through the node's analysis with the demo networks:
-    no LV found, every LV value withheld, so every LV OBX is status X without a value and its
-    NTE says why; the receiver validates the message."""
+    the LV is found and the regression EF sent as a number; the method-of-disks EF (no whole
+    beat) and the volumes (calibration region outside the rescaled image) are OBX status X
+    without a value, each with an NTE saying why; the receiver validates the message."""
     import pydicom
     from pydicom import examples
 
@@ -329,7 +330,10 @@ def test_real_sonosite_loop_sends_no_lv_number(peer) -> None:
 
     observations = _observations(received.message)
     assert set(observations) >= LV_KEYS
-    for key in LV_KEYS:
+    published, _ = observations[KEY_LVEF_REGRESSION]
+    assert published.obx_11.to_er7() != "X" and published.obx_2.to_er7() == "NM"
+    assert float(published.obx_5.to_er7()) == pytest.approx(measurements.ef_percent, abs=0.05)
+    for key in LV_KEYS - {KEY_LVEF_REGRESSION}:
         obx, notes = observations[key]
         assert obx.obx_5.to_er7() == "" and obx.obx_2.to_er7() == ""
         assert obx.obx_11.to_er7() == "X"  # table 0085: results cannot be obtained
@@ -337,10 +341,10 @@ def test_real_sonosite_loop_sends_no_lv_number(peer) -> None:
         assert "not measurable" in notes[0] and "manual measurement required" in notes[0]
         assert not re.search(r"\d+\.\d", notes[0]), notes[0]
     quality = observations[codes.LOOP_QUALITY_SCORE.value][0]
-    assert 0.0 <= float(quality.obx_5.to_er7()) < 0.5  # below the gate's threshold
+    assert 0.5 <= float(quality.obx_5.to_er7()) <= 1.0  # a value was published
     text = _joined(observations[CONCLUSIONS.value][0].obx_5)
-    assert "LVEF (AI regression) not measurable: LV not identified on" in text
-    assert not re.search(r"\d+\.\d (%|mL)", text)
+    assert "LVEF (method of disks) not measurable: no cardiac cycle" in text
+    assert not re.search(r"\d+\.\d mL", text)
     assert all(len(line) <= 80 for line in _lines(observations[CONCLUSIONS.value][0]))
 
 

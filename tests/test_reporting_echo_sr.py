@@ -329,10 +329,12 @@ def test_values_withheld_by_the_gate_are_absent(loop, tmp_path):
     assert "Adult Echocardiography Procedure Report" in dsrdump_text(out)
 
 
-def test_real_sonosite_loop_through_the_analysis_has_no_lv_number(tmp_path):
+def test_real_sonosite_loop_through_the_analysis_reports_only_its_ef(tmp_path):
     """pydicom's real SonoSite A4C loop through the node's analysis with the shipped demo
-    networks: they find no LV, the gate withholds every value, and the echo SR says nothing
-    numeric about the LV, yet is a valid document dcmtk reads."""
+    networks: the LV is found and the regression EF published; the method of disks (no whole
+    beat in 30 frames) and the volumes (calibration region outside the rescaled image) are
+    withheld, and the echo SR holds the one LVEF number and no volume, yet is a valid document
+    dcmtk reads."""
     from pydicom import examples
 
     from inference.analyze import analyse
@@ -349,7 +351,8 @@ def test_real_sonosite_loop_through_the_analysis_has_no_lv_number(tmp_path):
     measurements = result.analysis.measurements
     algorithms = algorithms_for(models)
     withheld = {w.key for w in withheld_values(measurements)}
-    assert {KEY_LVEF_REGRESSION, KEY_LVEF_DISKS, KEY_LV_EDV, KEY_LV_ESV, KEY_LV_SV} <= withheld
+    assert {KEY_LVEF_DISKS, KEY_LV_EDV, KEY_LV_ESV, KEY_LV_SV} <= withheld
+    assert KEY_LVEF_REGRESSION not in withheld and measurements.ef_percent is not None
     source = pydicom.dcmread(path, stop_before_pixels=True)
     out = tmp_path / "echo_sr.dcm"
     write_echo_sr(source, measurements, algorithms, draft(models.demo), out)
@@ -357,7 +360,10 @@ def test_real_sonosite_loop_through_the_analysis_has_no_lv_number(tmp_path):
     dsrdump_text(out)
     _dsr2xml(out)
     sr = pydicom.dcmread(out)
-    lv_concepts = {EXPECTED[k][0] for k in withheld if k != KEY_HEART_RATE}
-    assert not [n for n in _read_left_ventricle(sr) if n.concept[0] in lv_concepts]
+    volume_concepts = {EXPECTED[k][0] for k in (KEY_LV_EDV, KEY_LV_ESV, KEY_LV_SV)}
+    numbers = _read_left_ventricle(sr)
+    assert not [n for n in numbers if n.concept[0] in volume_concepts]
+    (lvef,) = [n for n in numbers if n.concept[0] == EXPECTED[KEY_LVEF_REGRESSION][0]]
+    assert lvef.value == pytest.approx(measurements.ef_percent, abs=0.05)
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert str(sr.PatientName) == str(source.PatientName)
