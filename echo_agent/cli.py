@@ -131,6 +131,7 @@ def _write_offline_objects(
     from pydicom import dcmread
 
     from pacs_agent.outputs import algorithms_for, node_identifier_system
+    from reporting.body_size import body_size_from_dataset
     from reporting.outputs import write_report_objects
     from reporting.report_text import structured_text
     from reporting.types import DraftReport
@@ -140,7 +141,9 @@ def _write_offline_objects(
     measurements = result.analysis.measurements
     sex = str(source_ds.get("PatientSex", "")) or None
     report = DraftReport(
-        narrative_text=structured_text(measurements, algorithms, sex),
+        narrative_text=structured_text(
+            measurements, algorithms, sex, body_size_from_dataset(source_ds)
+        ),
         demo_models=models.demo,
     )
     write_report_objects(

@@ -32,6 +32,7 @@ from llm.compose import Composition, compose_answer
 from llm.drafting import measurement_lines
 from llm.facts import FACT_LABELS, FactSheet, build_fact_sheet
 from llm.grounding import lv_grade, measured_facts
+from llm.plain_context import plain_sentences
 from llm.types import Verdict
 from reporting.values import withheld_values
 
@@ -47,7 +48,12 @@ ADDITION_MAX_NEW_TOKENS = 40
 ADDITION_MAX_TIME_S = 4.0
 ADDITION_GRACE_S = 0.5  # the answer waits this long past the model's time limit, no longer
 ADDITION_OPENING = "In plain words,"
-ADDITION_CORE_SENTENCES = 2  # the model sees the first sentences of the core only (speed)
+ADDITION_CORE_SENTENCES = 2  # plain sentences the model is shown (speed: a short prompt)
+# the intents the model adds its sentence to. Not out of scope (nothing to restate), and not
+# descriptive: the model does not see the loop, and asked to describe "the video" it wrote what
+# no image shows ("the left ventricle pumping strong enough to lift a balloon", "pumps blood
+# efficiently", "a sign of heart failure")
+ADDITION_INTENTS = frozenset({"explanatory", "advisory", "measurement"})
 MODEL_PASS, MODEL_FAIL, MODEL_NOT_CHECKED = "pass", "fail", "not_checked"
 HISTORY_TURNS = 6  # the last three questions and answers
 REPORT_MAX_CHARS = 2000
@@ -93,7 +99,9 @@ class StudyContext:
 class ChatAnswer:
     """The finished answer. ``intent``, ``fact_keys`` and ``entries`` say what it was built
     from; ``model_verdict`` is the guard's verdict on the model's own sentence ("pass": shown,
-    "fail": left out, with ``model_reasons``; "not_checked": the model wrote none)."""
+    "fail": left out, with ``model_reasons``; "not_checked": the model wrote none), and
+    ``model_sentence`` that sentence as the guard read it (opening included), so an audit or
+    the evaluation can say which sentence failed and why."""
 
     text: str  # what is shown and stored
     verdict: str  # "pass" | "replaced"
@@ -104,6 +112,7 @@ class ChatAnswer:
     entries: tuple[dict[str, str], ...] = ()  # {"id", "title", "source"} per knowledge entry
     model_verdict: str = MODEL_NOT_CHECKED
     model_reasons: tuple[str, ...] = ()
+    model_sentence: str = ""
 
     @property
     def entry_ids(self) -> tuple[str, ...]:
@@ -171,16 +180,23 @@ def chat_messages(
     return messages
 
 
-def addition_messages(question: str, composition: Composition) -> list[Message]:
-    """The prompt for the model's one sentence: the question and the start of the composed
-    answer, ending in ``ADDITION_OPENING``, which the model continues."""
+def addition_context(composition: Composition, sheet: FactSheet) -> list[str]:
+    """What the model restates: the study's standing in plain words, without numbers
+    (``llm.plain_context``), for the facts the answer used, the question's topics first."""
+    return plain_sentences(sheet, composition.fact_keys, composition.route.topics,
+                           ADDITION_CORE_SENTENCES)  # fmt: skip
+
+
+def addition_messages(question: str, context: Sequence[str]) -> list[Message]:
+    """The prompt for the model's one sentence: the question and ``context`` (from
+    ``addition_context``), ending in ``ADDITION_OPENING``, which the model continues."""
     from llm.backend import Message
 
-    core = " ".join(composition.sentences[:ADDITION_CORE_SENTENCES])
     return [
         Message("system", "You restate an answer about a heart ultrasound for a patient in one "
-                "short sentence of plain words. Write no numbers. Add no new facts."),
-        Message("user", f"Question: {question}\nAnswer: {core}"),
+                "short sentence of plain words. Write no numbers. Add no new facts and no "
+                "explanation of how the heart works."),
+        Message("user", f"Question: {question}\nAnswer: {' '.join(context)}"),
         Message("assistant", ADDITION_OPENING),
     ]  # fmt: skip
 
@@ -242,10 +258,13 @@ def _model_sentence(open_stream: Callable[[], Iterator[str]], deadline_s: float)
     return (tail if tail.endswith((".", "!", "?")) else ""), written
 
 
-def _addition_limits(limits: GenerationLimits | None) -> GenerationLimits:
+def _addition_limits(
+    limits: GenerationLimits | None, addition_time_s: float | None = None
+) -> GenerationLimits:
     from llm.backend import GenerationLimits
 
-    tokens, seconds = ADDITION_MAX_NEW_TOKENS, ADDITION_MAX_TIME_S
+    tokens = ADDITION_MAX_NEW_TOKENS
+    seconds = ADDITION_MAX_TIME_S if addition_time_s is None else addition_time_s
     if limits is not None:
         tokens, seconds = min(tokens, limits.max_new_tokens), min(seconds, limits.max_time_s)
     return GenerationLimits(tokens, seconds)
@@ -257,10 +276,13 @@ def stream_answer(
     backend: TextModel | Callable[[], TextModel] | None,
     history: Sequence[ChatTurn] = (),
     limits: GenerationLimits | None = None,
+    addition_time_s: float | None = None,
 ) -> Iterator[ChatChunk]:
     """The answer in guarded pieces; the last chunk carries the ``ChatAnswer``. ``backend``
     may be a function that returns the model (called only after the core has streamed, so a
-    first question does not wait for a model load), or None (no model sentence)."""
+    first question does not wait for a model load), or None (no model sentence).
+    ``addition_time_s`` replaces the model sentence's time budget (``ADDITION_MAX_TIME_S``):
+    only for evaluating what the model writes on a machine too loaded to write it in time."""
     sheet = context.fact_sheet()
     composition = compose_answer(question, sheet, history)
     meta = {
@@ -278,11 +300,15 @@ def stream_answer(
         return
     for i, sentence in enumerate(sentences(core)):
         yield ChatChunk(("" if i == 0 else " ") + sentence)
-    if backend is None or composition.route.intent == "out_of_scope":
+    if backend is None or composition.route.intent not in ADDITION_INTENTS:
         yield ChatChunk("", answer=ChatAnswer(core, Verdict.PASS, (), "", **meta))
         return
-    addition_limits = _addition_limits(limits)
-    messages = addition_messages(question, composition)
+    context_sentences = addition_context(composition, sheet)
+    if not context_sentences:  # nothing the model could restate in plain words
+        yield ChatChunk("", answer=ChatAnswer(core, Verdict.PASS, (), "", **meta))
+        return
+    addition_limits = _addition_limits(limits, addition_time_s)
+    messages = addition_messages(question, context_sentences)
 
     def open_stream() -> Iterator[str]:  # a model still loading counts against the deadline
         model = backend if hasattr(backend, "stream") else backend()  # type: ignore[operator]
@@ -298,11 +324,13 @@ def stream_answer(
     if not result.passed:
         yield ChatChunk("", answer=ChatAnswer(core, Verdict.PASS, (), written, **meta,
                                               model_verdict=MODEL_FAIL,
-                                              model_reasons=result.reasons))  # fmt: skip
+                                              model_reasons=result.reasons,
+                                              model_sentence=addition))  # fmt: skip
         return
     yield ChatChunk(" " + addition)
     yield ChatChunk("", answer=ChatAnswer(f"{core} {addition}", Verdict.PASS, (), written,
-                                          **meta, model_verdict=MODEL_PASS))  # fmt: skip
+                                          **meta, model_verdict=MODEL_PASS,
+                                          model_sentence=addition))  # fmt: skip
 
 
 def answer_question(

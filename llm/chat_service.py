@@ -43,13 +43,14 @@ class StoredStudy:
 ChatBackend = Callable[[StoredStudy, Sequence[ChatTurn], str], Iterable[Any]]
 
 
-def language_model_backend(model: Any) -> ChatBackend:
+def language_model_backend(model: Any, *, addition_time_s: float | None = None) -> ChatBackend:
     """The guarded chat of ``llm.chat`` on ``model`` (an ``llm.backend.TextModel``): the
     answer composed from the study's facts and the knowledge base streams at once, and the
     model's one added sentence follows only when it passes the claim guard.
 
     ``model`` may also be a function that loads the model: it is called on the first question
-    (once), so the node starts serving before a slow model load finishes."""
+    (once), so the node starts serving before a slow model load finishes.
+    ``addition_time_s`` (evaluation only) replaces the model sentence's time budget."""
     lock = threading.Lock()
     loaded: list[Any] = [model] if hasattr(model, "stream") else []
 
@@ -59,7 +60,7 @@ def language_model_backend(model: Any) -> ChatBackend:
                 loaded.append(model())
             return loaded[0]
 
-    answer = _guarded(get_model)
+    answer = _guarded(get_model, addition_time_s)
     answer.__name__ = f"language_model:{getattr(model, 'name', type(model).__name__)}"
     return answer
 
@@ -72,7 +73,9 @@ def composed_backend() -> ChatBackend:
     return answer
 
 
-def _guarded(get_model: Callable[[], Any] | None) -> Callable[..., Iterator[Any]]:
+def _guarded(
+    get_model: Callable[[], Any] | None, addition_time_s: float | None = None
+) -> Callable[..., Iterator[Any]]:
     from inference.types import Measurements
     from llm import chat as guarded
 
@@ -89,7 +92,9 @@ def _guarded(get_model: Callable[[], Any] | None) -> Callable[..., Iterator[Any]
             weight_kg=context.weight_kg,
         )
         # the composed core streams before the model is asked for (or loaded)
-        yield from guarded.stream_answer(question, study, get_model, history)
+        yield from guarded.stream_answer(
+            question, study, get_model, history, addition_time_s=addition_time_s
+        )
 
     return answer
 
@@ -99,8 +104,7 @@ def _fmt(value: Any, unit: str) -> str:
 
 
 _TOPICS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("ef", "ejection", "fraction", "function", "systolic"),
-     ("lvef_regression", "lvef_disks")),
+    (("ef", "ejection", "fraction", "function", "systolic"), ("lvef_regression", "lvef_disks")),
     (("volume", "edv", "esv", "diastolic", "stroke", "sv"), ("lv_edv", "lv_esv", "lv_sv")),
     (("heart", "rate", "hr", "bpm", "pulse"), ("heart_rate",)),
 )
@@ -198,4 +202,4 @@ def _withheld(measurements: dict[str, Any]) -> dict[str, Any]:
 def _chunks(text: str, size: int = 24) -> Iterator[str]:
     """Small pieces, so the panel streams the same way it will for a language model."""
     for start in range(0, len(text), size):
-        yield text[start:start + size]
+        yield text[start : start + size]

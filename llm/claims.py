@@ -9,12 +9,17 @@ sentence about "a specialized equipment called an echocardiogram machine" three 
 * LV size words ("enlarged", "dilated", "large", "small", "normal in size", negations
   included) must agree with the fact sheet's size (sex-specific EDV range, indexed when
   height and weight are known); with no size graded, none may be stated.
+* Rate words in a sentence about the heart rate, pulse or beats ("fast", "rapid", "slow",
+  negations included) must agree with where the measured rate lies in the usual adult resting
+  range (the model wrote "the heart is beating too fast" for a rate within it).
 * Rhythm words: "regular"/"irregular" must agree with the cycle lengths; a named rhythm
   ("sinus rhythm", "atrial fibrillation", "arrhythmia") needs an ECG and fails unless hedged.
 * Structures the node does not assess (valves, wall motion, wall thickness, right ventricle,
   atria, pericardium) may be named only in a sentence that says they were not assessed.
 * Anatomy, physiology and the equipment are stated only in the knowledge base's own words: a
-  sentence of that kind that is not a vetted sentence fails.
+  sentence of that kind that is not a vetted sentence fails. Any sentence of the model's own
+  about blood is one ("the stroke volume is the amount of blood that is pumped by the heart per
+  minute" is false: that is the cardiac output).
 * A sentence said twice (in an answer, also one whose words all stand in an earlier one) fails,
   and an answer that states nothing about the study (no fact, no knowledge entry, no checked
   claim) fails.
@@ -85,7 +90,7 @@ _ANATOMY = re.compile(
     r"\bvessels?\b|\barter(?:y|ies)\b|\bveins?\b|\baorta\b|\bcirculat\w*|"
     r"\bpumps? (?:the )?blood\b|\bpumping (?:the )?blood\b|\bresponsible for\b|"
     r"\bis (?:a|an|the) (?:\w+ ){0,2}(?:chamber|organ|muscle|pump|part of)\b|"
-    r"\bblood (?:flows?|throughout)\b|\boxygen\w*\b",
+    r"\bblood\b|\boxygen\w*\b",
     re.I,
 )
 _EQUIPMENT = re.compile(
@@ -93,6 +98,45 @@ _EQUIPMENT = re.compile(
     r"\bultrasound waves?\b|\btechnicians?\b|\bsonographers?\b",
     re.I,
 )
+
+
+# words for how fast the heart beats, with what they claim about the rate's range
+_RATE_SUBJECT = re.compile(r"\bheart ?rate\b|\bpulse\b|\bbeat(?:s|ing)?\b|\bheartbeats?\b",
+                           re.I)  # fmt: skip
+_RATE_WORDS = (
+    ("high", re.compile(r"\b(?:fast|faster|rapid(?:ly)?|quick(?:ly)?|racing|high)\b", re.I)),
+    ("low", re.compile(r"\b(?:slow|slower|slowly|low)\b", re.I)),
+)
+_RATES = frozenset({"high", "low", "normal"})
+
+
+def rate_claims(text: str, sheet: FactSheet) -> list[str]:
+    """Why the speed words of ``text`` ("the heart is beating too fast") disagree with the
+    measured heart rate's place in the usual adult resting range (the fact sheet's
+    ``rate_high``/``rate_low``), or cannot be said because no rate was measured."""
+    from llm.facts import STATE_MEASURED
+
+    fact = sheet.get("heart_rate")
+    measured = fact is not None and fact.state == STATE_MEASURED
+    rate = ("high" if "rate_high" in sheet.conditions else
+            "low" if "rate_low" in sheet.conditions else "normal")  # fmt: skip
+    reasons = []
+    for sentence in sentences(text):
+        if not _RATE_SUBJECT.search(sentence):
+            continue
+        for said_rate, pattern in _RATE_WORDS:
+            for mt in pattern.finditer(sentence):
+                negated = _negated(sentence, mt.start())
+                said = (_RATES - {said_rate}) if negated else {said_rate}
+                phrase = f"{'not ' if negated else ''}{mt.group(0)}"
+                if not measured:
+                    reasons.append(f"{phrase!r}: no heart rate was measured on this loop "
+                                   f"(in: {sentence!r})")  # fmt: skip
+                elif rate not in said:
+                    where = {"high": "above", "low": "below", "normal": "within"}[rate]
+                    reasons.append(f"{phrase!r}: the heart rate was {where} the usual adult "
+                                   f"resting range (in: {sentence!r})")  # fmt: skip
+    return reasons
 
 
 @dataclass(frozen=True)
@@ -223,11 +267,15 @@ def check_claims(
     own = [s for s in said if _normalised(s) not in vetted]
     # a vetted sentence may share its words with another (each withheld value's statement);
     # the model's own may not restate one in part
-    reasons = [f"repeated sentence: {s!r}" for s in repeated_sentences(text)
-               if _normalised(s) not in vetted or s in repeated_sentences(text, contained=False)]
+    reasons = [
+        f"repeated sentence: {s!r}"
+        for s in repeated_sentences(text)
+        if _normalised(s) not in vetted or s in repeated_sentences(text, contained=False)
+    ]
     matched = [s for s in said if _normalised(s) in vetted]
     result = check_grounding(" ".join(own), sheet.measurements, sheet.sex, sheet=sheet)
     reasons += [r for r in result.reasons if not r.startswith("repeated sentence")]
+    reasons += rate_claims(" ".join(own), sheet)
     matched += list(result.matched)
     if said and not matched and not reasons:
         reasons.append("the answer states nothing about this study")

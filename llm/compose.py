@@ -34,8 +34,8 @@ RED_FLAGS_ENTRY = "red-flags"
 
 # the facts each topic asks for, in the order an answer states them
 _TOPIC_FACTS: dict[str, tuple[str, ...]] = {
-    "size": ("lv_size", "lv_edv_index"),
-    "volume": ("lv_edv", "lv_esv", "lv_sv", "lv_size"),
+    "size": ("lv_size", "bsa"),  # lv_size states the EDV index when there is one
+    "volume": ("lv_edv", "lv_esv", "lv_sv", "lv_size", "lv_esv_index", "bsa"),
     "function": ("lvef", "lvef_disks", "lv_function"),
     "rate": ("heart_rate",),
     "rhythm": ("rhythm", "heart_rate"),
@@ -86,9 +86,7 @@ def composed_ids(entries: Sequence[KnowledgeEntry]) -> tuple[str, ...]:
     return tuple(e.id for e in entries)
 
 
-def compose_answer(
-    question: str, sheet: FactSheet, history: Sequence[_Turn] = ()
-) -> Composition:
+def compose_answer(question: str, sheet: FactSheet, history: Sequence[_Turn] = ()) -> Composition:
     """The answer's core for ``question`` about the study of ``sheet``; ``history`` (oldest
     first) routes a follow-up."""
     route = route_question(question, history)

@@ -28,6 +28,7 @@ from llm.grounding import (
 )
 from llm.grounding import check_grounding as _check
 from llm.types import Verdict
+from reporting.body_size import BodySize
 from reporting.interpretation import (
     GRADE_ABOVE,
     GRADE_MILD,
@@ -89,10 +90,14 @@ class Draft:
         return {"verdict": self.verdict, "reasons": list(self.reasons)}
 
 
-def measurement_lines(m: Measurements, sex: str | None) -> list[str]:
+def measurement_lines(
+    m: Measurements, sex: str | None, sheet: FactSheet | None = None
+) -> list[str]:
     """The measurements as the model may quote them: ``label: value unit`` lines, then
     ``label: not measurable (reason); manual measurement required`` for each withheld value,
-    then the grade. Shared with the chat so both prompts state the numbers the same way."""
+    then the grade. Shared with the chat so both prompts state the numbers the same way.
+    ``sheet`` (else built from ``m`` and ``sex``) gives the LV size, indexed to body surface
+    area when the header had height and weight."""
     lines = [f"- {f.label}: {f.text}" for f in measured_facts(m)]
     # a withheld value is no number the model may quote: it is told why, in the words the
     # guard accepts when copied (``llm.grounding``)
@@ -102,7 +107,7 @@ def measurement_lines(m: Measurements, sex: str | None) -> list[str]:
         lines.append(f"- LVEF SD over beats: {m.ef_sd_percent:.1f} %")
     # no beat count: the embedded model turned "2 beats" into "2 beats per minute"
     lines.append(f"- LV systolic function (ASE/EACVI 2015): {lv_grade(m, sex).phrase}")
-    size = size_statement(build_fact_sheet(m, sex))
+    size = size_statement(sheet or build_fact_sheet(m, sex))
     if size:
         lines.append(f"- LV size (ASE/EACVI 2015): {size}")
     flags = shown_flags(m)
@@ -124,8 +129,10 @@ def size_statement(sheet: FactSheet) -> str:
         return ""
     who = {"M": "men", "F": "women"}.get(sheet.sex or "", "men and women")
     where = {SIZE_ENLARGED: "above", SIZE_SMALL: "below", SIZE_NORMAL: "within"}[sheet.lv_size]
+    # graded on the BSA index: said so, without the index's number (the guard checks mL)
+    indexed = " indexed to body surface area" if sheet.get("lv_edv_index") else ""
     return (f"The left ventricle is {_SIZE_WORDS[sheet.lv_size]} (end-diastolic volume "
-            f"{edv.value:.1f} mL, {where} the reference range for {who}).")  # fmt: skip
+            f"{edv.value:.1f} mL, {where} the reference range for {who}{indexed}).")  # fmt: skip
 
 
 def with_size(narrative: str, sheet: FactSheet) -> str:
@@ -139,12 +146,14 @@ def with_size(narrative: str, sheet: FactSheet) -> str:
     return f"{narrative} {size_statement(sheet)}".strip()
 
 
-def draft_request(m: Measurements, sex: str | None, feedback: Sequence[str] = ()) -> list[Message]:
+def draft_request(
+    m: Measurements, sex: str | None, feedback: Sequence[str] = (), sheet: FactSheet | None = None
+) -> list[Message]:
     """The request alone (system rules, measurements); ``feedback`` names the previous try's
     failures for the one regeneration. The video-text training data is built on this."""
     from llm.backend import Message
 
-    body = "Measurements:\n" + "\n".join(measurement_lines(m, sex))
+    body = "Measurements:\n" + "\n".join(measurement_lines(m, sex, sheet))
     body += "\n\nWrite the narrative paragraph now."
     if feedback:
         body += (
@@ -155,7 +164,9 @@ def draft_request(m: Measurements, sex: str | None, feedback: Sequence[str] = ()
     return [Message("system", SYSTEM_PROMPT), Message("user", body)]
 
 
-def draft_messages(m: Measurements, sex: str | None, feedback: Sequence[str] = ()) -> list[Message]:
+def draft_messages(
+    m: Measurements, sex: str | None, feedback: Sequence[str] = (), sheet: FactSheet | None = None
+) -> list[Message]:
     """The whole drafting prompt: the request after one worked example, ending in the answer's
     opening words, which the model continues (``NARRATIVE_OPENING``).
 
@@ -167,7 +178,7 @@ def draft_messages(m: Measurements, sex: str | None, feedback: Sequence[str] = (
     number (unless one happens to equal the study's value, which is then true)."""
     from llm.backend import Message
 
-    request = draft_request(m, sex, feedback)
+    request = draft_request(m, sex, feedback, sheet)
     example = _worked_example(m, sex)
     if example is None:
         withheld = lv_grade(m, sex).withheld is not None
@@ -309,24 +320,28 @@ def draft_report(
     *,
     algorithms: Algorithms | None = None,
     limits: GenerationLimits | None = None,
+    body: BodySize | None = None,
 ) -> Draft:
     """The structured text and a guarded narrative. ``sex`` is "M", "F" or anything else for
-    unknown; ``backend`` None drafts no narrative (verdict ``not_checked``)."""
+    unknown; ``backend`` None drafts no narrative (verdict ``not_checked``). ``body`` (the
+    header's checked height and weight) indexes the LV volumes in both."""
     from llm.backend import GenerationLimits
 
     if algorithms is None:
         algorithms = _placeholder_algorithms(demo_models)
     elif algorithms.demo_models != demo_models:
         raise ValueError("demo_models disagrees with the algorithms' demo flag")
-    structured = _structured_text(measurements, algorithms, sex)
+    structured = _structured_text(measurements, algorithms, sex, body)
     if backend is None:
         return Draft(structured, "", Verdict.NOT_CHECKED, (), demo_models, 0, "")
     limits = limits or GenerationLimits(DRAFT_MAX_NEW_TOKENS, DRAFT_MAX_TIME_S)
-    sheet = build_fact_sheet(measurements, sex, demo_models=demo_models)
+    height_cm, weight_kg = (body.height_cm, body.weight_kg) if body else (None, None)
+    sheet = build_fact_sheet(measurements, sex, height_cm=height_cm, weight_kg=weight_kg,
+                             demo_models=demo_models)  # fmt: skip
     reasons: list[str] = []
     feedback: tuple[str, ...] = ()
     for attempt in (1, 2):
-        messages = draft_messages(measurements, sex, feedback)
+        messages = draft_messages(measurements, sex, feedback, sheet)
         raw = backend.generate(messages, limits).text
         text = tidy_narrative(messages[-1].content + raw)
         result = _check(text, measurements, sex, sheet=sheet) if text else None

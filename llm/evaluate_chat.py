@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,12 @@ from inference.types import Beat, Measurements
 from llm.chat import ChatTurn
 from llm.chat_service import ChatBackend, StoredStudy
 from llm.evaluate_chat_checks import KnowledgeSentences, all_met, repeated_sentences, sentences
+from llm.evaluate_chat_failures import (
+    markdown_failures,
+    passed_raw,
+    raw_fail_reason_counts,
+    raw_failure,
+)
 from llm.evaluate_chat_questions import Ask, conversations_for
 
 # targets of issue #19 ("must show")
@@ -123,9 +129,15 @@ class TurnResult:
     whole_s: float
     model_first_token_s: float | None = None  # the model's own first token (None: not asked)
     model_sentence: str = ""  # the model's own sentence when it was shown
+    # why the raw guard failed: the refused sentence(s) and the guard's reasons (empty: passed)
+    raw_failed_sentences: tuple[str, ...] = ()
+    raw_fail_reasons: tuple[str, ...] = ()
+    model_written: str = ""  # all the model wrote (also when it finished no sentence in time)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "ask": self.ask.__dict__}
+        return {**self.__dict__, "ask": self.ask.__dict__,
+                "raw_failed_sentences": list(self.raw_failed_sentences),
+                "raw_fail_reasons": list(self.raw_fail_reasons)}  # fmt: skip
 
 
 @dataclass
@@ -163,20 +175,13 @@ def default_guard(text: str, m: Measurements, sex: str | None) -> bool:
     return bool(check_claims(text, build_fact_sheet(m, sex)).passed)
 
 
-def _raw_pass(answer: Any) -> bool:
-    """The model's own text passed the guard before any replacement: the answer was not
-    replaced, and its model sentence (when the backend reports one) was not dropped."""
-    if answer is None:
-        return True  # a backend without a guard: nothing was replaced
-    if str(getattr(answer, "verdict", "pass")) != "pass":
-        return False
-    return str(getattr(answer, "model_verdict", "pass")) != "fail"
-
-
 def _shown_model_sentence(answer: Any) -> str:
     """The model's first sentence when the answer shows it (``model_verdict`` pass)."""
     if str(getattr(answer, "model_verdict", "")) != "pass":
         return ""
+    checked = str(getattr(answer, "model_sentence", ""))
+    if checked:
+        return checked
     written = sentences(str(getattr(answer, "model_text", "")))
     return written[0] if written else ""
 
@@ -236,12 +241,14 @@ def run_evaluation(
                                None)  # fmt: skip
             intent = getattr(answer, "intent", None)
             m, sex = study.measurements, study.sex
+            failed, why = raw_failure(answer)
             results.append(TurnResult(
-                study.name, index, ask, text, _raw_pass(answer), guard(text, m, sex),
+                study.name, index, ask, text, passed_raw(answer), guard(text, m, sex),
                 repeated_sentences(text), all_met(ask.requires, text, m, sex, knowledge),
                 None if intent is None else str(intent) == ask.intent,
                 str(getattr(answer, "model_verdict", "not_checked")), first, whole, model_first,
-                _shown_model_sentence(answer),
+                _shown_model_sentence(answer), failed, why,
+                str(getattr(answer, "model_text", "")),
             ))  # fmt: skip
             history += [ChatTurn("user", ask.text), ChatTurn("assistant", text)]
             if progress is not None:
@@ -249,6 +256,14 @@ def run_evaluation(
                 progress(f"[{len(results)}] {study.name} {ask.intent}: {ask.text!r} -> "
                          f"answered={r.answered} raw={r.raw_pass} {whole:.1f} s: "
                          f"{text[:160]!r}")  # fmt: skip
+                if r.model_sentence:
+                    progress(f"    added: {r.model_sentence!r}")
+                elif r.model_verdict == "not_checked" and r.model_written:
+                    progress(f"    no sentence in time: {r.model_written!r}")
+                for sentence in r.raw_failed_sentences:
+                    progress(f"    refused: {sentence!r}")
+                for reason in r.raw_fail_reasons:
+                    progress(f"    because: {reason}")
     return results
 
 
@@ -271,6 +286,7 @@ def summarize(results: Sequence[TurnResult]) -> dict[str, Any]:
     wholes = [r.whole_s for r in results]
     model_firsts = [r.model_first_token_s for r in results if r.model_first_token_s is not None]
     routed = [r.routed for r in results if r.routed is not None]
+    checked = [r for r in results if r.model_verdict in ("pass", "fail")]
     by_intent: dict[str, list[TurnResult]] = {}
     for r in results:
         by_intent.setdefault(r.ask.intent, []).append(r)
@@ -287,12 +303,17 @@ def summarize(results: Sequence[TurnResult]) -> dict[str, Any]:
         },
         "routed_rate": sum(routed) / len(routed) if routed else None,
         "model_sentence_shown_rate": sum(r.model_verdict == "pass" for r in results) / n,
+        "model_sentence_checked_rate": len(checked) / n,
+        "raw_pass_rate_of_checked": (
+            sum(r.model_verdict == "pass" for r in checked) / len(checked) if checked else None
+        ),
         "distinct_model_sentences": len({r.model_sentence for r in results if r.model_sentence}),
         "first_token_s_median": statistics.median(firsts) if firsts else None,
         "first_token_s_p95": _p95(firsts),
         "model_first_token_s_median": statistics.median(model_firsts) if model_firsts else None,
         "whole_answer_s_median": statistics.median(wholes),
         "whole_answer_s_p95": _p95(wholes),
+        "raw_fail_reason_counts": raw_fail_reason_counts(results),
     }
 
 
@@ -312,6 +333,8 @@ _ROWS: tuple[tuple[str, str, Callable[[Any], str], str], ...] = (
     ("repeated sentences", "repeated_sentences", str, "0"),
     ("answers with a repeat", "answers_with_repeats_rate", _pct, "0 %"),
     ("intent routed as expected", "routed_rate", _pct, ""),
+    ("model's sentence written in time (checked)", "model_sentence_checked_rate", _pct, ""),
+    ("raw guard pass of the checked sentences", "raw_pass_rate_of_checked", _pct, ""),
     ("model's sentence shown", "model_sentence_shown_rate", _pct, ""),
     ("distinct model sentences shown", "distinct_model_sentences", str, ""),
     ("first token, median", "first_token_s_median", _secs, "<= 1 s"),
@@ -344,11 +367,14 @@ def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 def write_results(
-    path: Path, summaries: dict[str, dict[str, Any]], results: dict[str, Iterable[TurnResult]]
+    path: Path, summaries: dict[str, dict[str, Any]], results: dict[str, Sequence[TurnResult]]
 ) -> None:
-    """The table (markdown) at ``path`` and every answer beside it (``.json``)."""
+    """The table (markdown) at ``path`` with every raw guard failure and why below it, and
+    every answer beside it (``.json``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown_table(summaries) + "\n")
+    parts = [markdown_table(summaries)]
+    parts += [markdown_failures(label, rs) for label, rs in results.items()]
+    path.write_text("\n\n".join(parts) + "\n")
     detail = {label: {"summary": summaries[label], "answers": [r.to_json() for r in rs]}
               for label, rs in results.items()}  # fmt: skip
     path.with_suffix(".json").write_text(json.dumps(detail, indent=1) + "\n")

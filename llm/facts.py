@@ -8,17 +8,22 @@ assess), writes each as a sentence, and answers are built from those sentences. 
 (``llm.claims``) accepts a fact sentence verbatim and checks anything else against the sheet.
 
 Ranges: ASE/EACVI 2015 (``reporting.interpretation``): LVEF Table 4, LV volumes Table 1
-(absolute, and indexed to body surface area: EDV/BSA men 34-74, women 29-61 mL/m2). BSA by the
-Mosteller formula, only when height and weight are known.
+(absolute, and indexed to body surface area: EDV/BSA men 34-74, women 29-61 mL/m2; ESV/BSA men
+11-31, women 8-24 mL/m2). BSA by the Mosteller formula (``reporting.body_size``), only when the
+header's height and weight are known and plausible; LV size is then judged on the indexed EDV,
+and without them the sheet says the volumes are not indexed and why.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from inference.gate import FLAG_LV_NOT_IDENTIFIED
 from inference.types import Measurements
 from llm.grounding import lv_grade, measured_facts
+from reporting.body_size import BSA_FORMULA, body_size_from_values
+from reporting.body_size import body_surface_area_m2 as body_surface_area_m2
+from reporting.indexed_volumes import index_ml_per_m2
 from reporting.interpretation import (
     GRADE_ABOVE,
     GRADE_BELOW,
@@ -26,6 +31,8 @@ from reporting.interpretation import (
     GRADE_MODERATE,
     GRADE_NORMAL,
     GRADE_SEVERE,
+    INDEXED_VOLUME_NORMAL_ML_PER_M2,
+    indexed_range_grade,
     range_grade,
 )
 from reporting.values import (
@@ -55,9 +62,12 @@ RHYTHM_SPREAD_LIMIT = 0.15
 MIN_CYCLES_FOR_RHYTHM = 2
 
 ASE_SHORT = "ASE/EACVI 2015"
-# ASE/EACVI 2015 Table 1, 2D biplane, mean +- 2 SD: the absolute ranges live in
-# ``reporting.interpretation``; these are the indexed ones (mL/m2)
-_EDV_INDEX_NORMAL = {"M": (34.0, 74.0), "F": (29.0, 61.0)}
+# ASE/EACVI 2015 Table 1, 2D biplane, mean +- 2 SD (``reporting.interpretation``), mL/m2
+_EDV_INDEX_NORMAL = INDEXED_VOLUME_NORMAL_ML_PER_M2[KEY_LV_EDV]
+NOT_INDEXED_SENTENCE = (
+    "The LV volumes are not indexed to body surface area, because the patient's height and "
+    "weight are not available from the DICOM header; LV size is judged on the absolute volume."
+)
 _EDV_NORMAL = {"M": (62.0, 150.0), "F": (46.0, 106.0)}
 _LVEF_NORMAL = {"M": (52.0, 72.0), "F": (54.0, 74.0)}
 _WHO = {"M": "men", "F": "women"}
@@ -82,6 +92,8 @@ FACT_LABELS = {
     "lv_size": "LV size (ASE/EACVI 2015 range by sex)",
     "bsa": "body surface area",
     "lv_edv_index": "LV end-diastolic volume index",
+    "lv_esv_index": "LV end-systolic volume index",
+    "volume_index": "LV volumes not indexed (no height and weight)",
     "heart_rate": "heart rate",
     "rhythm": "beat-to-beat regularity",
     "view": "view (A4C)",
@@ -136,11 +148,42 @@ class FactSheet:
         return tuple(f.sentence for f in self.facts)
 
 
-def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
-    """Mosteller: sqrt(height cm x weight kg / 3600)."""
-    if height_cm <= 0 or weight_kg <= 0:
-        raise ValueError("height and weight must be positive")
-    return math.sqrt(height_cm * weight_kg / 3600.0)
+def _bsa_m2(height_cm: float | None, weight_kg: float | None) -> float | None:
+    """Mosteller BSA from values that pass the header's plausibility checks, else None."""
+    if height_cm is None or weight_kg is None:
+        return None
+    return body_size_from_values(height_cm / 100.0, weight_kg).bsa_m2
+
+
+def _index_facts(
+    measured: dict, sex: str | None, height_cm: float | None, weight_kg: float | None
+) -> list[StudyFact]:
+    """The BSA and the EDV and ESV indices graded against the indexed ranges; without a BSA
+    one not-measurable fact saying why (only when there is a volume to index)."""
+    volumes = [(key, measured[name], words) for key, name, words in
+               ((KEY_LV_EDV, "edv", "end-diastolic"), (KEY_LV_ESV, "esv", "end-systolic"))
+               if name in measured]  # fmt: skip
+    if not volumes:
+        return []
+    bsa = _bsa_m2(height_cm, weight_kg)
+    if bsa is None:
+        return [StudyFact("volume_index", "size", STATE_NOT_MEASURABLE, NOT_INDEXED_SENTENCE)]
+    out = [StudyFact("bsa", "size", STATE_INFO,
+                     f"The body surface area is {bsa:.2f} m2 ({BSA_FORMULA} formula, from the "
+                     f"height of {height_cm:g} cm and weight of {weight_kg:g} kg in the DICOM "
+                     "header).", round(bsa, 2), "m2")]  # fmt: skip
+    where = {GRADE_NORMAL: "within", GRADE_ABOVE: "above", GRADE_BELOW: "below"}
+    for key, fact, words in volumes:
+        index = index_ml_per_m2(round(fact.value, 1), bsa)
+        ranges = _range_words(INDEXED_VOLUME_NORMAL_ML_PER_M2[key], sex, "mL/m2")
+        grade = indexed_range_grade(key, index, sex)
+        judged = (f"{where[grade]} the reference range of {ranges}" if grade else
+                  f"not graded against {ranges}, as the sex is not known")  # fmt: skip
+        out.append(StudyFact(f"{key}_index", "size", STATE_MEASURED,
+                             f"Indexed to body surface area the LV {words} volume is "
+                             f"{index:.1f} mL/m2, {judged} ({ASE_SHORT}).", index,
+                             "mL/m2"))  # fmt: skip
+    return out
 
 
 def _sex(sex: str | None) -> str | None:
@@ -214,6 +257,7 @@ def _volume_facts(
         elif value_key in withheld:
             out.append(StudyFact(key, "volume", STATE_NOT_MEASURABLE,
                                  withheld[value_key].statement))  # fmt: skip
+    out += _index_facts(measured, sex, height_cm, weight_kg)
     edv = measured.get("edv")
     if edv is None:
         out.append(StudyFact("lv_size", "size", STATE_NOT_MEASURABLE,
@@ -221,42 +265,31 @@ def _volume_facts(
                              "is not measurable on this loop."))  # fmt: skip
         return out, None
     size: str | None
-    if height_cm and weight_kg:
-        bsa = body_surface_area_m2(height_cm, weight_kg)
-        index = edv.value / bsa
-        out.append(StudyFact("bsa", "size", STATE_INFO,
-                             f"The body surface area is {bsa:.2f} m2 (Mosteller, from height "
-                             "and weight).", round(bsa, 2), "m2"))  # fmt: skip
-        out.append(StudyFact("lv_edv_index", "size", STATE_MEASURED,
-                             f"Indexed to body surface area the LV end-diastolic volume is "
-                             f"{index:.1f} mL/m2.", round(index, 1), "mL/m2"))  # fmt: skip
-        sexes = (_sex(sex),) if _sex(sex) else ("M", "F")
-        grades = {_grade(index, *_EDV_INDEX_NORMAL[s]) for s in sexes if s}
-        size = next(iter(grades)) if len(grades) == 1 else None
-        table, value_text, unit = _EDV_INDEX_NORMAL, f"{index:.1f} mL/m2", "mL/m2"
+    indexed = next((f for f in out if f.key == "lv_edv_index"), None)
+    what = "end-diastolic volume"
+    if indexed is not None and indexed.value is not None:  # the indexed range is the tighter
+        size = _size_of(indexed_range_grade(KEY_LV_EDV, indexed.value, sex))
+        table, value_text, unit = _EDV_INDEX_NORMAL, f"{indexed.value:.1f} mL/m2", "mL/m2"
+        what = "end-diastolic volume index"
     else:
         size = _size_of(range_grade(KEY_LV_EDV, edv.value, sex))
         table, value_text, unit = _EDV_NORMAL, edv.text, "mL"
     ranges = _range_words(table, _sex(sex), unit)
     source = f"{ASE_SHORT}, biplane reference; this volume is single plane"
     if size is None:
-        text = (f"LV size is not graded: the end-diastolic volume of {value_text} is judged "
+        text = (f"LV size is not graded: the {what} of {value_text} is judged "
                 f"against {ranges} ({source}), and the sex is not known.")  # fmt: skip
     elif size == SIZE_ENLARGED:
-        text = (f"The left ventricle is enlarged: its end-diastolic volume of {value_text} is "
+        text = (f"The left ventricle is enlarged: its {what} of {value_text} is "
                 f"above the reference range of {ranges} ({source}).")  # fmt: skip
     elif size == SIZE_SMALL:
-        text = (f"The left ventricle is smaller than usual: its end-diastolic volume of "
+        text = (f"The left ventricle is smaller than usual: its {what} of "
                 f"{value_text} is below the reference range of {ranges} ({source}).")  # fmt: skip
     else:
-        text = (f"The left ventricle is normal in size: its end-diastolic volume of "
+        text = (f"The left ventricle is normal in size: its {what} of "
                 f"{value_text} is within the reference range of {ranges} ({source}).")  # fmt: skip
     out.append(StudyFact("lv_size", "size", STATE_MEASURED if size else STATE_INFO, text))
     return out, size
-
-
-def _grade(value: float, low: float, high: float) -> str:
-    return SIZE_SMALL if value < low else SIZE_ENLARGED if value > high else SIZE_NORMAL
 
 
 def _size_of(range_word: str | None) -> str | None:
@@ -281,7 +314,8 @@ def _rate_facts(m: Measurements) -> tuple[list[StudyFact], str | None]:
     rate = measured.get("heart_rate")
     if rate is not None:
         where = {GRADE_NORMAL: "within", GRADE_ABOVE: "above", GRADE_BELOW: "below"}[
-            range_grade(KEY_HEART_RATE, rate.value, None) or GRADE_NORMAL]
+            range_grade(KEY_HEART_RATE, rate.value, None) or GRADE_NORMAL
+        ]
         source = {"ecg": "from the ECG trace", "beats": "from the beats on the loop",
                   "header": "from the DICOM header"}.get(m.heart_rate_source, "")  # fmt: skip
         out.append(StudyFact("heart_rate", "rate", STATE_MEASURED,
@@ -313,10 +347,34 @@ def _rate_facts(m: Measurements) -> tuple[list[StudyFact], str | None]:
     return out, rhythm
 
 
+def view_sentence(m: Measurements) -> str:
+    """The view as far as the loop bears it out. The loop was selected as A4C (its header or
+    the view classifier); when the validity gate found no left ventricle on any frame (a real
+    SonoSite loop does this), "is an A4C view" would be a claim the images do not support, so
+    the sentence says it was selected as one and that the LV could not be identified."""
+    evidence = m.gate
+    lost = FLAG_LV_NOT_IDENTIFIED in m.flag_codes
+    selected = "The loop was selected for analysis as an apical four-chamber (A4C) view"
+    if evidence is not None and evidence.n_frames and evidence.lv_frames == 0:
+        return (
+            f"{selected}, but the left ventricle could not be identified on any of its "
+            f"{evidence.n_frames} frames, so the images do not confirm that view."
+        )
+    if evidence is not None and evidence.n_frames and lost:
+        return (
+            f"{selected}; the left ventricle was identified on only {evidence.lv_frames} "
+            f"of its {evidence.n_frames} frames."
+        )
+    if lost:
+        return f"{selected}, but the left ventricle could not be identified on enough frames."
+    return (
+        "The loop is a 2D transthoracic echocardiogram in the apical four-chamber (A4C) "
+        "view, on which the node outlines the left ventricle frame by frame."
+    )
+
+
 def _image_facts(m: Measurements) -> list[StudyFact]:
-    view = ("The loop is a 2D transthoracic echocardiogram in the apical four-chamber (A4C) "
-            "view, on which the node outlines the left ventricle frame by frame.")
-    out = [StudyFact("view", "image", STATE_INFO, view)]
+    out = [StudyFact("view", "image", STATE_INFO, view_sentence(m))]
     parts = [f"The loop has {m.n_frames} frames"]
     if m.frame_time_ms:
         rate = 1000.0 / m.frame_time_ms

@@ -30,6 +30,7 @@ from llm.drafting import (
 from llm.types import Verdict
 from pacs_agent.config import Config
 from pacs_agent.errors import EchoAgentError
+from reporting.body_size import BodySize
 from reporting.types import Algorithms
 
 if TYPE_CHECKING:
@@ -135,15 +136,17 @@ def draft_for_job(
     algorithms: Algorithms,
     config: Config,
     text_models: TextModelCache | None,
+    body: BodySize | None = None,
 ) -> TimedDraft:
     """The job's draft under ``config.llm``: no model when ``llm.draft`` is off; the structured
     fallback, with the reason, when the model cannot load or generation fails.
 
-    ``text_models`` None (a caller without a shared cache) loads the model for this draft only."""
+    ``text_models`` None (a caller without a shared cache) loads the model for this draft only.
+    ``body``: the loop header's checked height and weight, which index the LV volumes."""
     started = time.perf_counter()
     demo = algorithms.demo_models
     if not config.llm.draft:
-        draft = draft_report(measurements, None, sex, demo, algorithms=algorithms)
+        draft = draft_report(measurements, None, sex, demo, algorithms=algorithms, body=body)
         return TimedDraft(draft, time.perf_counter() - started, "")
     name = configured_model_name(config)
     cache = text_models if text_models is not None else TextModelCache(config)
@@ -152,23 +155,35 @@ def draft_for_job(
     except LanguageModelUnavailableError as exc:
         reason = f"{UNAVAILABLE}: {exc}"
         log.warning("report drafted without the language model (%s)", reason)
-        draft = _fallback(measurements, sex, algorithms, reason)
+        draft = _fallback(measurements, sex, algorithms, reason, body)
         return TimedDraft(draft, time.perf_counter() - started, name)
     try:
         draft = draft_report(
-            measurements, model, sex, demo, algorithms=algorithms, limits=draft_limits(config)
+            measurements,
+            model,
+            sex,
+            demo,
+            algorithms=algorithms,
+            limits=draft_limits(config),
+            body=body,
         )
     except Exception as exc:  # generation errors must not fail the job
         reason = f"{FAILED}: {type(exc).__name__}: {exc}"
         log.warning("report drafted without a narrative (%s)", reason, exc_info=True)
-        draft = _fallback(measurements, sex, algorithms, reason)
+        draft = _fallback(measurements, sex, algorithms, reason, body)
     return TimedDraft(draft, time.perf_counter() - started, model.name)
 
 
 def _fallback(
-    measurements: Measurements, sex: str | None, algorithms: Algorithms, reason: str
+    measurements: Measurements,
+    sex: str | None,
+    algorithms: Algorithms,
+    reason: str,
+    body: BodySize | None = None,
 ) -> Draft:
-    draft = draft_report(measurements, None, sex, algorithms.demo_models, algorithms=algorithms)
+    draft = draft_report(
+        measurements, None, sex, algorithms.demo_models, algorithms=algorithms, body=body
+    )
     return dataclasses.replace(draft, reasons=(reason,))
 
 

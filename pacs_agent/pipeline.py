@@ -44,6 +44,7 @@ from pacs_agent.deliveries import queue_outputs
 from pacs_agent.drafting import TextModelCache, TimedDraft, draft_for_job, header_sex
 from pacs_agent.jobs import KIND_ANALYZE, PermanentJobError
 from pacs_agent.outputs import OUTPUTS_DIR_NAME, RecordedOutputs, algorithms_for, write_and_record
+from reporting.body_size import body_size_from_dataset
 
 log = logging.getLogger(__name__)
 
@@ -280,12 +281,14 @@ def _analyse(
     models: ModelCache,
 ) -> AnalysedJob:
     """Analyses the loop (``analyse_for_job``), then records it: the decoded summary,
-    ``measurements.json`` and the ``Analysis`` row."""
+    ``measurements.json`` and the ``Analysis`` row, with the loop header's height and weight
+    where they are plausible (``reporting.body_size``: the chat indexes the volumes by them)."""
     result, loaded = analyse_for_job(loop, config, models)
     record_decoded(context, result.cine)
     document = measurements_document(result, loaded)
     write_json_atomic(context.output_dir / MEASUREMENTS_NAME, document)
     measurements = result.analysis.measurements
+    body = body_size_from_dataset(dcmread(context.path, stop_before_pixels=True))
     with session_factory.begin() as session:
         row = session.scalar(select(Analysis).where(Analysis.job_fk == context.job_id))
         if row is None:
@@ -295,16 +298,20 @@ def _analyse(
         row.demo_models = loaded.demo
         row.ef_percent = measurements.ef_percent
         row.measurements = document
+        row.patient_height_cm = body.height_cm
+        row.patient_weight_kg = body.weight_kg
     return AnalysedJob(context, result, loaded)
 
 
 def _draft(analysed: AnalysedJob, config: Config, text_models: TextModelCache | None) -> DraftedJob:
-    """The report's words from the measurements; the patient's sex (M/F) is the only header
-    value the draft uses: no header text is prompt."""
-    sex = header_sex(dcmread(analysed.context.path, stop_before_pixels=True).get("PatientSex"))
+    """The report's words from the measurements; the patient's sex (M/F), height and weight
+    (checked numbers, indexing the volumes) are the only header values the draft uses: no
+    header text is prompt."""
+    header = dcmread(analysed.context.path, stop_before_pixels=True)
     timed = draft_for_job(
         analysed.result.analysis.measurements,
-        sex=sex,
+        sex=header_sex(header.get("PatientSex")),
+        body=body_size_from_dataset(header),
         algorithms=algorithms_for(analysed.models),
         config=config,
         text_models=text_models,

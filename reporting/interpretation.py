@@ -13,6 +13,9 @@ J Am Soc Echocardiogr 2015;28:1-39.e14 (ASE/EACVI 2015).
   women 46-106 mL; ESV men 21-61 mL, women 14-42 mL. Our volumes are single-plane (A4C); the
   guideline gives no separate single-plane range, so the biplane one is used and the range text
   says so.
+* Table 1, indexed to body surface area (mL/m2): EDV/BSA men 34-74, women 29-61; ESV/BSA men
+  11-31, women 8-24. Used only when the header gives a plausible height and weight
+  (``reporting.body_size``, Mosteller BSA).
 
 Where the sex is unknown and the two sexes' grades differ, no grade is given: the value is
 shown with both ranges and no flag, rather than a guess.
@@ -86,6 +89,11 @@ _VOLUME_NORMAL = {
     KEY_LV_EDV: {"M": (62.0, 150.0), "F": (46.0, 106.0)},
     KEY_LV_ESV: {"M": (21.0, 61.0), "F": (14.0, 42.0)},
 }
+# LV volumes indexed to BSA (ASE/EACVI 2015 Table 1, 2D biplane, mL/m2)
+INDEXED_VOLUME_NORMAL_ML_PER_M2 = {
+    KEY_LV_EDV: {"M": (34.0, 74.0), "F": (29.0, 61.0)},
+    KEY_LV_ESV: {"M": (11.0, 31.0), "F": (8.0, 24.0)},
+}
 # Resting adult heart rate: the conventional 60-100 /min (AHA), not an ASE range
 _HEART_RATE_NORMAL = (60.0, 100.0)
 _HEART_RATE_SOURCE = "conventional adult resting range (AHA)"
@@ -148,6 +156,23 @@ def range_grade(key: str, value: float, sex: str | None) -> str | None:
     if key == KEY_HEART_RATE:
         return _range_grade(value, *_HEART_RATE_NORMAL)
     return None
+
+
+def indexed_range_grade(key: str, value_ml_per_m2: float, sex: str | None) -> str | None:
+    """Normal, below or above the BSA-indexed range of an LV volume (``KEY_LV_EDV`` or
+    ``KEY_LV_ESV``); None when the sex is unknown and the two sexes' grades differ."""
+    table = INDEXED_VOLUME_NORMAL_ML_PER_M2[key]
+    return _agreed([_range_grade(value_ml_per_m2, *table[s]) for s in _sexes(sex)])
+
+
+def interpret_indexed(key: str, value_ml_per_m2: float, sex: str | None) -> Interpretation:
+    """An LV volume index against its sex-specific ASE/EACVI 2015 range, as ``interpret``
+    words it for an absolute volume."""
+    table = INDEXED_VOLUME_NORMAL_ML_PER_M2[key]
+    source = f"{ASE_2015}, biplane, indexed to BSA"
+    ranges = tuple(ReferenceRange(*table[s], s, source) for s in _sexes(sex))
+    grade = indexed_range_grade(key, value_ml_per_m2, sex)
+    return Interpretation(grade, _flag(grade), ranges)
 
 
 def interpret(value: ReportedValue, sex: str | None) -> Interpretation | None:

@@ -38,7 +38,9 @@ from reportlab.platypus import (
 )
 
 from inference.types import Measurements
+from reporting.body_size import BSA_FORMULA, BodySize
 from reporting.dicom_base import Equipment
+from reporting.indexed_volumes import BSA_LABEL, INDEX_LABELS, bsa_text, indexed_volumes
 from reporting.interpretation import ASE_2015, interpret, lv_systolic_function
 from reporting.overlay import CONTOUR_RGB, contour_thickness_px, draw_contour
 from reporting.types import (
@@ -134,7 +136,8 @@ def build_report_pdf(
     story.append(Paragraph("Measurements", styles["h2"]))
     if quality is not None:
         story.append(Paragraph(_quality_text(quality), styles["body"]))
-    story.append(_measurement_table(values, withheld, source.patient_sex, styles))
+    story.append(_measurement_table(values, withheld, source.patient_sex, styles,
+                                    source.body_size))  # fmt: skip
     story.append(Paragraph(_reference_note(), styles["small"]))
     story.append(Paragraph(_algorithm_text(algorithms), styles["small"]))
     flags = shown_flags(measurements)
@@ -327,11 +330,16 @@ def _quality_text(quality: LoopQuality) -> str:
 
 
 def _measurement_table(
-    values: list[ReportedValue], withheld: list[WithheldValue], sex: str, styles: Styles
+    values: list[ReportedValue],
+    withheld: list[WithheldValue],
+    sex: str,
+    styles: Styles,
+    body: BodySize | None = None,
 ) -> Table:
-    """Measured values with method, range and grade; then one row per withheld value, its
-    label and "not measurable — <reason>; manual measurement required" across the other
-    columns (no number, no range, no grade)."""
+    """Measured values with method, range and grade; with a reported volume and ``body``,
+    the BSA and the BSA-indexed volumes (or one row saying why they are not indexed); then one
+    row per withheld value, its label and "not measurable — <reason>; manual measurement
+    required" across the other columns (no number, no range, no grade)."""
     header = ["Measurement", "Value", "Method", "Reference range", "Interpretation"]
     rows = [[Paragraph(f"<b>{h}</b>", styles["cell"]) for h in header]]
     for value in values:
@@ -347,7 +355,7 @@ def _measurement_table(
             verdict = interpretation.grade or "not graded (sex unknown)"
         cells = [value.label, value.text, value.method_text, reference, verdict]
         rows.append([Paragraph(escape(c), styles["cell"]) for c in cells])
-    spans = []
+    spans = _index_rows(rows, values, sex, styles, body)
     for value in withheld:
         spans.append(("SPAN", (1, len(rows)), (-1, len(rows))))
         text = f"<b>{escape(value.text)}</b> \u2014 {escape(value.detail)}"
@@ -369,10 +377,38 @@ def _measurement_table(
     return table
 
 
+def _index_rows(
+    rows: list[list[object]],
+    values: list[ReportedValue],
+    sex: str,
+    styles: Styles,
+    body: BodySize | None,
+) -> list[tuple[object, ...]]:
+    """Appends the BSA row and the indexed volumes to ``rows``; returns the spans of a
+    "not indexed" row."""
+    if body is None or not any(v.key in INDEX_LABELS for v in values):
+        return []
+    bsa = body.bsa_m2
+    if bsa is None:
+        text = f"<b>not indexed</b> \u2014 {escape(body.withheld_reason)}"
+        rows.append([Paragraph("LV volume indices", styles["cell"]),
+                     Paragraph(text, styles["cell"]), "", "", ""])  # fmt: skip
+        return [("SPAN", (1, len(rows) - 1), (-1, len(rows) - 1))]
+    method = (f"{BSA_FORMULA}, from height {body.height_cm:g} cm and weight "
+              f"{body.weight_kg:g} kg (DICOM header)")  # fmt: skip
+    cells = [[BSA_LABEL, bsa_text(bsa), method, "-", "-"]]
+    for index in indexed_volumes(values, body, sex):
+        grade = index.interpretation.grade or "not graded (sex unknown)"
+        cells.append([index.label, index.text, "volume / BSA", index.reference_text, grade])
+    rows.extend([Paragraph(escape(c), styles["cell"]) for c in row] for row in cells)
+    return []
+
+
 def _reference_note() -> str:
     return (
         f"Reference ranges: LVEF and LV volumes {escape(ASE_2015)} (volumes: biplane ranges, "
-        "applied to single-plane A4C volumes); heart rate: conventional adult resting range."
+        "applied to single-plane A4C volumes; indexed volumes: BSA by Mosteller from the "
+        "header's height and weight); heart rate: conventional adult resting range."
     )
 
 

@@ -8,9 +8,11 @@ was written from; the pipeline and the web app build them, ``reporting`` only re
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from pydicom.dataset import Dataset
+
+from reporting.body_size import UNKNOWN_BODY_SIZE, BodySize, body_size_from_dataset
 
 # Shown on every surface (PDF, burned-in pixels, SR, FHIR) whenever a result comes from the demo
 # networks; DICOM text and burned-in fonts are ASCII, hence the second spelling.
@@ -169,6 +171,8 @@ class SourceLoop:
     study_description: str
     institution_name: str
     n_frames: int
+    # Patient's Size and Weight, checked (``reporting.body_size``): index the LV volumes
+    body_size: BodySize = field(default=UNKNOWN_BODY_SIZE, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("study_instance_uid", "sop_instance_uid", "sop_class_uid"):
@@ -197,6 +201,7 @@ class SourceLoop:
             study_description=text("StudyDescription"),
             institution_name=text("InstitutionName"),
             n_frames=int(ds.get("NumberOfFrames", 1) or 1),
+            body_size=body_size_from_dataset(ds),
         )
 
     @property

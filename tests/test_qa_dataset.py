@@ -63,14 +63,16 @@ def test_enough_paraphrases_and_none_of_the_evaluation_questions() -> None:
 
 def test_every_model_part_passes_the_guard_and_states_no_number(pairs: list) -> None:
     with_part = [p for p in pairs if p.meta["addition"]]
-    assert len(with_part) >= 70  # all but out-of-scope questions, nearly
+    # all but out-of-scope and descriptive questions and values with no plain words (volumes)
+    assert len(with_part) >= 45
     for p in with_part:
         part = f"{ADDITION_OPENING}{p.meta['addition']}"
         assert p.answer.endswith(part)
         assert not re.search(r"\d", p.meta["addition"])
         assert check_claims(p.answer, study_sheet(p.study)).passed, p.answer
         assert p.meta["prompt"][-1] == ["assistant", ADDITION_OPENING]
-    assert all(not p.meta["addition"] for p in pairs if p.meta["routed"] == "out_of_scope")
+    assert all(not p.meta["addition"] for p in pairs
+               if p.meta["routed"] in ("out_of_scope", "descriptive"))  # fmt: skip
 
 
 @needs_model

@@ -82,14 +82,22 @@ def ask(study_id: int) -> Any:
         report_text=report_text(latest.structured_text, latest.narrative_text) if latest else "",
         demo_models=bool(analysis and analysis.demo_models),
         patient_sex=study.patient.sex,
+        # the analysed loop's checked height and weight (NULL: the volumes are not indexed)
+        height_cm=analysis.patient_height_cm if analysis else None,
+        weight_kg=analysis.patient_weight_kg if analysis else None,
     )
     past = [ChatTurn(m.role, m.content) for m in _history(study.id, g.user.id)][-HISTORY_TURNS:]
     user_id = g.user.id
     asked = ChatMessage(study_fk=study.id, user_fk=user_id, role="user", content=question)
     session.add(asked)
     session.commit()
-    audit.record("ask", study_id=study.id, target_type="chat_message", target_id=asked.id,
-                 detail={"question": question[:500]})
+    audit.record(
+        "ask",
+        study_id=study.id,
+        target_type="chat_message",
+        target_id=asked.id,
+        detail={"question": question[:500]},
+    )
     backend: ChatBackend = current_app.config["ECHO_AGENT_CHAT_BACKEND"]
     backend_name = getattr(backend, "__name__", type(backend).__name__)
     factory = session_factory()

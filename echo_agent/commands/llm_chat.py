@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,13 @@ def add_chat_evaluate_parser(evaluate_actions: Any, add_model_options: Any) -> N
                    "the .json beside it)")  # fmt: skip
     p.add_argument("--skip-plain", action="store_true",
                    help="evaluate the adapter only (e.g. to rerun it after training)")  # fmt: skip
-    p.add_argument("--verbose", action="store_true", help="print every answer")
+    p.add_argument("--model-time-s", type=float, default=None,
+                   help="seconds the model's one sentence may take (default: the shipped "
+                   "budget, llm.chat.ADDITION_MAX_TIME_S); a larger value shows what the model "
+                   "writes on a machine too loaded to write it in time, and its timings are "
+                   "then not the shipped ones")  # fmt: skip
+    p.add_argument("--verbose", action="store_true", help="print every answer (and why the raw "
+                   "guard refused the model's sentence)")  # fmt: skip
     add_model_options(p)
     p.set_defaults(func=cmd_evaluate_chat)
 
@@ -80,6 +87,7 @@ def _adapter(args: argparse.Namespace) -> Path | None:
 
 def cmd_evaluate_chat(args: argparse.Namespace, config: Any) -> int:
     from echo_agent.commands.llm import _open_model
+    from llm.chat import ADDITION_MAX_TIME_S
     from llm.chat_adapter import load_chat_adapter
     from llm.chat_service import language_model_backend
     from llm.evaluate_chat import (
@@ -93,6 +101,8 @@ def cmd_evaluate_chat(args: argparse.Namespace, config: Any) -> int:
 
     if args.studies < 1 or args.questions < 1:
         raise ValueError("--studies and --questions must be at least 1")
+    if args.model_time_s is not None and args.model_time_s <= 0:
+        raise ValueError("--model-time-s must be positive")
     studies = load_phantom_studies(_phantoms(args, config), args.studies)
     adapter = _adapter(args)
     plain = _open_model(args, config)
@@ -107,19 +117,34 @@ def cmd_evaluate_chat(args: argparse.Namespace, config: Any) -> int:
     for label, model in configs.items():
         started = time.perf_counter()
         timed = TimedModel(model)
-        rows = run_evaluation(language_model_backend(timed), studies, args.questions,
-                              args.seed, knowledge, progress=progress, timed=timed)  # fmt: skip
-        summaries[label] = {**summarize(rows), "wall_s": round(time.perf_counter() - started, 1)}
+        backend = language_model_backend(timed, addition_time_s=args.model_time_s)
+        rows = run_evaluation(backend, studies, args.questions, args.seed, knowledge,
+                              progress=progress, timed=timed)  # fmt: skip
+        summaries[label] = {**summarize(rows), "wall_s": round(time.perf_counter() - started, 1),
+                            "model_time_s": args.model_time_s or ADDITION_MAX_TIME_S,
+                            "load_average": _load_average()}  # fmt: skip
         results[label] = rows
     out = args.out or _home(config) / "evaluate-chat" / "results.md"
     write_results(out, summaries, results)
     from llm.evaluate_chat import markdown_table
 
     print(f"studies: {len(studies)} phantoms (measurements: the phantoms' truth); "
-          f"seed {args.seed}; threads {args.threads}")  # fmt: skip
+          f"seed {args.seed}; threads {args.threads}; load average at the end "
+          f"{_load_average()}")  # fmt: skip
+    if args.model_time_s is not None:
+        print(f"the model's sentence had {args.model_time_s:g} s (shipped: "
+              f"{ADDITION_MAX_TIME_S:g} s): the timings are not the shipped ones")  # fmt: skip
     print(markdown_table(summaries))
     print(f"written: {out} and {out.with_suffix('.json')}")
     return 0 if all(s["guarded_pass_rate"] == 1.0 for s in summaries.values()) else 1
+
+
+def _load_average() -> str:
+    """The 1, 5 and 15 minute load averages, since the timings depend on them ("" unknown)."""
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return ""
 
 
 def cmd_train_chat(args: argparse.Namespace, config: Any) -> int:

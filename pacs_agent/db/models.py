@@ -253,6 +253,10 @@ class Analysis(Base):
     demo_models: Mapped[bool] = mapped_column(Boolean)
     ef_percent: Mapped[float | None] = mapped_column(Float)
     measurements: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # the analysed loop's Patient's Size and Weight when plausible, else NULL
+    # (``reporting.body_size``): they index the LV volumes to body surface area
+    patient_height_cm: Mapped[float | None] = mapped_column(Float)
+    patient_weight_kg: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="analysis")
