@@ -88,23 +88,23 @@ def _number(value: Any) -> tuple[float | None, str]:
     return number, ""
 
 
+def _plausible(value: Any, bounds: tuple[float, float], unit: str) -> tuple[float | None, str]:
+    """A header number inside ``bounds``, or (None, why)."""
+    number, why = _number(value)
+    if number is not None and not bounds[0] <= number <= bounds[1]:
+        return None, f"{number:g} {unit} is outside {bounds[0]:g}-{bounds[1]:g} {unit}"
+    return number, why
+
+
 def body_size_from_values(height_m: Any, weight_kg: Any) -> BodySize:
     """The header's Patient's Size (m) and Patient's Weight (kg), as read by pydicom or as
     text, checked: absent, zero, unparsable or outside ``HEIGHT_RANGE_M`` /
     ``WEIGHT_RANGE_KG`` is None with its reason (logged)."""
-    reasons: list[str] = []
-    height, why = _number(height_m)
-    if height is not None and not HEIGHT_RANGE_M[0] <= height <= HEIGHT_RANGE_M[1]:
-        why = f"{height:g} m is outside {HEIGHT_RANGE_M[0]:g}-{HEIGHT_RANGE_M[1]:g} m"
-        height = None
-    if height is None:
-        reasons.append(f"height {why}")
-    weight, why = _number(weight_kg)
-    if weight is not None and not WEIGHT_RANGE_KG[0] <= weight <= WEIGHT_RANGE_KG[1]:
-        why = f"{weight:g} kg is outside {WEIGHT_RANGE_KG[0]:g}-{WEIGHT_RANGE_KG[1]:g} kg"
-        weight = None
-    if weight is None:
-        reasons.append(f"weight {why}")
+    height, height_why = _plausible(height_m, HEIGHT_RANGE_M, "m")
+    weight, weight_why = _plausible(weight_kg, WEIGHT_RANGE_KG, "kg")
+    reasons = [
+        f"{name} {why}" for name, why in (("height", height_why), ("weight", weight_why)) if why
+    ]
     if reasons:
         log.info("body surface area not computed: %s", "; ".join(reasons))
     height_cm = None if height is None else round(height * 100.0, 1)
