@@ -8,6 +8,7 @@ instead of a hang, and the SEG file (its packed bits, its per-frame groups encod
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 
 import av
@@ -219,7 +220,7 @@ def test_seg_bits_are_pydicoms(shape):
 
 @pytest.mark.parametrize("frame_of_reference", [False, True])
 def test_seg_file_is_the_file_pydicom_writes(loop, tmp_path, frame_of_reference):
-    header = pydicom.Dataset(loop.header)
+    header = copy.deepcopy(loop.header)  # Dataset(ds) shares ds's elements
     if frame_of_reference:
         header.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.1"
     options = {

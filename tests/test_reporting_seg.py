@@ -3,6 +3,7 @@ invented Frame of Reference, and dciodvfy / dcmdump / highdicom all read it."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import highdicom as hd
@@ -118,7 +119,7 @@ def test_seg_keeps_empty_frames_and_a_real_frame_of_reference(loops, tmp_path):
     loop = load_loop(loops[0])
     masks = loop.masks.copy()
     masks[[0, 5, -1]] = False  # LV missed on some frames: those SEG frames exist, empty
-    header = pydicom.Dataset(loop.header)
+    header = copy.deepcopy(loop.header)  # Dataset(ds) shares ds's elements
     header.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.1"  # as if the scanner had one
     out = tmp_path / "seg.dcm"
     seg = write_seg(header, masks, AlgorithmInfo("net", "1"), out)
