@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from inference.beats import smooth_curve, smoothing_window_frames
+from inference.cavity_edge import cavity_edge_contrast
 from inference.measure import FLAG_EF_METHODS_DISAGREE, FLAG_HEART_RATE_DISAGREES
 from inference.ood import OodReference, loop_features, ood_score
 from inference.types import (
@@ -39,6 +40,7 @@ FLAG_LOW_SEGMENTATION_CONFIDENCE = "low_segmentation_confidence"
 FLAG_INCONSISTENT_LV_AREA = "inconsistent_lv_area"
 FLAG_EF_DISAGREEMENT = "ef_methods_disagree_beyond_limit"
 FLAG_OUT_OF_DISTRIBUTION = "out_of_distribution"
+FLAG_OUTLINE_OFF_CAVITY_EDGE = "lv_outline_off_cavity_edge"
 
 MANUAL = "manual measurement required"
 
@@ -64,6 +66,8 @@ class GateThresholds:
     max_ef_disagreement_points: float = 15.0  # |regression - disks|
     max_heart_rate_disagreement_fraction: float = 0.15
     max_ood_score: float = 3.0  # robust z-distance to the training set (``inference.ood``)
+    # grey step across the LV outline, in fan SDs (``inference.cavity_edge``)
+    min_cavity_edge_contrast: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("min_lv_coverage", "min_segmentation_confidence", "min_area_consistency"):
@@ -74,6 +78,7 @@ class GateThresholds:
             "max_ef_disagreement_points",
             "max_heart_rate_disagreement_fraction",
             "max_ood_score",
+            "min_cavity_edge_contrast",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -126,10 +131,9 @@ def gather_evidence(
             if measurements.ef_percent is None or measurements.ef_disks_percent is None
             else abs(measurements.ef_percent - measurements.ef_disks_percent)
         ),
-        heart_rate_disagreement_fraction=_relative_difference(
-            measured_hr, header_heart_rate_bpm
-        ),
+        heart_rate_disagreement_fraction=_relative_difference(measured_hr, header_heart_rate_bpm),
         ood_score=ood,
+        cavity_edge_contrast=cavity_edge_contrast(network_input, sector_mask, lv_probability),
     )
 
 
@@ -205,6 +209,14 @@ def apply_gate(
             FLAG_INCONSISTENT_LV_AREA,
             f"the LV area jumps between frames on {round((1 - evidence.area_consistency) * n)} "
             f"of {n} frames",
+        )
+    edge = evidence.cavity_edge_contrast
+    if evidence.lv_frames and edge is not None and edge < t.min_cavity_edge_contrast:
+        withhold(
+            lv_keys,
+            FLAG_OUTLINE_OFF_CAVITY_EDGE,
+            "the LV outline does not follow the dark cavity's border (edge contrast "
+            f"{edge:.2f}, limit {t.min_cavity_edge_contrast:.2f})",
         )
     if (
         evidence.ef_disagreement_points is not None
@@ -338,6 +350,8 @@ def quality_score(evidence: GateEvidence, thresholds: GateThresholds) -> float:
         )
     if evidence.ood_score is not None:
         scores.append(_lower_is_better(evidence.ood_score, t.max_ood_score))
+    if evidence.cavity_edge_contrast is not None:
+        scores.append(_at_least(evidence.cavity_edge_contrast, t.min_cavity_edge_contrast))
     return round(float(min(scores)), 3)
 
 
@@ -347,6 +361,13 @@ def _higher_is_better(value: float, threshold: float) -> float:
     if value >= threshold:
         return 0.5 + 0.5 * (value - threshold) / (1.0 - threshold)
     return 0.5 * value / threshold if threshold > 0 else 0.0
+
+
+def _at_least(value: float, threshold: float) -> float:
+    """For evidence without an upper bound: 0.5 on the threshold, 1.0 at twice it."""
+    if value >= threshold:
+        return min(1.0, 0.5 + 0.5 * (value - threshold) / threshold)
+    return max(0.0, 0.5 * value / threshold)
 
 
 def _lower_is_better(value: float, threshold: float) -> float:

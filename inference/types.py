@@ -237,6 +237,8 @@ class GateEvidence:
     ef_disagreement_points: float | None  # |regression - disks| before the gate
     heart_rate_disagreement_fraction: float | None  # |loop - header| / header
     ood_score: float | None  # distance to the training set; None without a reference
+    # intensity step across the LV outline, fan SDs (``inference.cavity_edge``); None: not measured
+    cavity_edge_contrast: float | None = None
 
     @property
     def lv_coverage(self) -> float:
@@ -252,6 +254,7 @@ class GateEvidence:
             "ef_disagreement_points": _round_opt(self.ef_disagreement_points),
             "heart_rate_disagreement_fraction": _round_opt(self.heart_rate_disagreement_fraction),
             "ood_score": _round_opt(self.ood_score),
+            "cavity_edge_contrast": _round_opt(self.cavity_edge_contrast),
         }
 
     @classmethod
@@ -266,6 +269,7 @@ class GateEvidence:
             ef_disagreement_points=data.get("ef_disagreement_points"),
             heart_rate_disagreement_fraction=data.get("heart_rate_disagreement_fraction"),
             ood_score=data.get("ood_score"),
+            cavity_edge_contrast=data.get("cavity_edge_contrast"),
         )
 
 

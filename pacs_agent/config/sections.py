@@ -217,6 +217,7 @@ class GateConfig:
     max_ef_disagreement_points: float = 15.0
     max_heart_rate_disagreement_fraction: float = 0.15
     max_ood_score: float = 3.0
+    min_cavity_edge_contrast: float = 0.25
     ood_reference: str = ""
 
 
