@@ -17,7 +17,6 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -26,6 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from waitress import wasyncore
 
+from echo_agent.node_models import chat_backend_for, warm_models
 from inference.model_cache import ModelCache
 from inference.view_classifier import ViewClassifierError, load_view_classifier
 from pacs_agent import __version__
@@ -41,7 +41,7 @@ from pacs_agent.drafting import TextModelCache
 from pacs_agent.jobs import Backoff, recover_interrupted
 from pacs_agent.pipeline import run_job
 from pacs_agent.queue import JobQueue, make_queue
-from pacs_agent.readiness import CNN, LANGUAGE_MODEL, ModelStatus
+from pacs_agent.readiness import ModelStatus
 from pacs_agent.startup import bind_listen_socket, web_address
 
 log = logging.getLogger("echo_agent.node")
@@ -355,75 +355,3 @@ def _close_web(server: Any, web_map: dict[int, Any]) -> None:
 def pool_settings(config: Config) -> PoolSettings:
     db = config.database
     return PoolSettings(db.pool_size, db.max_overflow, db.pool_recycle_s)
-
-
-def language_model_needs_conversion(config: Config) -> bool:
-    """True when loading the language model will first convert the embedded GGUF (first run)."""
-    from llm.embedded import cache_is_complete, default_cache_dir
-
-    if config.llm.model_path:
-        return False
-    cache = (
-        Path(config.llm.cache_dir).expanduser()
-        if config.llm.cache_dir
-        else default_cache_dir(config.home_path)
-    )
-    return not cache_is_complete(cache)
-
-
-def warm_models(
-    config: Config, models: ModelCache, text_models: TextModelCache, status: ModelStatus
-) -> threading.Thread:
-    """Loads the CNNs now, in the background, so the first study does not wait and a bad preset
-    shows at once; then the language model when drafts use it (a first run converts the
-    embedded one, about a minute). ``status`` follows each step for the banner and /readyz;
-    the CNNs gate readiness, the language model does not (a draft falls back without it)."""
-    status.expect(CNN)
-    warm_language_model = config.llm.draft
-    if warm_language_model:
-        status.expect(LANGUAGE_MODEL, required=False)
-
-    def warm() -> None:
-        log.info("loading %s models ...", config.models.preset)
-        try:
-            status.track(CNN, models.get)
-        except Exception as exc:
-            log.error("models not usable: %s (jobs will fail until fixed)", exc)
-        if warm_language_model:
-            state = "converting" if language_model_needs_conversion(config) else "loading"
-            try:
-                status.track(LANGUAGE_MODEL, text_models.get, state)
-            except Exception as exc:
-                log.error("language model not usable: %s (drafts use the template)", exc)
-
-    thread = threading.Thread(target=warm, name="model-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
-def chat_backend_for(config: Config, text_models: TextModelCache | None = None) -> Any:
-    """The language model behind the study chat, loaded on the first question (so the node
-    serves at once) from ``text_models``, the cache the job drafts use, so the process holds
-    one copy; None (the measurement-quoting fallback) when ``llm.chat`` is off."""
-    if not config.llm.chat:
-        return None
-    from llm.chat_service import language_model_backend
-
-    cache = text_models if text_models is not None else TextModelCache(config)
-    return language_model_backend(chat_model_loader(config, cache))
-
-
-def chat_model_loader(config: Config, cache: TextModelCache) -> Callable[[], Any]:
-    """Loads the chat's model on first use: the drafts' model from ``cache``, or, with
-    ``llm.chat_adapter``, a copy of it with the stage-2 chat adapter merged in (the drafts keep
-    the plain model: the adapter was trained on chat answers only)."""
-
-    def load() -> Any:
-        base = cache.get()
-        if not config.llm.chat_adapter:
-            return base
-        from llm.chat_adapter import load_chat_adapter
-
-        return load_chat_adapter(base)
-
-    return load

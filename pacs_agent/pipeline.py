@@ -19,9 +19,7 @@ a second run replaces the first instead of adding to it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +40,23 @@ from pacs_agent.config import Config
 from pacs_agent.db.models import Analysis, Instance, Job, utcnow
 from pacs_agent.deliveries import queue_outputs
 from pacs_agent.drafting import TextModelCache, TimedDraft, draft_for_job, header_sex
+from pacs_agent.job_files import (
+    DECODED_SUMMARY_NAME,
+    JOB_LOG_NAME,
+    JOBS_DIR_NAME,
+    MEASUREMENTS_NAME,
+    JobContext,
+    job_output_dir,
+    read_log,
+    write_json_atomic,
+    write_log,
+)
 from pacs_agent.jobs import KIND_ANALYZE, PermanentJobError
 from pacs_agent.outputs import OUTPUTS_DIR_NAME, RecordedOutputs, algorithms_for, write_and_record
 from reporting.body_size import body_size_from_dataset
 
 log = logging.getLogger(__name__)
 
-JOBS_DIR_NAME = "jobs"
-JOB_LOG_NAME = "log.jsonl"
-DECODED_SUMMARY_NAME = "decoded.json"
-MEASUREMENTS_NAME = "measurements.json"
 # each job stage's time in the "analysed" line's ``stages_s`` (the keys benches read)
 JOB_STAGE_KEYS = {
     "analyse": "decode_and_analysis_wall_s",
@@ -71,18 +76,6 @@ class AnalysisError(PermanentJobError):
 
 class StoredInstanceError(PermanentJobError):
     """The job's instance is missing from the database or the store."""
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What a stage needs to know about the job it serves."""
-
-    job_id: int
-    study_id: int
-    instance_id: int
-    attempt: int
-    path: Path
-    output_dir: Path
 
 
 @dataclass(frozen=True)
@@ -108,10 +101,6 @@ class WrittenJob:
 class RecordedJob:
     written: WrittenJob
     delivery_jobs: tuple[int, ...]
-
-
-def job_output_dir(config: Config, job_id: int) -> Path:
-    return config.home_path / JOBS_DIR_NAME / str(job_id)
 
 
 def run_job(
@@ -374,31 +363,11 @@ def _submit(submit: Callable[[int], None] | None, job_id: int) -> None:
         log.warning("delivery job %d queued, but not handed to the queue: %s", job_id, exc)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write-then-rename: a reader (or a re-run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(partial, path)
-
-
-def write_log(context: JobContext, event: str, **fields: Any) -> None:
-    """One JSON line per event in the job's log, which keeps every attempt's lines."""
-    context.output_dir.mkdir(parents=True, exist_ok=True)
-    line = {"at": utcnow().isoformat(), "job": context.job_id, "event": event, **fields}
-    with (context.output_dir / JOB_LOG_NAME).open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(line) + "\n")
-    log.info("job %d: %s %s", context.job_id, event, json.dumps(fields, default=str))
-
-
-def read_log(output_dir: Path) -> list[dict[str, Any]]:
-    path = output_dir / JOB_LOG_NAME
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 __all__ = [
+    "DECODED_SUMMARY_NAME",
+    "JOBS_DIR_NAME",
+    "JOB_LOG_NAME",
+    "MEASUREMENTS_NAME",
     "AnalysisError",
     "JobContext",
     "PixelDataError",
@@ -410,4 +379,5 @@ __all__ = [
     "loop_summary",
     "read_log",
     "run_job",
+    "write_log",
 ]

@@ -71,7 +71,8 @@ from reporting.dicom_base import (
     derived_uid,
     save,
 )
-from reporting.sr import algorithm_identification, sr_document, successor_options
+from reporting.sr import sr_document, successor_options
+from reporting.sr_items import algorithm_identification
 from reporting.types import DEMO_LABEL_ASCII, Algorithms, DraftReport
 from reporting.values import KEY_LV_EDV, KEY_LV_ESV, ReportedValue, reported_values
 

@@ -23,21 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from highdicom.sr import (
-    AlgorithmIdentification,
-    CodeContentItem,
     ComprehensiveSR,
     ContainerContentItem,
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
-    FindingSite,
-    Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
-    QualitativeEvaluation,
     RelationshipTypeValues,
-    SourceImageForMeasurement,
     TextContentItem,
     TrackingIdentifier,
 )
@@ -55,11 +49,9 @@ from reporting.dicom_base import (
     person_name,
     save,
 )
+from reporting.sr_items import measurement_item, quality_measurement, withheld_evaluation
 from reporting.types import DEMO_LABEL_ASCII, AlgorithmInfo, Algorithms, DraftReport
 from reporting.values import (
-    LoopQuality,
-    ReportedValue,
-    WithheldValue,
     loop_quality,
     reported_values,
     withheld_values,
@@ -250,10 +242,10 @@ def _measurement_report(
         )
     )
     values = reported_values(measurements, algorithms)
-    numbers = [_measurement(source_ds, v) for v in values]
+    numbers = [measurement_item(source_ds, v) for v in values]
     quality = loop_quality(measurements)
     if quality is not None:
-        numbers.append(_quality_measurement(source_ds, quality))
+        numbers.append(quality_measurement(source_ds, quality))
     withheld = withheld_values(measurements)
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
@@ -261,7 +253,7 @@ def _measurement_report(
             identifier=GROUP_TRACKING_ID,
         ),
         measurements=numbers or None,
-        qualitative_evaluations=[_withheld_evaluation(w) for w in withheld] or None,
+        qualitative_evaluations=[withheld_evaluation(w) for w in withheld] or None,
     )
     content = MeasurementReport(
         observation_context=context,
@@ -330,103 +322,3 @@ def _texts(report: DraftReport, algorithms: Algorithms) -> list[str]:
     if report.narrative_text.strip():
         texts.append(report.narrative_text.strip())
     return texts
-
-
-def _measurement(source_ds: Dataset, value: ReportedValue) -> Measurement:
-    frames = [f + 1 for f in value.source_frames]  # DICOM frame numbers are 1-based
-    image = SourceImageForMeasurement(
-        referenced_sop_class_uid=str(source_ds.SOPClassUID),
-        referenced_sop_instance_uid=str(source_ds.SOPInstanceUID),
-        referenced_frame_numbers=frames or None,
-    )
-    measurement = Measurement(
-        name=value.concept.dicom(),
-        value=value.value,
-        unit=value.unit.dicom(),
-        method=value.method.dicom() if value.method is not None else None,
-        derivation=codes.MEAN.dicom() if value.n_beats > 1 else None,
-        finding_sites=[FindingSite(codes.LEFT_VENTRICLE.dicom())] if value.left_ventricle else None,
-        referenced_images=[image],
-        algorithm_id=algorithm_identification(value.algorithm),
-    )
-    if value.left_ventricle:
-        measurement[0].ContentSequence.append(
-            CodeContentItem(
-                name=codes.IMAGE_VIEW.dicom(),
-                value=codes.APICAL_FOUR_CHAMBER.dicom(),
-                relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
-            )
-        )
-    return measurement
-
-
-def _lv_view_modifiers() -> list[CodeContentItem]:
-    """Finding site Left ventricle and view A4C, as on every LV measurement."""
-    return [
-        FindingSite(codes.LEFT_VENTRICLE.dicom()),
-        CodeContentItem(
-            name=codes.IMAGE_VIEW.dicom(),
-            value=codes.APICAL_FOUR_CHAMBER.dicom(),
-            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
-        ),
-    ]
-
-
-def _withheld_evaluation(value: WithheldValue) -> QualitativeEvaluation:
-    """A value the node does not stand behind: no NUM item (no number to misread), but a CODE
-    item, its concept = "Measurement failure" (DCM 114006, CID 42), with the method, finding
-    site and view as for a measurement, and the reason as a TEXT property.
-
-    Why not a NUM item with an empty Measured Value Sequence and a Numeric Value Qualifier, as
-    PS3.3 allows: highdicom cannot write one (``NumContentItem`` always writes a value, and
-    ``ComprehensiveSR`` re-reads its content, failing on an empty sequence) nor read one back,
-    and a NUM item with a placeholder value and the qualifier would put a number in the SR that
-    a reader ignoring the qualifier takes for the measurement."""
-    evaluation = QualitativeEvaluation(
-        name=value.concept.dicom(), value=codes.MEASUREMENT_FAILURE.dicom()
-    )
-    children = []
-    if value.method is not None:
-        children.append(
-            CodeContentItem(
-                name=codes.MEASUREMENT_METHOD.dicom(),
-                value=value.method.dicom(),
-                relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
-            )
-        )
-    if value.left_ventricle:
-        children += _lv_view_modifiers()
-    children.append(
-        TextContentItem(
-            name=codes.COMMENT.dicom(),
-            value=value.statement,
-            relationship_type=RelationshipTypeValues.HAS_PROPERTIES,
-        )
-    )
-    evaluation[0].ContentSequence = children
-    return evaluation
-
-
-def _quality_measurement(source_ds: Dataset, quality: LoopQuality) -> Measurement:
-    """The loop quality score as a TID 300 measurement of the whole loop (private code, unit
-    UCUM "1"; see ``reporting.codes.LOOP_QUALITY_SCORE``)."""
-    image = SourceImageForMeasurement(
-        referenced_sop_class_uid=str(source_ds.SOPClassUID),
-        referenced_sop_instance_uid=str(source_ds.SOPInstanceUID),
-    )
-    return Measurement(
-        name=codes.LOOP_QUALITY_SCORE.dicom(),
-        value=round(quality.score, 3),
-        unit=codes.UNIT_NONE.dicom(),
-        referenced_images=[image],
-    )
-
-
-def algorithm_identification(algorithm: AlgorithmInfo | None) -> AlgorithmIdentification | None:
-    if algorithm is None:
-        return None
-    return AlgorithmIdentification(
-        name=algorithm.display_name,
-        version=algorithm.version,
-        parameters=list(algorithm.parameters) or None,
-    )

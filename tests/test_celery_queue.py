@@ -17,7 +17,8 @@ from support import require_or_skip
 from test_jobs import T0, job, queued_jobs
 
 from pacs_agent import jobs
-from pacs_agent.celery_queue import QUEUE_NAME, CeleryQueue, deliver_job, make_celery_app
+from pacs_agent.celery_queue import QUEUE_NAME, CeleryQueue, make_celery_app
+from pacs_agent.celery_worker import deliver_job
 from pacs_agent.config import ConfigError, QueueConfig, load_config
 
 REDIS_DB = 14  # this module's own database on the shared Redis, flushed before and after

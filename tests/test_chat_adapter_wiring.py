@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_agent.node import chat_model_loader
+from echo_agent.node_models import chat_model_loader
 from llm.chat_adapter import has_chat_adapter
 from llm.embedded import EMBEDDED_NAME
 from pacs_agent.config import load_config

@@ -177,12 +177,8 @@ def test_header_text_cannot_steer_the_draft() -> None:
 def test_evaluate_llm_command_line_and_summary() -> None:
     import argparse
 
-    from echo_agent.commands.llm import (
-        _summary,
-        add_llm_evaluate_parser,
-        format_llm_summary,
-        truth_measurements,
-    )
+    from echo_agent.commands.llm import add_llm_evaluate_parser
+    from echo_agent.commands.llm_evaluate import _summary, format_llm_summary, truth_measurements
 
     parser = argparse.ArgumentParser()
     evaluate = parser.add_subparsers(dest="command").add_parser("evaluate")

@@ -17,7 +17,7 @@ from inference.checkpoints import read_safetensors_config
 from inference.networks import build_deeplabv3_resnet50, build_r2plus1d_18
 from inference.phantom import generate_phantoms
 from inference.presets import load_preset
-from inference.training.common import TrainOptions, make_optimizer, normalise
+from inference.training.common import TrainOptions, make_optimizer
 from inference.training.echonet_data import (
     clip_starts,
     read_filelist,
@@ -29,6 +29,7 @@ from inference.training.echonet_data import (
 from inference.training.metrics import clip_batch, dice_scores
 from inference.training.train_ef import RandomClips, train_ef
 from inference.training.train_seg import train_segmentation
+from inference.training.transforms import normalise
 
 TINY_WIDTH = 0.0625
 N_VIDEOS = 8
@@ -261,7 +262,8 @@ def test_init_weights_must_match_the_network(echonet_dir: Path, tmp_path: Path) 
 
 
 def test_intensity_jitter_keeps_black_and_shape_and_varies_per_sample() -> None:
-    from inference.training.common import intensity_jitter, item_generator
+    from inference.training.common import item_generator
+    from inference.training.transforms import intensity_jitter
 
     clip = np.random.default_rng(0).integers(0, 256, size=(3, 4, 112, 112), dtype=np.uint8)
     clip[..., :10, :] = 0  # outside the fan

@@ -89,7 +89,7 @@ def test_shipped_adapter_loads_with_its_trained_tensors(embedded_dir: Path) -> N
 
 @needs_embedded
 def test_backend_answers_about_a_phantom_loop(embedded_dir: Path, tmp_path: Path) -> None:
-    from echo_agent.commands.llm import truth_measurements
+    from echo_agent.commands.llm_evaluate import truth_measurements
     from inference.decode import read_cine
     from inference.phantom import generate_phantoms
     from inference.presets import load_preset
@@ -144,7 +144,8 @@ def test_a_base_model_the_adapter_was_not_trained_on_is_refused(embedded_dir: Pa
 def test_evaluate_llm_picks_the_adapter(tmp_path: Path) -> None:
     import argparse
 
-    from echo_agent.commands.llm import _adapter_dir, add_llm_evaluate_parser
+    from echo_agent.commands.llm import add_llm_evaluate_parser
+    from echo_agent.commands.llm_evaluate import _adapter_dir
 
     parser = argparse.ArgumentParser()
     add_llm_evaluate_parser(parser.add_subparsers(dest="evaluate_command"))

@@ -21,12 +21,12 @@ from web.db import db
 from web.signoff import ExportRunner, SignOffError, finalise
 from web.studies import (
     STATUS_LABELS,
-    export_summary,
     get_study,
     report_version_dict,
     study_detail,
     worklist,
 )
+from web.study_exports import export_summary
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

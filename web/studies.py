@@ -17,11 +17,9 @@ from sqlalchemy.orm import Session, selectinload
 from inference.types import Measurements
 from llm.typed_text import grounding_label, shown_reasons, typed_by_person
 from pacs_agent import reports
-from pacs_agent.attempts import DestinationStatus
 from pacs_agent.config import Config
 from pacs_agent.db.models import (
     Analysis,
-    Artifact,
     Instance,
     Job,
     Patient,
@@ -30,13 +28,8 @@ from pacs_agent.db.models import (
     Study,
     User,
 )
-from pacs_agent.export import export_status
-from pacs_agent.fhir_delivery import delivery_status, destination_name, study_delivery
-from pacs_agent.hl7_delivery import message_statuses
 from pacs_agent.jobs import DELIVERY_KINDS
 from pacs_agent.outputs import algorithms_for
-from pacs_agent.stow_delivery import destination_name as stow_destination
-from pacs_agent.stow_delivery import stow_status
 from reporting.types import DEMO_LABEL, Algorithms, person_display_name
 from reporting.values import (
     KEY_LVEF_DISKS,
@@ -50,6 +43,7 @@ from reporting.values import (
     withheld_by_key,
     withheld_values,
 )
+from web.study_exports import export_summary
 
 log = logging.getLogger("echo_agent.web")
 
@@ -62,8 +56,6 @@ STATUS_LABELS = {
     "not_eligible": "not eligible",
 }
 WORKLIST_LIMIT = 1000
-# the artifacts the export summary lists (what goes to PACS, the EHR or an HL7 peer)
-EXPORTED_KINDS = ("sr", "echo_sr", "seg", "secondary_capture", "pdf", "fhir", "hl7_oru")
 
 
 @dataclass(frozen=True)
@@ -328,74 +320,6 @@ def report_version_dict(session: Session, version: ReportVersion) -> dict[str, A
         "signed_at": version.signed_at.isoformat() if version.signed_at else None,
         "amendment_reason": version.amendment_reason,
         "created_at": version.created_at.isoformat() if version.created_at else None,
-    }
-
-
-def _ehr_status(session: Session, artifact: Artifact, config: Config) -> list[DestinationStatus]:
-    if not config.ehr.fhir_base_url:
-        return []
-    return [delivery_status(session, artifact.id, destination_name(config.ehr),
-                            config.ehr.max_attempts)]
-
-
-def _destinations(session: Session, artifact: Artifact, config: Config) -> list[DestinationStatus]:
-    """Where the artifact stands with each place it goes: PACS, the EHR or its HL7 peers."""
-    if artifact.kind == "fhir":
-        return _ehr_status(session, artifact, config)
-    if artifact.kind == "hl7_oru":
-        return message_statuses(session, artifact.id, config)
-    limit = config.export.max_attempts
-    return export_status(session, artifact.id, config) + [
-        stow_status(session, artifact.id, stow_destination(d), limit)
-        for d in config.dicomweb_destinations
-    ]
-
-
-def export_summary(session: Session, config: Config, study_id: int) -> dict[str, Any]:
-    artifacts = session.scalars(
-        select(Artifact).where(Artifact.study_fk == study_id).order_by(Artifact.id)
-    ).all()
-    delivery = study_delivery(session, study_id, config)
-    rows = []
-    for artifact in artifacts:
-        if artifact.kind not in EXPORTED_KINDS:
-            continue
-        version = session.get(ReportVersion, artifact.report_version_fk) if (
-            artifact.report_version_fk
-        ) else None
-        rows.append(
-            {
-                "artifact_id": artifact.id,
-                "kind": artifact.kind,
-                "report_version": version.version if version else None,
-                "created_at": artifact.created_at.isoformat(),
-                "destinations": [
-                    {
-                        "destination": s.destination,
-                        "state": s.state,
-                        "attempts": s.attempts,
-                        "last_error": s.last_error,
-                    }
-                    for s in _destinations(session, artifact, config)
-                ],
-            }
-        )
-    return {
-        "fhir_status": delivery.report_status,
-        "fhir_artifact_id": delivery.artifact_id,
-        "fhir_delivery": {
-            "state": delivery.state,
-            "label": delivery.label,
-            "destination": delivery.destination,
-            "attempts": delivery.attempts,
-            "last_error": delivery.last_error,
-            "last_status_code": delivery.last_status_code,
-            "delivered_at": delivery.delivered_at.isoformat() if delivery.delivered_at else None,
-        },
-        "ehr_configured": bool(config.ehr.fhir_base_url),
-        "destinations_configured": [d.name for d in config.destinations],
-        "hl7_destinations_configured": [d.name for d in config.hl7_destinations],
-        "artifacts": rows,
     }
 
 

@@ -90,7 +90,7 @@ def cmd_worker(args: argparse.Namespace, config: Config | None) -> int:
             "echo-agent worker needs queue.backend = 'celery' and queue.broker_url "
             f"(got backend {config.queue.backend!r})"
         )
-    from pacs_agent.celery_queue import run_worker  # celery only when asked for
+    from pacs_agent.celery_worker import run_worker  # celery only when asked for
 
     if not 0 <= args.metrics_port <= 65535:
         raise ConfigError(f"--metrics-port must be 0..65535, got {args.metrics_port}")

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 
 from .anatomy import A4CShapes
-from .cases import A4CLoop, Layout, LoopPlan, plan_loop, sample_levels
+from .cases import A4CLoop, Layout, sample_levels
 from .geometry import PolarGrid, Sector
+from .loop_timing import LoopPlan, plan_loop
 from .motion import contraction, valve_opening
 from .render import BeamRenderer, Paint, fill_mask, sample_style
 

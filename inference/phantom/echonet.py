@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from ..disks import disk_chords
-from .cases import A4CLoop, Beat, Layout, sample_a4c_case, simulate_a4c
+from .cases import A4CLoop, Layout, sample_a4c_case, simulate_a4c
+from .loop_timing import Beat
 
 SIZE_PX = 112
 NATIVE_HEIGHT_PX = 144

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from inference.beats import CLIP_LENGTH_FRAMES, CLIP_PERIOD_FRAMES
-from inference.training.common import normalise
 from inference.training.echonet_data import clip_starts, take_clip
+from inference.training.transforms import normalise
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,9 @@ from inference.training.common import (
     data_fingerprint,
     epoch_shape,
     init_from,
-    intensity_jitter,
     item_generator,
     make_optimizer,
     make_runtime,
-    random_shift,
     run_epochs,
 )
 from inference.training.echonet_data import (
@@ -52,6 +50,7 @@ from inference.training.echonet_data import (
 from inference.training.metrics import clip_batch, ef_errors, predict_video_ef
 from inference.training.normalisation import channel_mean_std
 from inference.training.train_seg import TrainResult
+from inference.training.transforms import intensity_jitter, random_shift
 
 WEIGHTS_NAME = "ef.safetensors"
 MAX_SHIFT_PX = 8

@@ -28,14 +28,10 @@ from inference.training.common import (
     data_fingerprint,
     epoch_shape,
     init_from,
-    intensity_jitter,
     item_generator,
     make_optimizer,
     make_runtime,
-    normalise,
-    random_shift,
     run_epochs,
-    shift_array,
 )
 from inference.training.echonet_data import (
     GRID_SIZE_PX,
@@ -47,6 +43,7 @@ from inference.training.echonet_data import (
 )
 from inference.training.metrics import dice_scores, predict_masks
 from inference.training.normalisation import channel_mean_std
+from inference.training.transforms import intensity_jitter, normalise, random_shift, shift_array
 
 WEIGHTS_NAME = "segmentation.safetensors"
 MAX_SHIFT_PX = 8

@@ -1,5 +1,6 @@
 """SQLAlchemy 2 models of what the node knows: the DICOM hierarchy it received, the jobs that
-analyse it, what it produced and sent, the reports clinicians sign, and who did what.
+analyse it, what it produced and sent, and the reports clinicians sign. Who did what (users,
+sessions, login failures, the audit trail, API tokens) is in ``access_models``, re-exported here.
 
 The schema is owned by the Alembic migrations in ``pacs_agent/migrations``; a test checks that
 these models and the migrated schema agree on SQLite and PostgreSQL.
@@ -11,38 +12,38 @@ is one migration on either backend and rows stay readable with plain SQL.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from llm.types import Verdict
+
+# the access tables live in their own module; imported here so that ``Base.metadata`` (and so
+# Alembic and ``create_all``) sees every table, and so that ``db.models`` keeps naming them all
+from pacs_agent.db.access_models import (  # noqa: F401 -- re-exported
+    API_TOKEN_ROLES,
+    USER_ROLES,
+    ApiToken,
+    AuditEvent,
+    LoginFailure,
+    RevokedSession,
+    User,
+)
+from pacs_agent.db.base import NAMING_CONVENTION, UID, Base, one_of, utcnow  # noqa: F401
 from pacs_agent.states import AttemptState, JobState, ReportState, StudyState
-
-# Deterministic constraint names, so migrations can refer to them on every backend.
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-UID = String(64)  # DICOM UI VR: at most 64 characters
 
 # the stored values of the state machines (``pacs_agent.states``), in the migrations' order
 STUDY_STATES = tuple(s.value for s in StudyState)
@@ -59,24 +60,9 @@ ARTIFACT_KINDS = (
     "hl7_oru",  # an HL7 v2 ORU^R01 message for one HL7 destination (migration 0005)
 )
 REPORT_STATES = tuple(s.value for s in ReportState)
-USER_ROLES = ("admin", "cardiologist", "sonographer")
 EXPORT_STATES = tuple(s.value for s in AttemptState)
 GROUNDING_VERDICTS = tuple(v.value for v in Verdict)
 CHAT_ROLES = ("user", "assistant")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
-    quoted = ", ".join(f"'{v}'" for v in values)
-    return CheckConstraint(f"{column} IN ({quoted})", name=f"{column}_valid")
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class Patient(Base):
@@ -98,7 +84,7 @@ class Patient(Base):
 
 class Study(Base):
     __tablename__ = "studies"
-    __table_args__ = (_one_of("status", STUDY_STATES),)
+    __table_args__ = (one_of("status", STUDY_STATES),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -129,7 +115,7 @@ class Series(Base):
     """A series, with the A4C selector's verdict on it (``eligibility`` and the reason)."""
 
     __tablename__ = "series"
-    __table_args__ = (_one_of("eligibility", ("pending", "eligible", "not_eligible")),)
+    __table_args__ = (one_of("eligibility", ("pending", "eligible", "not_eligible")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -205,7 +191,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        _one_of("state", JOB_STATES),
+        one_of("state", JOB_STATES),
         UniqueConstraint("study_fk", "instance_fk", "kind", name="uq_jobs_study_instance_kind"),
         Index("ix_jobs_state_next_attempt_at", "state", "next_attempt_at"),
         # an index, not a constraint: SQLite adds it without rebuilding the table (0004)
@@ -266,7 +252,7 @@ class Artifact(Base):
     """An output object (SEG, SR, secondary capture, PDF, FHIR bundle, rendering) on disk."""
 
     __tablename__ = "artifacts"
-    __table_args__ = (_one_of("kind", ARTIFACT_KINDS),)
+    __table_args__ = (one_of("kind", ARTIFACT_KINDS),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
@@ -290,8 +276,8 @@ class ReportVersion(Base):
 
     __tablename__ = "report_versions"
     __table_args__ = (
-        _one_of("status", REPORT_STATES),
-        _one_of("grounding_verdict", GROUNDING_VERDICTS),
+        one_of("status", REPORT_STATES),
+        one_of("grounding_verdict", GROUNDING_VERDICTS),
         UniqueConstraint("study_fk", "version", name="uq_report_versions_study_version"),
     )
 
@@ -316,7 +302,7 @@ class ReportVersion(Base):
 class ChatMessage(Base):
     __tablename__ = "chat_messages"
     __table_args__ = (
-        _one_of("role", CHAT_ROLES),
+        one_of("role", CHAT_ROLES),
         Index("ix_chat_messages_study_user", "study_fk", "user_fk", "created_at"),
     )
 
@@ -329,77 +315,11 @@ class ChatMessage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class User(Base):
-    """A reviewer account; ``password_hash`` is a salted scrypt/pbkdf2 hash, never the password."""
-
-    __tablename__ = "users"
-    __table_args__ = (_one_of("role", USER_ROLES),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
-    display_name: Mapped[str] = mapped_column(String(128), default="")
-    password_hash: Mapped[str] = mapped_column(String(256))
-    role: Mapped[str] = mapped_column(String(16))
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    # every web session carries the generation it was issued under; bumping it ends all of the
-    # account's sessions at once, in every web process ("log out everywhere")
-    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-
-
-class RevokedSession(Base):
-    """A web session ended by logout before it expired, kept in the database so that every web
-    process, and the same process after a restart, refuses its cookie. ``sid_hash`` is the
-    SHA-256 of the session id (the id itself is a bearer secret); a row can go once
-    ``expires_at`` has passed, as the cookie is refused for its age from then on."""
-
-    __tablename__ = "revoked_sessions"
-
-    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-
-
-class LoginFailure(Base):
-    """One failed login, counted against two budgets shared by every web process: per client
-    address across all user names (password spraying) and per (user name, address) (guessing
-    one account). ``username_hash`` is keyed with the node's secret, because people type
-    passwords into the user name field."""
-
-    __tablename__ = "login_failures"
-    __table_args__ = (Index("ix_login_failures_address_at", "address", "at"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    address: Mapped[str] = mapped_column(String(64))
-    username_hash: Mapped[str] = mapped_column(String(64))
-
-
-class AuditEvent(Base):
-    """Who viewed, edited, signed, exported or asked what, and when.
-
-    ``username`` is copied from the user so that the trail survives a deleted account.
-    """
-
-    __tablename__ = "audit_events"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    user_fk: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    username: Mapped[str] = mapped_column(String(64), default="")
-    action: Mapped[str] = mapped_column(String(32), index=True)
-    target_type: Mapped[str] = mapped_column(String(32), default="")
-    target_id: Mapped[str] = mapped_column(String(128), default="")
-    study_fk: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"))
-    remote_addr: Mapped[str] = mapped_column(String(64), default="")
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-
-
 class ExportAttempt(Base):
     """One try at sending an artifact to PACS (C-STORE) or the EHR (FHIR)."""
 
     __tablename__ = "export_attempts"
-    __table_args__ = (_one_of("state", EXPORT_STATES),)
+    __table_args__ = (one_of("state", EXPORT_STATES),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     artifact_fk: Mapped[int] = mapped_column(
@@ -414,25 +334,3 @@ class ExportAttempt(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     artifact: Mapped[Artifact] = relationship(back_populates="exports")
-
-
-API_TOKEN_ROLES = ("pacs", "viewer")
-
-
-class ApiToken(Base):
-    """A machine client's bearer token for DICOMweb (``web.dicomweb``): ``pacs`` may store and
-    read, ``viewer`` may only read. Only the SHA-256 of the token is kept (it is shown once, by
-    ``echo-agent token add``); a revoked token keeps its row, with ``revoked_at``, for the
-    audit trail. A name is held by at most one token that is not revoked
-    (``pacs_agent.api_tokens``).
-    """
-
-    __tablename__ = "api_tokens"
-    __table_args__ = (_one_of("role", API_TOKEN_ROLES),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), index=True)
-    role: Mapped[str] = mapped_column(String(16))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

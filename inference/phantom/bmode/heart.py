@@ -15,17 +15,9 @@ import numpy as np
 
 from ...disks import disks_volume_ml
 from ..anatomy import A4CAnatomy, A4CShapes, Pose, a4c_shapes
-from ..cases import (
-    N_DISKS,
-    A4CCase,
-    A4CLoop,
-    _shortening,
-    loop_events,
-    plan_loop,
-    sample_anatomy,
-    sample_levels,
-)
+from ..cases import N_DISKS, A4CCase, A4CLoop, _shortening, sample_anatomy, sample_levels
 from ..geometry import PolarGrid, Sector
+from ..loop_timing import loop_events, plan_loop
 from ..motion import contraction, valve_opening
 from ..render import fill_mask, sample_style
 from .families import Family, uniform

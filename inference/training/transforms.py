@@ -1,0 +1,67 @@
+"""Pixel transforms of the training batches, shared by both training scripts and the
+validation metrics: normalisation to the network's input, and the augmentations (random
+shift with black fill, per-sample gamma / gain / blur). Every random draw comes from the
+generator passed in, so the epoch-seeded determinism of ``common`` carries through.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+
+def normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (channel axis 1) -> float (x - mean) / std, 1 channel broadcast to 3."""
+    x = batch.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, *x.shape[2:])
+    shape = (1, 3) + (1,) * (x.ndim - 2)
+    return (x - mean.view(shape)) / std.view(shape)
+
+
+def random_shift(
+    image: np.ndarray, rng: np.random.Generator, max_shift_px: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Shift the last two axes by up to ``max_shift_px`` with zero (black) fill: the fan does not
+    always sit at the same place in a lab's exports."""
+    if max_shift_px <= 0:
+        return image, (0, 0)
+    dy, dx = (int(v) for v in rng.integers(-max_shift_px, max_shift_px + 1, size=2))
+    return shift_array(image, dy, dx), (dy, dx)
+
+
+GAMMA_LOG_RANGE = 0.5  # gamma drawn log-uniformly in [e^-0.5, e^0.5] = [0.61, 1.65]
+GAIN_RANGE = (0.55, 1.25)
+BLUR_PROBABILITY = 0.35
+BLUR_SIGMA_PX = (0.5, 1.3)
+
+
+def intensity_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 pixels (the last two axes image rows and columns) with one random gamma, gain
+    and, sometimes, Gaussian blur for the whole sample (every frame of a clip alike). Black
+    stays black: outside the fan the node feeds zeros, whatever the scanner."""
+    gamma = float(np.exp(rng.uniform(-GAMMA_LOG_RANGE, GAMMA_LOG_RANGE)))
+    gain = float(rng.uniform(*GAIN_RANGE))
+    blur = rng.random() < BLUR_PROBABILITY
+    sigma = float(rng.uniform(*BLUR_SIGMA_PX))
+    lut = np.clip(255.0 * gain * (np.arange(256) / 255.0) ** gamma, 0, 255).astype(np.uint8)
+    out = lut[image]
+    if blur:
+        h, w = out.shape[-2:]
+        flat = out.reshape(-1, h, w)
+        for k in range(flat.shape[0]):
+            flat[k] = cv2.GaussianBlur(flat[k], (0, 0), sigma)
+        out = flat.reshape(out.shape)
+    return out
+
+
+def shift_array(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(a)
+    h, w = a.shape[-2:]
+    src_y = slice(max(0, -dy), min(h, h - dy))
+    dst_y = slice(max(0, dy), min(h, h + dy))
+    src_x = slice(max(0, -dx), min(w, w - dx))
+    dst_x = slice(max(0, dx), min(w, w + dx))
+    out[..., dst_y, dst_x] = a[..., src_y, src_x]
+    return out
