@@ -90,6 +90,13 @@ def chat_backend_for(config: Config, text_models: TextModelCache | None = None) 
     return language_model_backend(chat_model_loader(config, cache))
 
 
+def uses_chat_adapter(config: Config) -> bool:
+    """The shipped chat adapter was trained on the embedded SmolLM2-135M: it applies only when
+    ``llm.model_path`` is empty. With a model of the site's own the chat uses that model plain
+    (merging would fail on every question with a base-model mismatch)."""
+    return config.llm.chat_adapter and not config.llm.model_path
+
+
 def chat_model_loader(config: Config, cache: TextModelCache) -> Callable[[], Any]:
     """Loads the chat's model on first use: the drafts' model from ``cache``, or, with
     ``llm.chat_adapter``, a copy of it with the stage-2 chat adapter merged in (the drafts keep
@@ -97,7 +104,7 @@ def chat_model_loader(config: Config, cache: TextModelCache) -> Callable[[], Any
 
     def load() -> Any:
         base = cache.get()
-        if not config.llm.chat_adapter:
+        if not uses_chat_adapter(config):
             return base
         from llm.chat_adapter import load_chat_adapter
 

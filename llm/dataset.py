@@ -3,14 +3,18 @@
 Stage 1 pairs each loop with a short report; stage 2 asks descriptive, explanatory and advisory
 questions about it (EchoGPT's three kinds). Each instruction is the prompt the node itself gives
 a language model for that task -- the drafting prompt (``llm.drafting.draft_messages``)
-for a report, the chat prompt with the study data and report (``llm.chat.chat_messages``)
-for a question -- flattened as the video-text backend flattens it, so the model learns to copy
-the measured values it is given rather than to guess numbers from pixels. The wording grades
-LVEF by ASE/EACVI 2015 (``reporting.interpretation``, the same code the reports use) and states
-only the loop's own values, so every answer passes the grounding guard: the model is never
-taught to write a number the guard would reject. Sex is unknown for phantoms and
-EchoNet-Dynamic; where the two sexes' grades differ the answer says the grade depends on sex
-rather than picking one.
+for a report, the chat prompt with the study data, report and earlier turns
+(``llm.chat.chat_messages``) for a question -- flattened as the video-text backend flattens it,
+so the model learns to copy the measured values it is given rather than to guess numbers from
+pixels. The report's wording grades LVEF by ASE/EACVI 2015 (``reporting.interpretation``, the
+same code the reports use) and states only the loop's own values. Stage 2's questions and
+answers come from the chat's question-answer generator (``llm.qa_dataset.study_pair``, the
+chat adapter's data): for each loop a fact sheet built from its measurements, paraphrased
+questions of each kind, follow-ups after an earlier question for a share of them, and the
+answer the chat composes from that loop's facts and the knowledge entries, which passes the
+claim guard for those facts. So the model is never taught a sentence the guard would reject,
+and the video-text and text-only paths learn the same data. Sex is unknown for phantoms and
+EchoNet-Dynamic; where the two sexes' grades differ the answers say so rather than pick one.
 
 File format (JSON, UTF-8)::
 
@@ -19,7 +23,8 @@ File format (JSON, UTF-8)::
                   "video": "/data/case0001.dcm",    # absolute, or relative to the JSON file
                   "video_format": "dicom",          # "dicom" | "avi" (EchoNet layout, 112x112)
                   "kind": "report",                 # stage 1: "report"; stage 2: "descriptive",
-                                                    #   "explanatory", "advisory"
+                                                    #   "explanatory", "advisory" (id
+                                                    #   "case0001/advisory/2")
                   "instruction": "You write the narrative paragraph ... Measurements: ...",
                   "answer": "...",
                   "measurements": {"ef_percent": 55.2, "edv_ml": 120.3, "esv_ml": 54.1,
@@ -30,11 +35,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from inference.types import Beat, Measurements
 from reporting.interpretation import (
     GRADE_ABOVE,
     GRADE_MILD,
@@ -44,17 +51,14 @@ from reporting.interpretation import (
     lvef_grade,
 )
 
-if TYPE_CHECKING:
-    from inference.types import Measurements
-
 FORMAT = "echo-agent-llm-dataset"
 VERSION = 1
 STAGES = (1, 2)
 KINDS = {1: ("report",), 2: ("descriptive", "explanatory", "advisory")}
+QUESTIONS_PER_KIND = 2  # stage 2: questions of each kind per loop
 DESCRIBE_QUESTION = "Could you describe this echocardiogram video for me?"
 # why a value the data set does not give is not measurable (EchoNet-Dynamic has no heart rate)
 MISSING_REASON = "not recorded for this loop"
-ADVICE_QUESTION = "My LVEF is not in the normal range, what should I do for this case?"
 
 _GRADE_WORDS = {
     GRADE_NORMAL: "normal LV systolic function",
@@ -124,44 +128,6 @@ def report_text(values: Mapping[str, float | None]) -> str:
     return " ".join(line for line in lines if line)
 
 
-def qa_pairs(values: Mapping[str, float | None]) -> list[tuple[str, str, str]]:
-    """Stage 2 targets: (kind, question, answer) for the three kinds of question."""
-    ef = values.get("ef_percent")
-    if ef is None:
-        return []
-    ef = float(ef)
-    grades = {lvef_grade(ef, sex) for sex in ("M", "F")}
-    grade = grades.pop() if len(grades) == 1 else None
-    describe = (
-        "This is an apical four-chamber view showing the left ventricle through the cardiac "
-        f"cycle. {_grade_sentence(ef)} {_values_sentence(values)}"
-    ).strip()
-    explain = (
-        "LVEF is the share of the end-diastolic volume that the left ventricle ejects with each "
-        f"beat. {_grade_sentence(ef)}"
-    )
-    if grade == GRADE_NORMAL:
-        advice = (
-            f"On this study your LVEF of {ef:.1f} % is within the normal range (ASE/EACVI 2015). "
-            "If you were told otherwise, ask your cardiologist to compare the studies."
-        )
-    elif grade is None:
-        advice = (
-            f"Your LVEF of {ef:.1f} % lies where the reference range differs between men and "
-            "women. Your cardiologist can interpret it with your other findings."
-        )
-    else:
-        advice = (
-            f"Your LVEF of {ef:.1f} % shows {_GRADE_WORDS[grade]}. Please see your cardiologist, "
-            "who can look for the cause and discuss further tests and treatment with you."
-        )
-    return [
-        ("descriptive", DESCRIBE_QUESTION, describe),
-        ("explanatory", f"What does an LVEF of {ef:.1f} % mean?", explain),
-        ("advisory", ADVICE_QUESTION, advice),
-    ]
-
-
 def values_measurements(values: Mapping[str, float | None]) -> Measurements:
     """A loop's values as the node's measurements (no beats, no flags; sex unknown): what the
     prompts are built from. Both EFs are the one EF, as for phantom truth. A value the data set
@@ -198,28 +164,64 @@ def report_instruction(values: Mapping[str, float | None]) -> str:
     return instruction_from_messages(draft_request(values_measurements(values), None))
 
 
-def question_instruction(question: str, values: Mapping[str, float | None]) -> str:
-    """Stage 2 instruction: the chat prompt with the stage 1 report as the study's report
-    (the node's chat also passes its structured text, which repeats the measurement lines with
-    method and beat counts that these values do not carry)."""
-    from llm.chat import StudyContext, chat_messages
+def question_instruction(
+    question: str,
+    m: Measurements,
+    values: Mapping[str, float | None],
+    history: Sequence[tuple[str, str]] = (),
+) -> str:
+    """Stage 2 instruction: the chat prompt (the loop's measurement lines, the stage 1 report as
+    the study's report, the earlier turns, the question). The node's chat also passes its
+    structured text, which repeats the measurement lines with method and beat counts."""
+    from llm.chat import ChatTurn, StudyContext, chat_messages
     from llm.video_text import instruction_from_messages
 
-    context = StudyContext(values_measurements(values), None, report_text(values))
-    return instruction_from_messages(chat_messages(question, context))
+    context = StudyContext(m, None, report_text(values))
+    turns = [ChatTurn(role, content) for role, content in history]
+    return instruction_from_messages(chat_messages(question, context, turns))
+
+
+def qa_samples(
+    case_id: str,
+    video: str,
+    video_format: str,
+    values: Mapping[str, float | None],
+    m: Measurements,
+) -> list[LlmSample]:
+    """Stage 2: ``QUESTIONS_PER_KIND`` questions of each kind about one loop from the chat's
+    question-answer generator, with the loop's measurements ``m`` as the study (sex unknown);
+    the same ``case_id`` gives the same questions."""
+    from llm.qa_dataset import QaStudy, study_pair
+
+    study = QaStudy(m, None)
+    rng = random.Random(case_id)
+    out = []
+    for j in range(QUESTIONS_PER_KIND):
+        for kind in KINDS[2]:
+            pair = study_pair(f"{case_id}/{kind}/{j + 1}", rng.randrange(6), kind, study, rng)
+            instruction = question_instruction(pair.question, m, values, pair.history)
+            out.append(LlmSample(pair.id, video, video_format, kind, instruction, pair.answer,
+                                 dict(values)))  # fmt: skip
+    return out
 
 
 def samples_for(
-    case_id: str, video: str, video_format: str, values: Mapping[str, float | None], stage: int
+    case_id: str,
+    video: str,
+    video_format: str,
+    values: Mapping[str, float | None],
+    stage: int,
+    measurements: Measurements | None = None,
 ) -> list[LlmSample]:
+    """The samples of one loop; ``measurements`` (stage 2: the study the questions are about)
+    defaults to ``values_measurements(values)``."""
     if stage == 1:
         instruction = report_instruction(values)
         return [LlmSample(f"{case_id}/report", video, video_format, "report", instruction,
                           report_text(values), dict(values))]  # fmt: skip
     if stage == 2:
-        return [LlmSample(f"{case_id}/{kind}", video, video_format, kind,
-                          question_instruction(q, values), a, dict(values))
-                for kind, q, a in qa_pairs(values)]  # fmt: skip
+        m = measurements if measurements is not None else values_measurements(values)
+        return qa_samples(case_id, video, video_format, values, m)
     raise ValueError(f"stage must be 1 or 2, got {stage}")
 
 
@@ -229,6 +231,43 @@ def _values(data: Mapping[str, Any], keys: Mapping[str, str]) -> dict[str, float
         raw = data.get(theirs)
         out[ours] = None if raw in (None, "") else float(raw)
     return out
+
+
+def measurements_from_truth(truth: dict[str, Any]) -> Measurements:
+    """A phantom's truth as the node's measurements: its beats, volumes and heart rate, and
+    its EF (from the true volumes, the method-of-disks definition) for both EFs."""
+    ed = [int(b["ed_frame"]) for b in truth.get("beats") or []]
+    beats = tuple(
+        Beat(
+            ed_frame=int(b["ed_frame"]), es_frame=int(b["es_frame"]),
+            next_ed_frame=ed[i + 1] if i + 1 < len(ed) else None,
+            ef_percent=b.get("ef_percent"), clip_start_frame=None, edv_ml=b.get("edv_ml"),
+            esv_ml=b.get("esv_ml"), ef_disks_percent=b.get("ef_percent"), ed_area_cm2=None,
+            es_area_cm2=None,
+        )
+        for i, b in enumerate(truth.get("beats") or [])
+    )  # fmt: skip
+    ef = truth.get("ef_percent")
+    return Measurements(
+        ef_percent=ef, ef_sd_percent=None, ef_source="beats" if ef is not None else "none",
+        ef_clips_mean_percent=None, ef_disks_percent=ef, edv_ml=truth.get("edv_ml"),
+        esv_ml=truth.get("esv_ml"), heart_rate_bpm=truth.get("heart_rate_bpm"),
+        heart_rate_source="beats", beats=beats, flags=(), n_frames=int(truth.get("n_frames", 0)),
+        frame_time_ms=truth.get("frame_time_ms"), spacing_cm=None,
+        ed_frames=tuple(truth.get("ed_frames") or ()),
+        es_frames=tuple(truth.get("es_frames") or ()), lv_area_px=(), lv_area_cm2=None,
+    )  # fmt: skip
+
+
+def _echonet_measurements(
+    values: Mapping[str, float | None], row: Mapping[str, str]
+) -> Measurements:
+    """EchoNet-Dynamic's values as measurements, with the video's frame count and rate from
+    ``FileList.csv`` (no beats: the file lists none)."""
+    m = values_measurements(values)
+    frames, fps = row.get("NumberOfFrames") or "", row.get("FPS") or ""
+    frame_time_ms = 1000.0 / float(fps) if fps and float(fps) > 0 else None
+    return replace(m, n_frames=int(float(frames)) if frames else 0, frame_time_ms=frame_time_ms)
 
 
 def samples_from_phantoms(folder: Path, stage: int) -> list[LlmSample]:
@@ -242,7 +281,8 @@ def samples_from_phantoms(folder: Path, stage: int) -> list[LlmSample]:
         if not dicom.is_file() or truth.get("view", "A4C") != "A4C":
             continue
         values = _values(truth, keys)
-        samples += samples_for(truth_path.stem, str(dicom.resolve()), "dicom", values, stage)
+        m = measurements_from_truth(truth) if stage == 2 else None
+        samples += samples_for(truth_path.stem, str(dicom.resolve()), "dicom", values, stage, m)
     return samples
 
 
@@ -262,7 +302,8 @@ def samples_from_echonet(
             name = row["FileName"] if row["FileName"].endswith(".avi") else row["FileName"] + ".avi"
             values = {**_values(row, keys), "heart_rate_bpm": None}
             video = str((filelist_csv.parent / "Videos" / name).resolve())
-            samples += samples_for(Path(name).stem, video, "avi", values, stage)
+            m = _echonet_measurements(values, row) if stage == 2 else None
+            samples += samples_for(Path(name).stem, video, "avi", values, stage, m)
     return samples
 
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.types import Beat, Measurements
+from inference.types import Measurements
 from llm.chat import ChatTurn
 from llm.chat_service import ChatBackend, StoredStudy
+from llm.dataset import measurements_from_truth
 from llm.evaluate_chat_checks import KnowledgeSentences, all_met, repeated_sentences, sentences
 from llm.evaluate_chat_failures import (
     markdown_failures,
@@ -56,32 +57,6 @@ class EvalStudy:
 
     def stored(self, index: int) -> StoredStudy:
         return StoredStudy(index, self.measurements.to_json(), patient_sex=self.sex or "")
-
-
-def measurements_from_truth(truth: dict[str, Any]) -> Measurements:
-    """A phantom's truth as the node's measurements: its beats, volumes and heart rate, and
-    its EF (from the true volumes, the method-of-disks definition) for both EFs."""
-    ed = [int(b["ed_frame"]) for b in truth.get("beats") or []]
-    beats = tuple(
-        Beat(
-            ed_frame=int(b["ed_frame"]), es_frame=int(b["es_frame"]),
-            next_ed_frame=ed[i + 1] if i + 1 < len(ed) else None,
-            ef_percent=b.get("ef_percent"), clip_start_frame=None, edv_ml=b.get("edv_ml"),
-            esv_ml=b.get("esv_ml"), ef_disks_percent=b.get("ef_percent"), ed_area_cm2=None,
-            es_area_cm2=None,
-        )
-        for i, b in enumerate(truth.get("beats") or [])
-    )  # fmt: skip
-    ef = truth.get("ef_percent")
-    return Measurements(
-        ef_percent=ef, ef_sd_percent=None, ef_source="beats" if ef is not None else "none",
-        ef_clips_mean_percent=None, ef_disks_percent=ef, edv_ml=truth.get("edv_ml"),
-        esv_ml=truth.get("esv_ml"), heart_rate_bpm=truth.get("heart_rate_bpm"),
-        heart_rate_source="beats", beats=beats, flags=(), n_frames=int(truth.get("n_frames", 0)),
-        frame_time_ms=truth.get("frame_time_ms"), spacing_cm=None,
-        ed_frames=tuple(truth.get("ed_frames") or ()),
-        es_frames=tuple(truth.get("es_frames") or ()), lv_area_px=(), lv_area_cm2=None,
-    )  # fmt: skip
 
 
 def load_phantom_studies(folder: Path, n: int) -> list[EvalStudy]:

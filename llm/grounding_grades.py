@@ -35,6 +35,8 @@ from reporting.values import KEY_HEART_RATE, KEY_LV_EDV, KEY_LV_ESV, NOT_MEASURA
 # the facts that have a reference range, and their keys in ``reporting.values``
 RANGE_KEYS = {"edv": KEY_LV_EDV, "esv": KEY_LV_ESV, "heart_rate": KEY_HEART_RATE}
 
+# a verb of the pumping, then up to two words ("pumps with", "squeezes a bit")
+_PUMPING = r"\b(?:pump|squeez|contract)\w*\s+(?:\w+\s+){0,2}?"
 # grade words; the phrases come first and mask what they cover
 _GRADE_WORDS = (
     (frozenset({GRADE_ABOVE}), re.compile(r"\btachycardi\w*|\belevated\b", re.I)),
@@ -43,6 +45,16 @@ _GRADE_WORDS = (
     (frozenset({GRADE_ABOVE}), re.compile(
         r"above (?:the )?(?:upper limit of )?(?:normal|reference)(?: range| limits?)?|"
         r"hyperdynamic|supra-?normal|hypercontractil\w*", re.I)),
+    # lay words for the pumping ("pumps harder than usual", "squeezes less strongly"): the
+    # stage-2 chat adapter wrote these for a reduced LVEF, and no word above checks them
+    (frozenset({GRADE_ABOVE}), re.compile(
+        _PUMPING + r"(?:(?:much |even |a (?:little|bit) )?more (?:strongly|forcefully|powerfully)"
+        r"|harder|stronger)\b", re.I)),
+    (REDUCED, re.compile(
+        _PUMPING + r"(?:(?:much |far |clearly |somewhat |a (?:little|bit) )?less (?:strongly|"
+        r"forcefully|powerfully|well|hard)|weaker|weakly)\b", re.I)),
+    (frozenset({GRADE_NORMAL, GRADE_ABOVE}), re.compile(
+        _PUMPING + r"(?:strongly|forcefully|powerfully|well)\b", re.I)),
     (frozenset({GRADE_NORMAL}), re.compile(
         r"(?:within|in) (?:the )?normal (?:range|limits)|\bnormal\b|\bnormally\b", re.I)),
     (frozenset({GRADE_NORMAL, GRADE_ABOVE}), re.compile(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 
 from inference.types import Beat, Measurements, Validity, ValueValidity
 from llm.qa_dataset_questions import FOLLOW_UPS, INTENTS, questions_for
+from llm.qa_targets import REFERRAL_TARGET, addition_targets
 
 FORMAT = "echo-agent-qa-dataset"
 VERSION = 1
@@ -156,23 +158,21 @@ def synthetic_study(rng: random.Random) -> QaStudy:
 # --- pairs ------------------------------------------------------------------------------------
 
 # The model's part of an answer (``llm.chat``): one sentence of plain words after the composed
-# core, no numbers, no new facts. The target depends on the question's type only: a first run
-# with targets that also restated the grade and size in lay words ("the heart's pumping
-# strength is mildly reduced.") learnt their form but not when each applies within a CPU
-# budget of 24 steps, and its sentences then failed the guard in 43 of 120 answers. Each
-# target is kept only if the guard passes it in the real chat path (``_Recorder``), so the
-# adapter never learns a sentence the guard would drop.
-REFERRAL_TARGET = "your cardiologist can explain what this means for you."
-_BY_INTENT = {
-    "descriptive": "this short video shows how the left ventricle fills and empties.",
-    "advisory": "your cardiologist is the right person to plan the next steps with you.",
-}
+# core, no numbers, no new facts: the first plain sentence the chat shows the model, restated in
+# lay words (``llm.qa_targets``). Each target is kept only if the guard passes it in the real
+# chat path (``_Recorder``), so the adapter never learns a sentence the guard would drop.
+_ANSWER_IN_PROMPT = re.compile(r"\nAnswer: (.*)", re.S)
+_PLAIN_SENTENCE_END = re.compile(r"(?<=\.)\s+")
 
 
-def addition_targets(intent: str) -> list[str]:
-    """Candidate sentences for the model's part, best first (the caller keeps the first the
-    guard passes)."""
-    return list(dict.fromkeys([_BY_INTENT.get(intent, REFERRAL_TARGET), REFERRAL_TARGET]))
+def first_plain_sentence(prompt: Sequence[Any]) -> str:
+    """The first of the plain sentences in the chat's prompt for the model's part
+    (``llm.chat.addition_messages``: "Question: ...\nAnswer: <plain sentences>")."""
+    for message in prompt:
+        found = _ANSWER_IN_PROMPT.search(str(message.content))
+        if message.role == "user" and found:
+            return _PLAIN_SENTENCE_END.split(found.group(1).strip(), maxsplit=1)[0]
+    return ""
 
 
 @dataclass
@@ -204,15 +204,19 @@ def _answer(
     return answer, ([] if recorder is None else recorder.prompts)
 
 
-def _pair(pair_id: str, intent: str, study: QaStudy, history: tuple[tuple[str, str], ...],
-          question: str) -> QaPair:  # fmt: skip
+def _pair(pair_id: str, turn: int, intent: str, study: QaStudy,
+          history: tuple[tuple[str, str], ...], question: str) -> QaPair:  # fmt: skip
     from llm.chat import ChatTurn
     from llm.intents import route_question
 
     route = route_question(question, [ChatTurn(r, c) for r, c in history])
-    answer, prompts = _answer(question, study, history, None)
+    answer, _ = _answer(question, study, history, None)
     meta: dict[str, Any] = {"routed": str(route.intent), "addition": ""}
-    for target in addition_targets(str(route.intent)):
+    _, probed = _answer(question, study, history, REFERRAL_TARGET)  # the prompt, if any
+    if not probed:  # the chat does not ask the model here (out of scope, descriptive, ...)
+        return QaPair(pair_id, study, intent, history, question, answer.text,
+                      tuple(answer.fact_keys), tuple(answer.entry_ids), meta)  # fmt: skip
+    for target in addition_targets(first_plain_sentence(probed[0]), turn):
         with_model, prompts = _answer(question, study, history, target)
         if with_model.model_verdict == "pass":
             answer, meta["addition"] = with_model, " " + target
@@ -229,6 +233,24 @@ def study_sheet(study: QaStudy) -> Any:
                             weight_kg=study.weight_kg)  # fmt: skip
 
 
+def study_pair(pair_id: str, turn: int, intent: str, study: QaStudy,
+               rng: random.Random) -> QaPair:  # fmt: skip
+    """One pair about ``study``: a question of type ``intent`` paraphrased from the bank, a
+    follow-up after an opener of the right type for a share of them (``FOLLOW_UP_SHARE``,
+    never out of scope), and the chat's answer. ``turn`` picks the wording of the model's part
+    (``llm.qa_targets``). The video-text stage 2 (``llm.dataset``) asks its loops through this
+    too, so both paths learn the same pairs."""
+    history: tuple[tuple[str, str], ...] = ()
+    if intent != "out_of_scope" and rng.random() < FOLLOW_UP_SHARE:
+        opener_intent, follow_ups = FOLLOW_UPS[intent]
+        opener = rng.choice(questions_for(opener_intent))
+        history = (("user", opener), ("assistant", _answer(opener, study, (), None)[0].text))
+        question = rng.choice(follow_ups)
+    else:
+        question = rng.choice(questions_for(intent))
+    return _pair(pair_id, turn, intent, study, history, question)
+
+
 def generate_pairs(n_pairs: int, seed: int = 0) -> list[QaPair]:
     """``n_pairs`` pairs, the five question types in equal shares (in turn), a quarter of them
     follow-ups after an earlier question; the same ``seed`` gives the same pairs. A pair's
@@ -238,20 +260,11 @@ def generate_pairs(n_pairs: int, seed: int = 0) -> list[QaPair]:
     if n_pairs < 1:
         raise ValueError("n_pairs must be at least 1")
     rng = random.Random(seed)
-    banks = {intent: questions_for(intent) for intent in INTENTS}
     pairs: list[QaPair] = []
     for i in range(n_pairs):
         intent = INTENTS[i % len(INTENTS)]
         study = synthetic_study(rng)
-        history: tuple[tuple[str, str], ...] = ()
-        if intent != "out_of_scope" and rng.random() < FOLLOW_UP_SHARE:
-            opener_intent, follow_ups = FOLLOW_UPS[intent]
-            opener = rng.choice(banks[opener_intent])
-            history = (("user", opener), ("assistant", _answer(opener, study, (), None)[0].text))
-            question = rng.choice(follow_ups)
-        else:
-            question = rng.choice(banks[intent])
-        pairs.append(_pair(f"qa{i + 1:06d}", intent, study, history, question))
+        pairs.append(study_pair(f"qa{i + 1:06d}", i // len(INTENTS), intent, study, rng))
     return pairs
 
 

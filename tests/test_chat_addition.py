@@ -91,3 +91,23 @@ def test_the_guard_checks_how_fast_the_model_says_the_heart_beats(hr, passes) ->
     assert answer.model_verdict == ("pass" if passes else "fail"), answer.model_reasons
     if not passes:
         assert any("'fast'" in r for r in answer.model_reasons)
+
+
+@pytest.mark.parametrize(
+    ("ef", "sentence", "passes"),
+    [
+        (35.0, "your heart's main pumping chamber pumps much more strongly than usual.", False),
+        (35.0, "your heart pumps less strongly than usual.", True),
+        (60.0, "your heart's main pumping chamber pumps harder than usual.", False),
+        (60.0, "your heart's main pumping chamber pumps normally.", True),
+        (78.0, "your heart's main pumping chamber squeezes harder than usual.", True),
+        (78.0, "your heart pumps a little less strongly than usual.", False),
+    ],
+)
+def test_the_guard_checks_lay_words_for_the_pumping(ef: float, sentence: str, passes: bool) -> None:
+    # the first retrained chat adapter wrote "pumps much more strongly than usual" for a
+    # moderately reduced LVEF, and no grade word caught it
+    context = StudyContext(measurements(ef=ef, disks=ef, esv=120.3 * (1 - ef / 100)), "M")
+    model = ScriptedTextModel([f"{ADDITION_OPENING} {sentence}"])
+    answer = answer_question("What does my ejection fraction mean?", context, model)
+    assert answer.model_verdict == ("pass" if passes else "fail"), answer.model_reasons

@@ -4,6 +4,7 @@ questions, every model part passing the guard; and the chat adapter it trains.""
 from __future__ import annotations
 
 import importlib.util
+import random
 import re
 import tempfile
 from collections import Counter
@@ -75,6 +76,39 @@ def test_every_model_part_passes_the_guard_and_states_no_number(pairs: list) -> 
                if p.meta["routed"] in ("out_of_scope", "descriptive"))  # fmt: skip
 
 
+def test_the_model_part_restates_the_first_plain_sentence_in_varied_words(pairs: list) -> None:
+    from llm.backend import Message
+    from llm.qa_dataset import first_plain_sentence
+    from llm.qa_targets import REFERRAL_TARGET, restatements
+
+    parts = []
+    for p in pairs:
+        if p.meta["addition"]:
+            first = first_plain_sentence([Message(r, c) for r, c in p.meta["prompt"]])
+            assert p.meta["addition"].strip() in (*restatements(first), REFERRAL_TARGET)
+            parts.append(p.meta["addition"].strip())
+    # information, not one sentence: many wordings, the referral at most a fallback
+    assert len(set(parts)) >= 15
+    assert parts.count(REFERRAL_TARGET) <= len(parts) // 10
+
+
+def test_every_plain_sentence_has_restatements() -> None:
+    from llm.plain_context import all_plain_sentences
+    from llm.qa_dataset import synthetic_study
+    from llm.qa_targets import known_plain_sentences, restatements
+
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(300):
+        seen.update(all_plain_sentences(study_sheet(synthetic_study(rng))))
+    assert all(restatements(s) for s in seen), [s for s in seen if not restatements(s)]
+    assert (
+        not set(known_plain_sentences())
+        - seen
+        - {"The LVEF was measured but is not graded, because the sex is not known."}
+    )
+
+
 @needs_model
 def test_training_prompts_are_the_prompts_the_chat_gives_the_model(pairs: list) -> None:
     from transformers import AutoTokenizer
@@ -141,6 +175,6 @@ def test_the_shipped_chat_adapter_records_its_base_and_training() -> None:
     assert has_chat_adapter(CHAT_ADAPTER_DIR)
     info = read_info(CHAT_ADAPTER_DIR)
     assert (info.base_model, info.rank) == (EMBEDDED_NAME, 16)
-    assert "--qa" in info.training["command"] and info.training["steps"] == 24
+    assert "--qa" in info.training["command"] and info.training["steps"] == 80
     size = sum(f.stat().st_size for f in CHAT_ADAPTER_DIR.rglob("*") if f.is_file())
     assert size < 1_000_000

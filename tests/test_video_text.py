@@ -13,18 +13,24 @@ import numpy as np
 import pytest
 import torch
 
+from llm.claims import check_claims
 from llm.dataset import (
-    ADVICE_QUESTION,
     DESCRIBE_QUESTION,
+    KINDS,
+    QUESTIONS_PER_KIND,
+    measurements_from_truth,
     read_dataset,
     report_text,
     samples_for,
     samples_from_echonet,
     samples_from_phantoms,
+    values_measurements,
     write_dataset,
 )
 from llm.embedded import EMBEDDED_NAME
+from llm.facts import build_fact_sheet
 from llm.grounding import check_grounding
+from llm.qa_dataset_questions import FOLLOW_UPS, all_questions, questions_for
 from llm.video_text import (
     LORA_DIR,
     PROJECTOR_FILE,
@@ -57,27 +63,58 @@ def test_neighbouring_tokens_are_concatenated() -> None:
 
 
 @pytest.mark.parametrize("ef", [15.0, 29.9, 35.0, 45.0, 53.0, 60.0, 73.0, 80.0])
-def test_training_answers_pass_the_grounding_guard(ef: float) -> None:
+def test_training_answers_pass_the_guard(ef: float) -> None:
     values = {"ef_percent": ef, "edv_ml": 120.3, "esv_ml": 120.3 * (1 - ef / 100),
               "heart_rate_bpm": 64.0}  # fmt: skip
     m = measurements(ef=ef, disks=None, edv=values["edv_ml"], esv=values["esv_ml"], hr=64.0)
-    texts = [report_text(values)] + [s.answer for s in samples_for("c", "v", "avi", values, 2)]
-    for text in texts:
-        result = check_grounding(text, m, None)  # phantoms and EchoNet record no sex
-        assert result.passed, (text, result.reasons)
+    result = check_grounding(report_text(values), m, None)  # phantoms and EchoNet: no sex
+    assert result.passed, result.reasons
+    sheet = build_fact_sheet(values_measurements(values), None)
+    for sample in samples_for("c", "v", "avi", values, 2):
+        checked = check_claims(sample.answer, sheet)
+        assert checked.passed, (sample.answer, checked.reasons)
 
 
-def test_the_three_question_kinds_include_echogpts_prompts() -> None:
+def test_stage_two_asks_the_chats_questions_about_the_loop() -> None:
     samples = samples_for("c", "v.avi", "avi", {"ef_percent": 35.0}, 2)
-    assert [s.kind for s in samples] == ["descriptive", "explanatory", "advisory"]
+    assert [s.kind for s in samples] == list(KINDS[2]) * QUESTIONS_PER_KIND
+    assert len({s.id for s in samples}) == len(samples)
+    assert samples == samples_for("c", "v.avi", "avi", {"ef_percent": 35.0}, 2)  # per loop
     # the instruction is the node's chat prompt: the measured values, then the question
-    assert samples[0].instruction.endswith(f"\n\n{DESCRIBE_QUESTION}")
-    assert samples[2].instruction.endswith(f"\n\n{ADVICE_QUESTION}")
-    assert "- LVEF (AI regression): 35.0 %" in samples[0].instruction
+    for s in samples:
+        assert "- LVEF (AI regression): 35.0 %" in s.instruction
+        question = s.instruction.rsplit("\n\n", 1)[1]
+        assert question in all_questions()
+    assert any("moderately reduced" in s.answer for s in samples)
+    assert all("cardiologist" in s.answer for s in samples if s.kind == "advisory")
     (report,) = samples_for("c", "v.avi", "avi", {"ef_percent": 35.0}, 1)
     assert "- LVEF (AI regression): 35.0 %" in report.instruction
     assert report.instruction.endswith("Write the narrative paragraph now.")
-    assert "moderately reduced" in samples[2].answer and "cardiologist" in samples[2].answer
+
+
+def test_a_stage_two_dataset_from_phantom_loops_uses_the_qa_generator(
+    phantom_studies: list[Path], tmp_path: Path
+) -> None:
+    folder = phantom_studies[0].parent
+    samples = samples_from_phantoms(folder, 2)
+    truths = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    loops = {s.id.split("/")[0] for s in samples}
+    assert len(loops) >= 2 and all(truths[k].get("view", "A4C") == "A4C" for k in loops)
+    assert {s.kind for s in samples} == set(KINDS[2])
+    banks = {kind: set(questions_for(kind)) for kind in KINDS[2]}
+    follow_ups = {q for _, qs in FOLLOW_UPS.values() for q in qs}
+    asked = 0
+    for s in samples:
+        question = s.instruction.rsplit("\n\n", 1)[1]
+        assert question in banks[s.kind] | follow_ups, question
+        asked += question in banks[s.kind]
+        sheet = build_fact_sheet(measurements_from_truth(truths[s.id.split("/")[0]]), None)
+        checked = check_claims(s.answer, sheet)  # true for that loop's facts
+        assert checked.passed, (s.answer, checked.reasons)
+    assert asked >= len(samples) // 2  # paraphrases from the banks, follow-ups for some
+    assert any("frames per second" in s.answer for s in samples if s.kind == "descriptive")
+    path = write_dataset(samples, tmp_path / "stage2.json", 2)
+    assert read_dataset(path) == (2, samples)
 
 
 def test_phantom_truth_becomes_a_dataset(tmp_path: Path) -> None:
@@ -142,7 +179,14 @@ def test_two_training_stages_move_only_lora_and_projector(tmp_path: Path) -> Non
     model_dir = ensure_embedded_model(TEST_MODEL_CACHE)
     filelist = _write_echonet(tmp_path / "echonet", n_videos=2, n_frames=6)
     for stage in (1, 2):
-        write_dataset(samples_from_echonet(filelist, stage), tmp_path / f"stage{stage}.json", stage)
+        samples = samples_from_echonet(filelist, stage)
+        if stage == 2:  # one loop's six questions: each step (2 x 3) then sees the same six
+            samples = [s for s in samples if s.video == samples[0].video]
+        write_dataset(samples, tmp_path / f"stage{stage}.json", stage)
+    _, stage2 = read_dataset(tmp_path / "stage2.json")  # the chat's question-answer generator
+    assert len(stage2) == 3 * QUESTIONS_PER_KIND
+    assert {s.kind for s in stage2} == set(KINDS[2])
+    assert all(s.instruction.rsplit("\n\n", 1)[1] in all_questions() for s in stage2)
     # a frozen encoder; the demo preset's trained backbone takes this place in production
     encoder = encoder_from_segmenter(build_deeplabv3_resnet50(0.25))
     encoder_before = {k: v.clone() for k, v in encoder.state_dict().items()}
