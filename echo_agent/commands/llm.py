@@ -151,17 +151,10 @@ def cmd_train_llm(args: argparse.Namespace, config: Any) -> int:
         return cmd_train_chat(args, config)
     if args.data is None:
         raise ValueError("--data is required (or --qa for the stage-2 chat adapter)")
-    from inference.presets import load_preset
     from llm.training import FitOptions, LlmTrainOptions, train_video_text
     from llm.video_text import encoder_from_segmenter
 
-    m = config.models if config is not None else None
-    loaded = load_preset(
-        m.preset if m else "demo",
-        seg_weights=(m.seg_weights or None) if m else None,
-        mean=(m.mean or None) if m else None,
-        std=(m.std or None) if m else None,
-    )
+    loaded = configured_preset(config)
     base = _open_model(args, config)  # after the encoder: its weights fail faster
     encoder = encoder_from_segmenter(loaded.segmenter.to(base.device))
     dataset = _dataset_file(args.data, args.stage, args.out)
@@ -186,3 +179,17 @@ def cmd_train_llm(args: argparse.Namespace, config: Any) -> int:
     print(f"{args.out} stage={result.stage} samples={result.n_samples} "
           f"steps={len(result.losses)} loss {first:.4f} -> {last:.4f}")  # fmt: skip
     return 0
+
+
+def configured_preset(config: Any) -> Any:
+    """The configured model preset (``[models]``; the demo preset without a configuration):
+    its segmentation backbone is the video-text model's frame encoder."""
+    from inference.presets import load_preset
+
+    m = config.models if config is not None else None
+    return load_preset(
+        m.preset if m else "demo",
+        seg_weights=(m.seg_weights or None) if m else None,
+        mean=(m.mean or None) if m else None,
+        std=(m.std or None) if m else None,
+    )

@@ -109,19 +109,11 @@ class _VideoText:
 def _open_video_text(args: argparse.Namespace, config: Any, adapter: Path) -> _VideoText:
     """The base model with the adapter, and the segmentation backbone the adapter was trained
     with as the frame encoder (the configured preset, as ``train llm`` uses)."""
-    from inference.presets import load_preset
+    from echo_agent.commands.llm import _open_model, configured_preset
     from llm.video_backend import load_adapter
     from llm.video_text import encoder_from_segmenter
 
-    m = config.models if config is not None else None
-    loaded = load_preset(
-        m.preset if m else "demo",
-        seg_weights=(m.seg_weights or None) if m else None,
-        mean=(m.mean or None) if m else None,
-        std=(m.std or None) if m else None,
-    )
-    from echo_agent.commands.llm import _open_model
-
+    loaded = configured_preset(config)
     base = _open_model(args, config)
     model = load_adapter(base, adapter)
     encoder = encoder_from_segmenter(loaded.segmenter.to(base.device))
