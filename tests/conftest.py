@@ -66,9 +66,30 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def reference_dir() -> Path:
-    """``shared/`` sits beside the checkout, as in CI; ``ECHO_AGENT_REFERENCE_DIR`` overrides it."""
+    """``shared/`` sits beside the checkout, as in CI, or beside the local repository this one
+    was cloned from (a scratch clone in /tmp); ``ECHO_AGENT_REFERENCE_DIR`` overrides both."""
     override = os.environ.get("ECHO_AGENT_REFERENCE_DIR")
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "reference"
+    if override:
+        return Path(override)
+    beside = REPO_ROOT.parent / "shared" / "reference"
+    origin = _local_origin()
+    if not beside.is_dir() and origin is not None:
+        return origin.parent / "shared" / "reference"
+    return beside
+
+
+def _local_origin() -> Path | None:
+    """The directory of the ``origin`` remote when it is a local path, else None."""
+    import subprocess
+
+    url = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    url = url.removeprefix("file://")
+    return Path(url).resolve() if url and Path(url).is_dir() else None
 
 
 @pytest.fixture(scope="session")
