@@ -18,16 +18,16 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
 import numpy as np
 
-from inference.beats import CLIP_LENGTH_FRAMES, CLIP_PERIOD_FRAMES, clip_frame_indices
 from inference.calibration import without_untrusted_spacing
 from inference.ecg import with_burned_in_ecg
+from inference.ef_clips import clip_lookup, clip_predictor
 from inference.gate import GateSettings, apply_gate, gather_evidence
 from inference.measure import ef_clip_starts, measure_cine
 from inference.preprocess import Preprocessed, PreprocessParams, SectorShaper
@@ -279,14 +279,15 @@ def estimate_ef(
     starts = ef_clip_starts(
         value.cine, value.segmented.masks_source, all_clip_stride=all_clip_stride
     )
-    values = _clip_predictor(value.segmented.preprocessed.frames, ef_model, clip_batch)(starts)
+    frames = value.segmented.preprocessed.frames
+    values = clip_predictor(frames, ef_model.predict_ef, clip_batch)(starts)
     return EFEstimates(value, {int(s): float(v) for s, v in zip(starts, values, strict=True)})
 
 
 def measure(value: EFEstimates, all_clip_stride: int) -> MeasuredLoop:
     """Beats, volumes, EF and heart rate from the masks and the clip estimates."""
     checked = value.checked
-    clip_ef = None if value.ef_by_start is None else _lookup(value.ef_by_start)
+    clip_ef = None if value.ef_by_start is None else clip_lookup(value.ef_by_start)
     measurements = measure_cine(
         checked.cine,
         checked.segmented.masks_source,
@@ -359,49 +360,6 @@ def analyse(
         run = run_stages(stages, LoopInput(loop), log=log, label="analysis")
     result: AnalysisResult = run.value
     return dataclasses.replace(result, timings=run.timings)
-
-
-def build_clips(
-    frames: np.ndarray,
-    starts: np.ndarray,
-    length: int = CLIP_LENGTH_FRAMES,
-    period: int = CLIP_PERIOD_FRAMES,
-) -> np.ndarray:
-    """(frames, 3, S, S) -> (clips, 3, length, S, S); samples past the loop's end are zero,
-    i.e. the normalisation mean (see ``inference.beats``)."""
-    n, channels, height, width = frames.shape
-    out = np.zeros((len(starts), channels, length, height, width), np.float32)
-    for k, start in enumerate(starts):
-        idx = clip_frame_indices(int(start), n, length, period)
-        valid = idx >= 0
-        out[k][:, valid] = frames[idx[valid]].transpose(1, 0, 2, 3)
-    return out
-
-
-def _clip_predictor(
-    frames: np.ndarray, ef_model: EFModel, clip_batch: int
-) -> Callable[[np.ndarray], np.ndarray]:
-    def predict(starts: np.ndarray) -> np.ndarray:
-        values = []
-        for i in range(0, len(starts), clip_batch):
-            chunk = starts[i : i + clip_batch]
-            ef = np.asarray(ef_model.predict_ef(build_clips(frames, chunk)), np.float64)
-            values.append(ef.reshape(-1))
-        return np.concatenate(values) if values else np.zeros(0)
-
-    return predict
-
-
-def _lookup(ef_by_start: Mapping[int, float]) -> Callable[[np.ndarray], np.ndarray]:
-    """The EF stage's estimates as the callable ``measure_cine`` asks for clips with."""
-
-    def clip_ef(starts: np.ndarray) -> np.ndarray:
-        missing = [int(s) for s in starts if int(s) not in ef_by_start]
-        if missing:
-            raise ValueError(f"the EF stage estimated no clip at starts {missing}")
-        return np.array([ef_by_start[int(s)] for s in starts], np.float64)
-
-    return clip_ef
 
 
 def _masks_to_source(pre: Preprocessed, probability: np.ndarray, threshold: float) -> np.ndarray:

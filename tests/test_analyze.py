@@ -14,9 +14,10 @@ import pytest
 import torch
 from support import phantom_truth
 
-from inference.analyze import LoopAnalysis, Networks, analyse, build_clips
+from inference.analyze import LoopAnalysis, Networks, analyse
 from inference.beats import beat_clip_start, clip_starts
 from inference.decode import read_cine
+from inference.ef_clips import build_clips
 from inference.model_cache import TorchEFModel, TorchSegmenter
 from inference.preprocess import PreprocessParams, preprocess_cine
 from inference.types import Cine, RegionBox
