@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from inference.beats import clip_period_for
 from inference.calibration import without_untrusted_spacing
 from inference.ecg import with_burned_in_ecg
 from inference.ef_clips import clip_lookup, clip_predictor
@@ -280,7 +281,8 @@ def estimate_ef(
         value.cine, value.segmented.masks_source, all_clip_stride=all_clip_stride
     )
     frames = value.segmented.preprocessed.frames
-    values = clip_predictor(frames, ef_model.predict_ef, clip_batch)(starts)
+    period = clip_period_for(value.cine.frame_time_ms)
+    values = clip_predictor(frames, ef_model.predict_ef, clip_batch, period)(starts)
     return EFEstimates(value, {int(s): float(v) for s, v in zip(starts, values, strict=True)})
 
 

@@ -38,7 +38,8 @@ import numpy as np
 from scipy.signal import find_peaks, savgol_filter
 
 CLIP_LENGTH_FRAMES = 32
-CLIP_PERIOD_FRAMES = 2
+CLIP_PERIOD_FRAMES = 2  # without frame timing; with it, ``clip_period_for`` picks the period
+CLIP_SAMPLE_INTERVAL_MS = 40.0  # EchoNet-Dynamic's 50 /s loops at period 2
 SMOOTHING_WINDOW_MS = 90.0
 SMOOTHING_POLYORDER = 3
 MIN_SMOOTHING_WINDOW = 5
@@ -231,6 +232,21 @@ def heart_rate_from_beats(
     if not cycles:
         return None
     return float(60000.0 / (float(np.mean(cycles)) * frame_time_ms))
+
+
+def clip_period_for(frame_time_ms: float | None) -> int:
+    """Frames between clip samples so that one sample lands about every 40 ms.
+
+    EchoNet-Dynamic's loops are all 50 /s, so its period of 2 frames means a 40 ms step and a
+    1.24 s clip. Real loops run at 20 to 90 /s: a fixed 2-frame period makes a 20 /s loop's
+    clip span 3.1 s (most of it padding past a short loop's end) and a 90 /s loop's clip less
+    than one slow beat, and the network then sees heart motion at a speed it was not trained
+    on. Rounding to whole frames keeps the samples real frames (no interpolated speckle); at
+    50 /s and without timing the period stays 2.
+    """
+    if not frame_time_ms or frame_time_ms <= 0:
+        return CLIP_PERIOD_FRAMES
+    return max(1, int(np.floor(CLIP_SAMPLE_INTERVAL_MS / float(frame_time_ms) + 0.5)))
 
 
 def clip_span_frames(length: int = CLIP_LENGTH_FRAMES, period: int = CLIP_PERIOD_FRAMES) -> int:

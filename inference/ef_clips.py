@@ -33,15 +33,19 @@ def build_clips(
 
 
 def clip_predictor(
-    frames: np.ndarray, predict_ef: Callable[[np.ndarray], np.ndarray], clip_batch: int
+    frames: np.ndarray,
+    predict_ef: Callable[[np.ndarray], np.ndarray],
+    clip_batch: int,
+    period: int = CLIP_PERIOD_FRAMES,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """EF per clip start, ``clip_batch`` clips per network call (memory stays bounded)."""
+    """EF per clip start, ``clip_batch`` clips per network call (memory stays bounded);
+    ``period`` must be the one the measurements chose the starts with."""
 
     def predict(starts: np.ndarray) -> np.ndarray:
         values = []
         for i in range(0, len(starts), clip_batch):
             chunk = starts[i : i + clip_batch]
-            ef = np.asarray(predict_ef(build_clips(frames, chunk)), np.float64)
+            ef = np.asarray(predict_ef(build_clips(frames, chunk, period=period)), np.float64)
             values.append(ef.reshape(-1))
         return np.concatenate(values) if values else np.zeros(0)
 

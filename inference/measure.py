@@ -34,8 +34,8 @@ import numpy as np
 
 from inference.beats import (
     CLIP_LENGTH_FRAMES,
-    CLIP_PERIOD_FRAMES,
     beat_clip_start,
+    clip_period_for,
     clip_span_frames,
     clip_starts,
     heart_rate_from_beats,
@@ -144,11 +144,12 @@ def ef_clip_starts(
     *,
     all_clip_stride: int = 1,
     clip_length: int = CLIP_LENGTH_FRAMES,
-    clip_period: int = CLIP_PERIOD_FRAMES,
+    clip_period: int | None = None,
 ) -> np.ndarray:
     """The clip starts ``measure_cine`` asks its EF callable for on the same Cine and masks
     (sorted, unique): every ``all_clip_stride``-th start plus each beat's ES-aligned start. So
-    the EF model can run as a stage of its own, before the measurements, on the same clips."""
+    the EF model can run as a stage of its own, before the measurements, on the same clips.
+    Without ``clip_period`` the period follows the frame time (``beats.clip_period_for``)."""
     m = np.asarray(masks)
     if m.ndim != 3 or m.shape[0] < 1:
         raise ValueError(f"masks must be (frames, rows, cols), got shape {m.shape}")
@@ -157,6 +158,8 @@ def ef_clip_starts(
     n = int(m.shape[0])
     area_px = m.astype(bool, copy=False).reshape(n, -1).sum(axis=1).astype(np.float64)
     frame_time_ms = cine.frame_time_ms if cine.frame_time_ms and cine.frame_time_ms > 0 else None
+    if clip_period is None:
+        clip_period = clip_period_for(frame_time_ms)
     _, _, beat_frames = loop_beats(
         area_px, frame_time_ms, cine.heart_rate_bpm, cine.ecg_r_wave_frames
     )
@@ -175,7 +178,7 @@ def measure_loop(
     header_heart_rate_bpm: float | None = None,
     clip_ef: ClipEF | None = None,
     clip_length: int = CLIP_LENGTH_FRAMES,
-    clip_period: int = CLIP_PERIOD_FRAMES,
+    clip_period: int | None = None,
     all_clip_stride: int = 1,
     notes: Sequence[str] = (),
     r_wave_frames: Sequence[int] | None = None,
@@ -203,6 +206,8 @@ def measure_loop(
         flags.append(
             QualityFlag(FLAG_NO_FRAME_TIME, "No frame timing: heart rate cannot be measured.")
         )
+    if clip_period is None:  # a clip sample about every 40 ms, whatever the frame rate
+        clip_period = clip_period_for(frame_time_ms)
 
     area_px = m.reshape(n, -1).sum(axis=1).astype(np.float64)
     px_cm2 = None if spacing_cm is None else float(spacing_cm[0]) * float(spacing_cm[1])

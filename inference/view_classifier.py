@@ -177,7 +177,6 @@ def sample_frames(path: str | os.PathLike[str], count: int = 16) -> np.ndarray:
     from pydicom import dcmread
     from pydicom.pixels import iter_pixels
 
-
     n = int(dcmread(path, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
     indices = sorted({int(i) for i in np.linspace(0, n - 1, min(count, n))})
     return to_grey(np.stack(list(iter_pixels(path, indices=indices))))

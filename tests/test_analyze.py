@@ -15,7 +15,7 @@ import torch
 from support import phantom_truth
 
 from inference.analyze import LoopAnalysis, Networks, analyse
-from inference.beats import beat_clip_start, clip_starts
+from inference.beats import beat_clip_start, clip_period_for, clip_starts
 from inference.decode import read_cine
 from inference.ef_clips import build_clips
 from inference.model_cache import TorchEFModel, TorchSegmenter
@@ -84,7 +84,11 @@ def test_a_truth_oracle_reproduces_the_phantom_truth_end_to_end(loops) -> None:
         assert m.flags == (), (path.name, m.flags)
         # every clip the EF model saw is a 32-frame clip on the grid
         assert {s[1:] for s in oracle.clip_shapes} == {(3, 32, 112, 112)}
-        assert sum(s[0] for s in oracle.clip_shapes) == len(clip_starts(cine.n_frames))
+        period = clip_period_for(cine.frame_time_ms)  # a sample about every 40 ms
+        assert m.clip_period_frames == period
+        assert sum(s[0] for s in oracle.clip_shapes) == len(
+            clip_starts(cine.n_frames, period=period)
+        )
         # the masks handed back for reporting are the true ones at source resolution
         source = analysis.lv_masks_source()
         assert source.shape == masks.shape
@@ -149,9 +153,10 @@ def test_torch_wrappers_batch_every_frame_and_clip() -> None:
     assert p.min() >= 0.0 and p.max() <= 1.0
     assert not np.any(p[:, ~analysis.preprocessed.sector_mask])
     m = analysis.ungated
-    # 40 frames < 63: one padded clip, so EF comes from that clip (random weights: any value)
-    assert m is not None
-    assert m.clip_starts == (0,) and "loop_shorter_than_clip" in m.flag_codes
+    # 40 frames at 25 /s: period 1 (a sample every 40 ms), so 9 whole clips (random weights:
+    # any value)
+    assert m is not None and m.clip_period_frames == 1
+    assert m.clip_starts == tuple(range(9)) and "loop_shorter_than_clip" not in m.flag_codes
     assert m.ef_clips_mean_percent is not None and np.isfinite(m.ef_clips_mean_percent)
     # random weights find no LV: the gate publishes none of it
     gated = analysis.measurements

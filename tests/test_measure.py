@@ -13,6 +13,7 @@ from support import phantom_truth
 from inference.beats import (
     beat_clip_start,
     clip_frame_indices,
+    clip_period_for,
     clip_span_frames,
     clip_starts,
     find_cycle_events,
@@ -209,15 +210,50 @@ def test_clip_index_lists() -> None:
         clip_starts(0)
 
 
+def test_clip_period_keeps_a_sample_about_every_40_ms() -> None:
+    # EchoNet-Dynamic's 50 /s loops keep period 2; no timing keeps it too
+    assert clip_period_for(20.0) == 2
+    assert clip_period_for(None) == 2 and clip_period_for(0.0) == 2
+    assert clip_period_for(50.0) == 1  # 20 /s: every frame (a 2-frame period spans 3.1 s)
+    assert clip_period_for(11.7) == 3  # 85 /s
+    assert clip_period_for(11.1) == 4  # 90 /s
+    # across the scanners' range the step between samples stays near 40 ms
+    for frame_time_ms in np.linspace(1000.0 / 90.0, 1000.0 / 20.0, 200):
+        step_ms = clip_period_for(frame_time_ms) * frame_time_ms
+        assert 26.0 <= step_ms <= 60.0, (frame_time_ms, step_ms)
+
+
+def test_a_20_per_s_loop_is_not_padded_past_its_end(studies) -> None:
+    # 40 frames at 20 /s is two seconds of heart: one clip of 32 frames fits without padding
+    st = studies[0]
+    masks = st.masks[:40]
+    asked: list[np.ndarray] = []
+
+    def record(s: np.ndarray) -> np.ndarray:
+        asked.append(s.copy())
+        return np.full(len(s), 50.0)
+
+    m = st.measure(masks, frame_time_ms=50.0, header_heart_rate_bpm=None, clip_ef=record)
+    assert m.clip_period_frames == 1
+    assert FLAG_LOOP_SHORTER_THAN_CLIP not in {f.code for f in m.flags}
+    assert asked and asked[0].max() <= 40 - 32
+    # at 50 /s the same 40 frames are shorter than one clip: padded and said so
+    m = st.measure(masks, frame_time_ms=20.0, header_heart_rate_bpm=None, clip_ef=record)
+    assert m.clip_period_frames == 2
+    assert FLAG_LOOP_SHORTER_THAN_CLIP in {f.code for f in m.flags}
+
+
 def test_clip_predictions_feed_beats_and_the_clip_average(studies) -> None:
     st = studies[0]
     n = len(st.masks)
-    starts = clip_starts(n)
+    period = clip_period_for(st.truth["frame_time_ms"])  # the period follows the frame rate
+    starts = clip_starts(n, period=period)
     m = st.measure(clip_ef=starts.astype(float))  # an array: one EF per start, EF == start
+    assert m.clip_period_frames == period
     assert m.clip_starts == tuple(starts.tolist())
     assert m.ef_clips_mean_percent == pytest.approx(starts.mean())
     for b in m.beats:
-        assert b.clip_start_frame == beat_clip_start(b.es_frame, n)
+        assert b.clip_start_frame == beat_clip_start(b.es_frame, n, period=period)
         assert b.ef_percent == b.clip_start_frame
     per_beat = [b.ef_percent for b in m.beats]
     assert m.ef_percent == pytest.approx(np.mean(per_beat))

@@ -131,6 +131,18 @@ def test_random_clips_are_deterministic_per_epoch(echonet_dir: Path) -> None:
     assert not torch.equal(a, ds[1][0])
 
 
+def test_random_clips_sample_each_video_at_its_own_period() -> None:
+    # frame numbers as pixel values: the clip shows which frames were taken
+    video = np.arange(100, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
+    ds = RandomClips([video, video], [50.0, 50.0], seed=0, max_shift_px=0, periods=[1, 3])
+    for i, period in enumerate((1, 3)):
+        frames = ds[i][0][0, :, 2, 2].numpy().astype(int)
+        valid = ds[i][1].numpy()
+        assert np.all(np.diff(frames[valid]) == period), (period, frames)
+    with pytest.raises(ValueError, match="clip periods"):
+        RandomClips([video], [50.0], seed=0, max_shift_px=0, periods=[1, 2])
+
+
 def test_segmentation_loss_falls_on_a_fixed_batch(echonet_dir: Path) -> None:
     torch.manual_seed(0)
     samples = seg_samples(traced_videos(echonet_dir)[:2])
@@ -218,6 +230,7 @@ def test_ef_training_resumes_exactly_and_the_pair_loads_as_a_preset(
     config = read_safetensors_config(straight.weights_path)
     assert config["architecture"] == "r2plus1d_18"
     assert config["clip_length_frames"] == 32 and config["clip_period_frames"] == 2
+    assert config["clip_sample_interval_ms"] == 40.0
     assert "val_mae" in straight.history[-1]
 
     # a seg + EF pair trained on the same folder is a complete demo-style preset

@@ -145,9 +145,7 @@ def cmd_evaluate(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
-def _published_agreement(
-    measured: list[float | None], truth: list[float]
-) -> dict[str, Any] | None:
+def _published_agreement(measured: list[float | None], truth: list[float]) -> dict[str, Any] | None:
     """The agreement of the published values; None when the validity gate published none (on
     loops unlike the training data it may withhold every EF: that is a result, not an error)."""
     from inference.evaluation import agreement

@@ -57,6 +57,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
             action="store_true",
             help="random gamma, gain and blur per sample (scanner and lab differences)",
         )
+        p.add_argument(
+            "--tone-tint-aug",
+            action="store_true",
+            help="EF: random S / inverse-S tone curve and colour tint per sample",
+        )
         p.set_defaults(func=cmd_train, needs_config=False)
     from echo_agent.commands.llm import add_llm_train_parser
 
@@ -77,6 +82,7 @@ def cmd_train(args: argparse.Namespace, _config: object = None) -> int:
         data_dir=args.data[0],
         extra_data_dirs=tuple(args.data[1:]),
         intensity_augment=args.intensity_aug,
+        tone_tint_augment=args.tone_tint_aug,
         out_dir=args.out,
         epochs=args.epochs,
         width=args.width,

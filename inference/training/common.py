@@ -59,6 +59,8 @@ class TrainOptions:
     # random gamma, gain and blur per sample (``transforms.intensity_jitter``): scanners and
     # labs differ in grey map, gain and resolution far more than any one simulator draws
     intensity_augment: bool = False
+    # a random S or inverse-S tone curve and tint per sample (``transforms.tone_tint_jitter``)
+    tone_tint_augment: bool = False
     log: TextIO = field(default=sys.stderr, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -23,7 +23,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.beats import CLIP_LENGTH_FRAMES, CLIP_PERIOD_FRAMES, clip_frame_indices
+from inference.beats import (
+    CLIP_LENGTH_FRAMES,
+    CLIP_PERIOD_FRAMES,
+    clip_frame_indices,
+    clip_period_for,
+)
 from inference.errors import InferenceError
 
 SPLITS = ("TRAIN", "VAL", "TEST")
@@ -48,6 +53,11 @@ class VideoRecord:
     n_frames: int
     fps: float
     split: str  # upper case
+
+    @property
+    def clip_period_frames(self) -> int:
+        """The EF clip period the node uses for this frame rate (``beats.clip_period_for``)."""
+        return clip_period_for(1000.0 / self.fps if self.fps > 0 else None)
 
 
 @dataclass(frozen=True)

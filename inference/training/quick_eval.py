@@ -67,7 +67,12 @@ def quick_evaluate(
         }
         if models.ef_model is not None:
             ef = predict_video_ef(
-                models.ef_model, load_video(v.record.path), mean, std, start_stride=start_stride
+                models.ef_model,
+                load_video(v.record.path),
+                mean,
+                std,
+                start_stride=start_stride,
+                period=v.record.clip_period_frames,
             )
             ef_pred.append(ef)
             row["ef_pred"] = ef

@@ -1,7 +1,8 @@
 """Pixel transforms of the training batches, shared by both training scripts and the
 validation metrics: normalisation to the network's input, and the augmentations (random
-shift with black fill, per-sample gamma / gain / blur). Every random draw comes from the
-generator passed in, so the epoch-seeded determinism of ``common`` carries through.
+shift with black fill, per-sample gamma / gain / blur, tone curve and tint). Every random draw
+comes from the generator passed in, so the epoch-seeded determinism of ``common`` carries
+through.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ GAMMA_LOG_RANGE = 0.5  # gamma drawn log-uniformly in [e^-0.5, e^0.5] = [0.61, 1
 GAIN_RANGE = (0.55, 1.25)
 BLUR_PROBABILITY = 0.35
 BLUR_SIGMA_PX = (0.5, 1.3)
+TONE_CURVE_RANGE = 0.6  # a in x - a sin(2 pi x) / (2 pi): S-shaped for a > 0, inverse-S for a < 0
+TINT_GAIN_RANGE = (0.8, 1.2)  # one gain per colour channel
 
 
 def intensity_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -53,6 +56,26 @@ def intensity_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         for k in range(flat.shape[0]):
             flat[k] = cv2.GaussianBlur(flat[k], (0, 0), sigma)
         out = flat.reshape(out.shape)
+    return out
+
+
+def tone_tint_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 pixels, channel axis first (1 or 3 channels), through one random monotone tone
+    curve and, for three channels, one random gain per channel (a tint). Grey maps differ
+    between scanners by more than a gamma (S-shaped and inverse-S maps compress the middle
+    greys or the ends) and labs export with sepia, green or blue tints. The curve
+    ``x - a sin(2 pi x) / (2 pi)`` with ``|a| < 1`` is monotone and keeps black black and
+    white white. The draws do not depend on the channel count, so grey and colour samples of a
+    run stay in step."""
+    a = float(rng.uniform(-TONE_CURVE_RANGE, TONE_CURVE_RANGE))
+    tint = rng.uniform(TINT_GAIN_RANGE[0], TINT_GAIN_RANGE[1], size=3)
+    x = np.arange(256) / 255.0
+    curve = x - a * np.sin(2.0 * np.pi * x) / (2.0 * np.pi)
+    out = np.empty_like(image)
+    for c in range(image.shape[0]):
+        gain = float(tint[c]) if image.shape[0] == 3 else 1.0
+        lut = np.clip(np.rint(255.0 * gain * curve), 0, 255).astype(np.uint8)
+        out[c] = lut[image[c]]
     return out
 
 
