@@ -62,6 +62,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
             action="store_true",
             help="EF: random S / inverse-S tone curve and colour tint per sample",
         )
+        p.add_argument(
+            "--zoom-aug",
+            action="store_true",
+            help="random zoom about the grid's centre per sample (depth and sector angle)",
+        )
         p.set_defaults(func=cmd_train, needs_config=False)
     from echo_agent.commands.llm import add_llm_train_parser
 
@@ -83,6 +88,7 @@ def cmd_train(args: argparse.Namespace, _config: object = None) -> int:
         extra_data_dirs=tuple(args.data[1:]),
         intensity_augment=args.intensity_aug,
         tone_tint_augment=args.tone_tint_aug,
+        zoom_augment=args.zoom_aug,
         out_dir=args.out,
         epochs=args.epochs,
         width=args.width,

@@ -61,6 +61,10 @@ class TrainOptions:
     intensity_augment: bool = False
     # a random S or inverse-S tone curve and tint per sample (``transforms.tone_tint_jitter``)
     tone_tint_augment: bool = False
+    # a random zoom about the grid's centre per sample (``transforms.zoom_jitter``; the
+    # segmentation's mask takes its image's zoom): depth and sector angle change the heart's
+    # size on the grid from lab to lab
+    zoom_augment: bool = False
     log: TextIO = field(default=sys.stderr, compare=False, repr=False)
 
     def __post_init__(self) -> None:

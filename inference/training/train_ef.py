@@ -54,7 +54,13 @@ from inference.training.echonet_data import (
 from inference.training.metrics import clip_batch, ef_errors, predict_video_ef
 from inference.training.normalisation import channel_mean_std
 from inference.training.train_seg import TrainResult
-from inference.training.transforms import intensity_jitter, random_shift, tone_tint_jitter
+from inference.training.transforms import (
+    ZOOM_RANGE,
+    intensity_jitter,
+    random_shift,
+    tone_tint_jitter,
+    zoom_jitter,
+)
 
 WEIGHTS_NAME = "ef.safetensors"
 MAX_SHIFT_PX = 8
@@ -78,6 +84,7 @@ class RandomClips(Dataset):
         periods: Sequence[int] | None = None,
         intensity_augment: bool = False,
         tone_tint_augment: bool = False,
+        zoom_augment: bool = False,
     ) -> None:
         self.videos = list(videos)
         self.ef = np.asarray(ef_percent, np.float32)
@@ -91,6 +98,7 @@ class RandomClips(Dataset):
             raise ValueError(f"{len(self.periods)} clip periods for {len(self.videos)} videos")
         self.intensity_augment = intensity_augment
         self.tone_tint_augment = tone_tint_augment
+        self.zoom_augment = zoom_augment
         self.channels = max(v.shape[-1] for v in self.videos)
         self.epoch = 0
 
@@ -114,6 +122,8 @@ class RandomClips(Dataset):
             chw = intensity_jitter(chw, rng)
         if self.tone_tint_augment:  # drawn last, so runs without it keep every other draw
             chw = tone_tint_jitter(chw, rng)
+        if self.zoom_augment:  # drawn after the others, so runs without it keep their draws
+            chw = zoom_jitter(chw, rng)
         return torch.from_numpy(chw), torch.from_numpy(valid), torch.tensor(self.ef[i])
 
 
@@ -147,6 +157,7 @@ def train_ef(options: TrainOptions) -> TrainResult:
         periods=[r.clip_period_frames for r in train],
         intensity_augment=options.intensity_augment,
         tone_tint_augment=options.tone_tint_augment,
+        zoom_augment=options.zoom_augment,
     )
     _, steps_per_epoch = epoch_shape(len(dataset), options.batch_size)
 
@@ -228,7 +239,8 @@ def train_ef(options: TrainOptions) -> TrainResult:
         "optimizer": f"AdamW lr {options.lr} wd {options.weight_decay}, warm-up + cosine",
         "augmentation": f"shift up to {MAX_SHIFT_PX} px"
         + (", intensity jitter (gamma, gain, blur)" if options.intensity_augment else "")
-        + (", tone curve and tint" if options.tone_tint_augment else ""),
+        + (", tone curve and tint" if options.tone_tint_augment else "")
+        + (f", zoom {ZOOM_RANGE[0]}-{ZOOM_RANGE[1]}" if options.zoom_augment else ""),
         "train_data": data_fingerprint(options.data_dirs, [r.name for r in train]),
         "val_videos": len(val),
         "history": history,

@@ -43,7 +43,15 @@ from inference.training.echonet_data import (
 )
 from inference.training.metrics import dice_scores, predict_masks
 from inference.training.normalisation import channel_mean_std
-from inference.training.transforms import intensity_jitter, normalise, random_shift, shift_array
+from inference.training.transforms import (
+    ZOOM_RANGE,
+    draw_zoom,
+    intensity_jitter,
+    normalise,
+    random_shift,
+    shift_array,
+    zoom_array,
+)
 
 WEIGHTS_NAME = "segmentation.safetensors"
 MAX_SHIFT_PX = 8
@@ -69,12 +77,14 @@ class TracedFrames(Dataset):
         seed: int,
         max_shift_px: int,
         intensity_augment: bool = False,
+        zoom_augment: bool = False,
     ):
         self.images = np.ascontiguousarray(np.moveaxis(images, -1, 1))
         self.masks = masks.astype(np.float32)
         self.seed = seed
         self.max_shift_px = max_shift_px
         self.intensity_augment = intensity_augment
+        self.zoom_augment = zoom_augment
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -89,6 +99,9 @@ class TracedFrames(Dataset):
         mask = shift_array(self.masks[i], dy, dx)
         if self.intensity_augment:  # drawn after the shift, so old runs keep their shifts
             image = intensity_jitter(image, rng)
+        if self.zoom_augment:  # drawn last; the mask takes the image's zoom
+            factor = draw_zoom(rng)
+            image, mask = zoom_array(image, factor), zoom_array(mask, factor)
         return torch.from_numpy(image), torch.from_numpy(mask)
 
 
@@ -112,6 +125,7 @@ def train_segmentation(options: TrainOptions) -> TrainResult:
         options.seed,
         MAX_SHIFT_PX,
         options.intensity_augment,
+        options.zoom_augment,
     )
     _, steps_per_epoch = epoch_shape(len(dataset), options.batch_size)
 
@@ -158,7 +172,8 @@ def train_segmentation(options: TrainOptions) -> TrainResult:
         "batch_size": options.batch_size,
         "optimizer": f"AdamW lr {options.lr} wd {options.weight_decay}, warm-up + cosine",
         "augmentation": f"shift up to {MAX_SHIFT_PX} px"
-        + (", intensity jitter (gamma, gain, blur)" if options.intensity_augment else ""),
+        + (", intensity jitter (gamma, gain, blur)" if options.intensity_augment else "")
+        + (f", zoom {ZOOM_RANGE[0]}-{ZOOM_RANGE[1]}" if options.zoom_augment else ""),
         "train_data": data_fingerprint(options.data_dirs, [v.record.name for v in train]),
         "val_videos": len(val),
         "history": history,

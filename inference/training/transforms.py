@@ -1,6 +1,7 @@
 """Pixel transforms of the training batches, shared by both training scripts and the
 validation metrics: normalisation to the network's input, and the augmentations (random
-shift with black fill, per-sample gamma / gain / blur, tone curve and tint). Every random draw
+shift with black fill, per-sample gamma / gain / blur, tone curve and tint, zoom about the
+grid's centre). Every random draw
 comes from the generator passed in, so the epoch-seeded determinism of ``common`` carries
 through.
 """
@@ -38,6 +39,10 @@ BLUR_PROBABILITY = 0.35
 BLUR_SIGMA_PX = (0.5, 1.3)
 TONE_CURVE_RANGE = 0.6  # a in x - a sin(2 pi x) / (2 pi): S-shaped for a > 0, inverse-S for a < 0
 TINT_GAIN_RANGE = (0.8, 1.2)  # one gain per colour channel
+# The fan's bounding box is scaled to the 112-px grid, so the heart's size on the grid follows
+# the lab's depth and sector angle: depth 10 to 24 cm and half-angles 30 to 55 degrees put the
+# same LV anywhere from about 0.6 to 1.3 times its size at a 16 cm, 40 degree setting.
+ZOOM_RANGE = (0.6, 1.25)  # drawn log-uniformly
 
 
 def intensity_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -77,6 +82,42 @@ def tone_tint_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         lut = np.clip(np.rint(255.0 * gain * curve), 0, 255).astype(np.uint8)
         out[c] = lut[image[c]]
     return out
+
+
+def zoom_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 pixels (the last two axes image rows and columns) scaled about the image centre
+    by one random factor for the whole sample (every frame of a clip alike). EF is a ratio of
+    volumes, so the label holds at any size; a network that never sees the heart at another
+    size learns sizes in pixels instead, and reads a smaller heart's wall motion as a smaller
+    EF."""
+    return zoom_array(image, draw_zoom(rng))
+
+
+def draw_zoom(rng: np.random.Generator) -> float:
+    """One zoom factor, log-uniform in ``ZOOM_RANGE``."""
+    return float(np.exp(rng.uniform(np.log(ZOOM_RANGE[0]), np.log(ZOOM_RANGE[1]))))
+
+
+def zoom_array(image: np.ndarray, factor: float) -> np.ndarray:
+    """The last two axes scaled by ``factor`` about the centre: black (zero) fills what a
+    zoom-out uncovers, a zoom-in crops the edges. Masks go through the same call as their
+    image, so the two stay aligned."""
+    h, w = image.shape[-2:]
+    new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
+    # area averaging when shrinking, so speckle does not alias into a coarser texture
+    interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    flat = image.reshape(-1, h, w)
+    out = np.zeros_like(flat)
+    # the scaled frame centred on the grid: pasted inside it, or its centre cut out of it
+    dst_y, dst_x = max(0, (h - new_h) // 2), max(0, (w - new_w) // 2)
+    src_y, src_x = max(0, (new_h - h) // 2), max(0, (new_w - w) // 2)
+    rows, cols = min(h, new_h), min(w, new_w)
+    for k in range(flat.shape[0]):
+        scaled = cv2.resize(flat[k], (new_w, new_h), interpolation=interpolation)
+        out[k, dst_y : dst_y + rows, dst_x : dst_x + cols] = scaled[
+            src_y : src_y + rows, src_x : src_x + cols
+        ]
+    return out.reshape(image.shape)
 
 
 def shift_array(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
