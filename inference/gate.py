@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from inference.beats import smooth_curve, smoothing_window_frames
-from inference.cavity_edge import cavity_edge_contrast
+from inference.cavity_edge import cavity_edge_contrast, systolic_edge_contrast
 from inference.measure import FLAG_EF_METHODS_DISAGREE, FLAG_HEART_RATE_DISAGREES
 from inference.ood import OodReference, loop_features, ood_score
 from inference.types import (
@@ -41,8 +41,11 @@ FLAG_INCONSISTENT_LV_AREA = "inconsistent_lv_area"
 FLAG_EF_DISAGREEMENT = "ef_methods_disagree_beyond_limit"
 FLAG_OUT_OF_DISTRIBUTION = "out_of_distribution"
 FLAG_OUTLINE_OFF_CAVITY_EDGE = "lv_outline_off_cavity_edge"
+FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE = "lv_outline_off_cavity_edge_in_systole"
 
 MANUAL = "manual measurement required"
+# the values the smallest (systolic) LV outlines give directly
+SYSTOLIC_OUTLINE_KEYS = ("ef_disks_percent", "edv_ml", "esv_ml")
 
 # An LV component counts as plausible when it covers this share of the fan on the 112 grid:
 # the LV of an A4C view fills a few per cent (small, foreshortened) to a third (dilated) of it.
@@ -68,6 +71,9 @@ class GateThresholds:
     max_ood_score: float = 3.0  # robust z-distance to the training set (``inference.ood``)
     # grey step across the LV outline, in fan SDs (``inference.cavity_edge``)
     min_cavity_edge_contrast: float = 0.25
+    # the same over the quarter of frames with the smallest outline (``systolic_edge_contrast``),
+    # the frames the ESV and the disks' EF come from
+    min_systolic_cavity_edge_contrast: float = 0.33
 
     def __post_init__(self) -> None:
         for name in ("min_lv_coverage", "min_segmentation_confidence", "min_area_consistency"):
@@ -79,6 +85,7 @@ class GateThresholds:
             "max_heart_rate_disagreement_fraction",
             "max_ood_score",
             "min_cavity_edge_contrast",
+            "min_systolic_cavity_edge_contrast",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -134,6 +141,9 @@ def gather_evidence(
         heart_rate_disagreement_fraction=_relative_difference(measured_hr, header_heart_rate_bpm),
         ood_score=ood,
         cavity_edge_contrast=cavity_edge_contrast(network_input, sector_mask, lv_probability),
+        systolic_cavity_edge_contrast=systolic_edge_contrast(
+            network_input, sector_mask, lv_probability
+        ),
     )
 
 
@@ -217,6 +227,20 @@ def apply_gate(
             FLAG_OUTLINE_OFF_CAVITY_EDGE,
             "the LV outline does not follow the dark cavity's border (edge contrast "
             f"{edge:.2f}, limit {t.min_cavity_edge_contrast:.2f})",
+        )
+    systolic = evidence.systolic_cavity_edge_contrast
+    limit = t.min_systolic_cavity_edge_contrast
+    if evidence.lv_frames and systolic is not None and systolic < limit:
+        # what rests on the smallest outlines: the ESV (so the volumes and the disks' EF) and the
+        # regression's EF when its clips were aligned to end-systoles found on them; averaged
+        # over every clip (no beat found) it never saw an outline; a value the measurement step
+        # did not give keeps its own reason
+        resting = lv_keys if measurements.ef_source == "beats" else SYSTOLIC_OUTLINE_KEYS
+        withhold(
+            tuple(key for key in resting if getattr(measurements, key) is not None),
+            FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE,
+            "in systole the LV outline does not follow the dark cavity's border (edge "
+            f"contrast {systolic:.2f} on the smallest outlines, limit {limit:.2f})",
         )
     if (
         evidence.ef_disagreement_points is not None
@@ -352,6 +376,10 @@ def quality_score(evidence: GateEvidence, thresholds: GateThresholds) -> float:
         scores.append(_lower_is_better(evidence.ood_score, t.max_ood_score))
     if evidence.cavity_edge_contrast is not None:
         scores.append(_at_least(evidence.cavity_edge_contrast, t.min_cavity_edge_contrast))
+    if evidence.systolic_cavity_edge_contrast is not None:
+        scores.append(
+            _at_least(evidence.systolic_cavity_edge_contrast, t.min_systolic_cavity_edge_contrast)
+        )
     return round(float(min(scores)), 3)
 
 

@@ -239,6 +239,8 @@ class GateEvidence:
     ood_score: float | None  # distance to the training set; None without a reference
     # intensity step across the LV outline, fan SDs (``inference.cavity_edge``); None: not measured
     cavity_edge_contrast: float | None = None
+    # the same over the quarter of frames with the smallest LV outline; None: not measured
+    systolic_cavity_edge_contrast: float | None = None
 
     @property
     def lv_coverage(self) -> float:
@@ -255,6 +257,7 @@ class GateEvidence:
             "heart_rate_disagreement_fraction": _round_opt(self.heart_rate_disagreement_fraction),
             "ood_score": _round_opt(self.ood_score),
             "cavity_edge_contrast": _round_opt(self.cavity_edge_contrast),
+            "systolic_cavity_edge_contrast": _round_opt(self.systolic_cavity_edge_contrast),
         }
 
     @classmethod
@@ -270,6 +273,7 @@ class GateEvidence:
             heart_rate_disagreement_fraction=data.get("heart_rate_disagreement_fraction"),
             ood_score=data.get("ood_score"),
             cavity_edge_contrast=data.get("cavity_edge_contrast"),
+            systolic_cavity_edge_contrast=data.get("systolic_cavity_edge_contrast"),
         )
 
 

@@ -42,6 +42,7 @@ CSV_FIELDS = (
     "heart_rate_disagreement_fraction",
     "ood_score",
     "cavity_edge_contrast",
+    "systolic_cavity_edge_contrast",
     "reasons",
 )
 

@@ -218,6 +218,7 @@ class GateConfig:
     max_heart_rate_disagreement_fraction: float = 0.15
     max_ood_score: float = 3.0
     min_cavity_edge_contrast: float = 0.25
+    min_systolic_cavity_edge_contrast: float = 0.33
     ood_reference: str = ""
 
 
