@@ -29,7 +29,7 @@ from inference.gate import (
 from inference.measure import measure_loop
 from inference.model_cache import load_models
 from inference.phantom.bmode import HELD_OUT_FAMILY, generate_bmode
-from inference.types import GateEvidence, Validity
+from inference.types import GateEvidence, Measurements, Validity
 from pacs_agent.analysis import model_settings
 from pacs_agent.config import Config
 
@@ -128,6 +128,16 @@ def _beating_masks(n: int = 100, frame_time_ms: float = 33.3) -> np.ndarray:
     return np.stack([((xx - 50) / (18 * s)) ** 2 + ((yy - 60) / (40 * s)) ** 2 <= 1 for s in scale])
 
 
+def _measured(masks: np.ndarray) -> Measurements:
+    """The measurement step on these LV masks (30 /s, 0.5 mm pixels, every clip read 55 %)."""
+    return measure_loop(
+        masks,
+        frame_time_ms=33.3,
+        spacing_cm=(0.05, 0.05),
+        clip_ef=lambda starts: np.full(len(starts), 55.0),
+    )
+
+
 def _evidence(edge: float | None, es_edge: float | None = None) -> GateEvidence:
     return GateEvidence(
         n_frames=100,
@@ -143,12 +153,7 @@ def _evidence(edge: float | None, es_edge: float | None = None) -> GateEvidence:
 
 
 def test_an_outline_off_the_cavity_edge_withholds_the_lv_values_with_the_reason() -> None:
-    measured = measure_loop(
-        _beating_masks(),
-        frame_time_ms=33.3,
-        spacing_cm=(0.05, 0.05),
-        clip_ef=lambda starts: np.full(len(starts), 55.0),
-    )
+    measured = _measured(_beating_masks())
     thresholds = GateThresholds()
     gated = apply_gate(measured, _evidence(0.05), thresholds)
     for key in LV_KEYS:
@@ -166,12 +171,7 @@ def test_an_outline_off_the_cavity_edge_withholds_the_lv_values_with_the_reason(
 
 
 def test_a_systolic_outline_off_the_cavity_edge_withholds_the_lv_values() -> None:
-    measured = measure_loop(
-        _beating_masks(),
-        frame_time_ms=33.3,
-        spacing_cm=(0.05, 0.05),
-        clip_ef=lambda starts: np.full(len(starts), 55.0),
-    )
+    measured = _measured(_beating_masks())
     thresholds = GateThresholds()
     gated = apply_gate(measured, _evidence(1.2, 0.1), thresholds)
     for key in LV_KEYS:
@@ -193,12 +193,7 @@ def test_an_ef_averaged_over_every_clip_stays_when_only_the_systolic_outline_fai
     check flags the loop but does not withhold that EF, and the values the outlines could not
     give (no beat: no volumes, no disks) keep their own reason (the real SonoSite loop's case)."""
     still = np.repeat(_beating_masks(n=1), 60, axis=0)  # an LV that does not move: no beat
-    measured = measure_loop(
-        still,
-        frame_time_ms=33.3,
-        spacing_cm=(0.05, 0.05),
-        clip_ef=lambda starts: np.full(len(starts), 55.0),
-    )
+    measured = _measured(still)
     assert measured.ef_source == "all_clips" and measured.ef_percent is not None
     assert measured.edv_ml is None and measured.ef_disks_percent is None
     gated = apply_gate(measured, _evidence(1.2, 0.1), GateThresholds())
