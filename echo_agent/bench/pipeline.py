@@ -5,7 +5,8 @@ language model, the default stable-age rule) in a temporary home with its own po
 studies go to it with dcmtk ``storescu``, one study after the other, each once the previous
 one's job has finished. For each study the clock starts when ``storescu`` has its last C-STORE
 response and stops when the job is finished with every object written; the stages in between
-come from the database timestamps (instances' ``received_at``, the job's ``created_at`` /
+come from the database timestamps (the study's ``last_received_at``, which the stable-age wait
+is timed from, the job's ``created_at`` /
 ``started_at`` / ``finished_at``) and the job log (``stages_s`` of the "analysed" line, the
 "drafted" and "reported" lines). Decoding overlaps the analysis (``inference.stream``), so the
 decoding thread's time is shown beside the wall time of decoding and analysis together.
@@ -178,10 +179,14 @@ def _time_study(
             select(func.count(Instance.id)).join(Series).where(Series.study_fk == study.id)
         )
         status, completed_at = study.status, study.completed_at
+        # the stable age counts from the node's own record of the last arrival, which comes
+        # before storescu's exit: timing the wait from the client's clock would shave off the
+        # response and process-exit time and read a 1.0 s stable age as 0.99 s
+        last_arrival = study.last_received_at
     if job is None:
         stages = {}
         if completed_at is not None:
-            stages["assembly_s"] = _seconds(last_response, completed_at)
+            stages["assembly_s"] = _seconds(last_arrival, completed_at)
         return StudyTiming(
             study_uid=study_uid,
             job_id=None,
@@ -194,7 +199,7 @@ def _time_study(
         )
     log = read_log(job_output_dir(config, job.id))
     stages = _stages_from_log(log)
-    stages["assembly_s"] = _seconds(last_response, job.created_at)
+    stages["assembly_s"] = _seconds(last_arrival, job.created_at)
     if job.started_at is not None:
         stages["queue_s"] = _seconds(job.created_at, job.started_at)
     finished = job.finished_at or dt.datetime.now(dt.UTC)
