@@ -44,6 +44,7 @@ FLAG_OUTLINE_OFF_CAVITY_EDGE = "lv_outline_off_cavity_edge"
 FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE = "lv_outline_off_cavity_edge_in_systole"
 
 MANUAL = "manual measurement required"
+NOTHING_WITHHELD = "no reported value rests on it"
 # the values the smallest (systolic) LV outlines give directly
 SYSTOLIC_OUTLINE_KEYS = ("ef_disks_percent", "edv_ml", "esv_ml")
 
@@ -187,7 +188,10 @@ def apply_gate(
     n = evidence.n_frames
 
     def withhold(keys: tuple[str, ...], code: str, reason: str) -> None:
-        flags.append(QualityFlag(code, f"{reason[0].upper()}{reason[1:]}; {MANUAL}."))
+        # a check that finds nothing resting on its failing evidence withholds nothing, and its
+        # flag must not ask for a manual measurement of a value that is shown beside it
+        consequence = MANUAL if keys else NOTHING_WITHHELD
+        flags.append(QualityFlag(code, f"{reason[0].upper()}{reason[1:]}; {consequence}."))
         for key in keys:
             reasons[key].append(reason)
 

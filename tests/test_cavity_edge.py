@@ -22,6 +22,8 @@ from inference.gate import (
     FLAG_OUT_OF_DISTRIBUTION,
     FLAG_OUTLINE_OFF_CAVITY_EDGE,
     FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE,
+    MANUAL,
+    NOTHING_WITHHELD,
     GateThresholds,
     apply_gate,
     quality_score,
@@ -180,6 +182,8 @@ def test_a_systolic_outline_off_the_cavity_edge_withholds_the_lv_values() -> Non
     assert gated.heart_rate_bpm == measured.heart_rate_bpm
     assert FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE in gated.flag_codes
     assert FLAG_OUTLINE_OFF_CAVITY_EDGE not in gated.flag_codes
+    (message,) = [f.message for f in gated.flags if f.code == FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE]
+    assert message.endswith(f"; {MANUAL}.")
     assert gated.quality_score < 0.5
     assert apply_gate(measured, _evidence(1.2, 1.1), thresholds).ef_percent == measured.ef_percent
     limit = thresholds.min_systolic_cavity_edge_contrast
@@ -204,6 +208,10 @@ def test_an_ef_averaged_over_every_clip_stays_when_only_the_systolic_outline_fai
         assert "in systole" not in gated.validity[key].reason
     assert FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE in gated.flag_codes
     assert gated.quality_score < 0.5
+    # the flag says that nothing shown rests on those outlines, not "manual measurement
+    # required" beside an EF that is shown
+    (message,) = [f.message for f in gated.flags if f.code == FLAG_SYSTOLIC_OUTLINE_OFF_CAVITY_EDGE]
+    assert message.endswith(f"; {NOTHING_WITHHELD}.") and MANUAL not in message
 
 
 def test_stored_evidence_without_the_edge_reads_back_as_not_measured() -> None:
