@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from inference.phantom.anatomy import Pose
-from inference.phantom.bmode import FAMILIES, HELD_OUT_FAMILY, generate_bmode, select_families
+from inference.phantom.bmode import (
+    FAMILIES,
+    HELD_OUT_FAMILY,
+    SEALED_FAMILY,
+    generate_bmode,
+    select_families,
+)
 from inference.phantom.bmode.export import simulate_bmode
 from inference.phantom.bmode.psf import apply_psf, make_psf
 from inference.phantom.bmode.scatterers import ScattererField
@@ -110,6 +116,20 @@ def test_excluded_family_is_never_drawn(tmp_path: Path) -> None:
         select_families(["no_such_family"], None)
     with pytest.raises(ValueError, match="no style family left"):
         select_families([FAST], [FAST])
+
+
+def test_the_sealed_family_is_drawn_only_when_named() -> None:
+    """The blind family never enters a default or an --exclude-families run (the documented
+    training commands), so adding it left their loops as they were."""
+    assert FAMILIES[SEALED_FAMILY].sealed
+    assert SEALED_FAMILY not in select_families(None, None)
+    assert SEALED_FAMILY not in select_families(None, [HELD_OUT_FAMILY])
+    assert select_families(None, [HELD_OUT_FAMILY]) == tuple(
+        f for f in FAMILIES if f not in (HELD_OUT_FAMILY, SEALED_FAMILY)
+    )
+    assert select_families([SEALED_FAMILY], None) == (SEALED_FAMILY,)
+    b = simulate_bmode(np.random.default_rng(5), (SEALED_FAMILY,))
+    assert b.style.family == SEALED_FAMILY and b.style.grey_map == "log_knee"
 
 
 def test_loop_is_valid_dicom_and_decodes_in_the_node(tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def add_phantom_parser(sub: Any) -> None:
         "only, one per study)",
     )
     phantom.add_argument(
-        "--families", default="", help="bmode: comma-separated style families to draw from"
+        "--families",
+        default="",
+        help="bmode: comma-separated style families to draw from (default: every unsealed one)",
     )
     phantom.add_argument(
         "--exclude-families", default="", help="bmode: comma-separated families never drawn"

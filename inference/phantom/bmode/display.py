@@ -22,6 +22,7 @@ TINTS = {  # RGB gain at full brightness; darker greys keep the same hue
     "green": (0.82, 1.0, 0.86),
     "cool": (0.9, 0.96, 1.0),
     "blue": (0.72, 0.85, 1.0),
+    "violet": (0.9, 0.8, 1.0),
 }
 TEXT_COLOURS = ((225, 225, 225), (240, 230, 120), (150, 220, 250), (200, 200, 200))
 LOGOS = ("EchoLab", "SONOVIEW", "CardioScan", "PHANTOM")
@@ -39,6 +40,8 @@ def grey_lut(name: str) -> np.ndarray:
     elif name == "sigmoid":
         s = 1.0 / (1.0 + np.exp(-8.0 * (x - 0.5)))
         y = (s - s[0]) / (s[-1] - s[0])
+    elif name == "log_knee":  # lifts the dark levels, flattens the bright ones
+        y = np.log1p(6.0 * x) / np.log1p(6.0)
     elif name == "inverse_s":
         y = 0.5 + 0.5 * np.sign(2 * x - 1) * np.abs(2 * x - 1) ** 0.55
     else:
