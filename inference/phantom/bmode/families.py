@@ -12,9 +12,10 @@ were chosen, to test them once more on a look nothing was tuned on (the wide_blu
 loops were studied while the models and edge checks were chosen, so they are no longer blind).
 It sits on the other side of the training families from wide_blue_coarse: a narrow sector
 with its apex off to the left, a log-knee grey map and a violet tint that no family has, and
-finer, denser speckle, a higher dynamic range and heavier persistence than any training family. A sealed family is drawn only when named in
-``--families``: no default run and no ``--exclude-families`` run (training data included) can
-draw it, and adding it changed no existing command's loops.
+finer, denser speckle, a higher dynamic range and heavier persistence than any training
+family. A sealed family is drawn only when named in ``--families``: no default run and no
+``--exclude-families`` run (training data included) can draw it, and adding it changed no
+existing command's loops.
 """
 
 from __future__ import annotations
