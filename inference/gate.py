@@ -24,7 +24,7 @@ import numpy as np
 from inference.beats import smooth_curve, smoothing_window_frames
 from inference.cavity_edge import cavity_edge_contrast, systolic_edge_contrast
 from inference.measure import FLAG_EF_METHODS_DISAGREE, FLAG_HEART_RATE_DISAGREES
-from inference.ood import OodReference, loop_features, ood_score
+from inference.ood import FEATURE_WORDS, OodReference, furthest_feature, loop_features, ood_score
 from inference.types import (
     GATED_KEYS,
     GateEvidence,
@@ -123,11 +123,11 @@ def gather_evidence(
         if area and _one_plausible_component(lv, area, fan_px):
             identified += 1
     area_px = np.asarray(measurements.lv_area_px, np.float64)
-    ood = (
-        None
-        if ood_reference is None
-        else ood_score(loop_features(network_input, sector_mask, lv_probability), ood_reference)
-    )
+    ood, furthest = None, None
+    if ood_reference is not None:
+        features = loop_features(network_input, sector_mask, lv_probability)
+        ood = ood_score(features, ood_reference)
+        furthest = furthest_feature(features, ood_reference)
     measured_hr = measurements.heart_rate_bpm if measurements.heart_rate_source == "beats" else None
     return GateEvidence(
         n_frames=n,
@@ -141,6 +141,7 @@ def gather_evidence(
         ),
         heart_rate_disagreement_fraction=_relative_difference(measured_hr, header_heart_rate_bpm),
         ood_score=ood,
+        ood_furthest_feature=furthest,
         cavity_edge_contrast=cavity_edge_contrast(network_input, sector_mask, lv_probability),
         systolic_cavity_edge_contrast=systolic_edge_contrast(
             network_input, sector_mask, lv_probability
@@ -168,6 +169,13 @@ def _area_consistency(area_px: np.ndarray, frame_time_ms: float | None) -> float
     median = float(np.median(area_px[area_px > 0]))
     jumps = np.abs(area_px - smoothed) > AREA_JUMP_FRACTION * median
     return float(1.0 - np.count_nonzero(jumps | (area_px == 0)) / area_px.size)
+
+
+def _most_different(feature: str | None) -> str:
+    """The clause naming the feature furthest from the training loops, after the distance;
+    empty for evidence stored before the gate named it."""
+    words = FEATURE_WORDS.get(feature or "")
+    return f", most of all in {words}" if words else ""
 
 
 def _relative_difference(measured: float | None, reference: float | None) -> float | None:
@@ -208,7 +216,8 @@ def apply_gate(
             beat_keys,
             FLAG_OUT_OF_DISTRIBUTION,
             "the images differ from those the models were trained on "
-            f"(distance {evidence.ood_score:.1f}, limit {t.max_ood_score:.1f})",
+            f"(distance {evidence.ood_score:.1f}, limit {t.max_ood_score:.1f})"
+            + _most_different(evidence.ood_furthest_feature),
         )
     if evidence.lv_frames and evidence.segmentation_confidence < t.min_segmentation_confidence:
         withhold(

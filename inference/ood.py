@@ -32,6 +32,21 @@ FEATURE_NAMES = (
     "lv_fraction",  # mean share of the fan the segmentation calls LV
     "lv_sureness",  # mean |2p - 1| over the fan: how decided the segmentation is
 )
+# how each feature reads in the out-of-distribution flag: a lab whose loops are all withheld
+# needs to know whether it is the colour map, the grey map, the texture or the motion that
+# differs before it asks for a model or reference that covers its scanner
+FEATURE_WORDS = {
+    "fan_mean": "overall brightness",
+    "fan_sd": "contrast",
+    "fan_p10": "the darkest grey levels (grey map or gain)",
+    "fan_p90": "the brightest grey levels (grey map or gain)",
+    "dark_fraction": "the share of dark pixels",
+    "gradient": "speckle texture",
+    "motion": "frame-to-frame change",
+    "chroma": "colour (a tint or a colour overlay)",
+    "lv_fraction": "the share of the sector the LV outline takes",
+    "lv_sureness": "how decided the LV outline is",
+}
 REFERENCE_FILE_NAME = "gate_reference.json"
 MIN_SCALE = 1e-3  # robust scale floor, so a feature constant in training still has a unit
 SCALE_FRACTION_OF_MEDIAN = 0.05
@@ -140,6 +155,12 @@ def feature_z_scores(features: np.ndarray, reference: OodReference) -> np.ndarra
     return (np.asarray(features, np.float64) - np.asarray(reference.median)) / np.asarray(
         reference.scale
     )
+
+
+def furthest_feature(features: np.ndarray, reference: OodReference) -> str:
+    """The name of the feature furthest from the training reference (largest |z|)."""
+    z = feature_z_scores(features, reference)
+    return FEATURE_NAMES[int(np.argmax(np.abs(z)))]
 
 
 def ood_score(features: np.ndarray, reference: OodReference) -> float:

@@ -241,6 +241,8 @@ class GateEvidence:
     cavity_edge_contrast: float | None = None
     # the same over the quarter of frames with the smallest LV outline; None: not measured
     systolic_cavity_edge_contrast: float | None = None
+    # the OOD feature furthest from the training reference (``inference.ood.FEATURE_NAMES``)
+    ood_furthest_feature: str | None = None
 
     @property
     def lv_coverage(self) -> float:
@@ -258,6 +260,7 @@ class GateEvidence:
             "ood_score": _round_opt(self.ood_score),
             "cavity_edge_contrast": _round_opt(self.cavity_edge_contrast),
             "systolic_cavity_edge_contrast": _round_opt(self.systolic_cavity_edge_contrast),
+            "ood_furthest_feature": self.ood_furthest_feature,
         }
 
     @classmethod
@@ -274,6 +277,7 @@ class GateEvidence:
             ood_score=data.get("ood_score"),
             cavity_edge_contrast=data.get("cavity_edge_contrast"),
             systolic_cavity_edge_contrast=data.get("systolic_cavity_edge_contrast"),
+            ood_furthest_feature=data.get("ood_furthest_feature"),
         )
 
 

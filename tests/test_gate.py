@@ -23,7 +23,13 @@ from inference.gate import (
     validity_of,
 )
 from inference.measure import measure_loop
-from inference.ood import FEATURE_NAMES, build_reference, loop_features, ood_score
+from inference.ood import (
+    FEATURE_NAMES,
+    FEATURE_WORDS,
+    build_reference,
+    loop_features,
+    ood_score,
+)
 from inference.presets import load_preset
 from inference.types import GATED_KEYS, Cine, GateEvidence, Measurements, Validity
 
@@ -35,9 +41,7 @@ def _ellipse_masks(n: int = 100, frame_time_ms: float = 33.3) -> np.ndarray:
     yy, xx = np.mgrid[0:120, 0:100]
     t = np.arange(n) * frame_time_ms / 1000.0
     scale = 0.8 + 0.2 * np.cos(2 * np.pi * t)  # ED at t = 0, 1, 2 s
-    return np.stack(
-        [((xx - 50) / (18 * s)) ** 2 + ((yy - 60) / (40 * s)) ** 2 <= 1 for s in scale]
-    )
+    return np.stack([((xx - 50) / (18 * s)) ** 2 + ((yy - 60) / (40 * s)) ** 2 <= 1 for s in scale])
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +184,47 @@ def test_ood_reference_scores_training_like_loops_low_and_others_high() -> None:
     near = ood_score(loop_features(loop(0.55), fan, prob), reference)
     far = ood_score(loop_features(loop(3.0), fan, np.zeros_like(prob)), reference)
     assert near < 3.0 < far
+
+
+def test_the_out_of_distribution_flag_names_what_differs_most(measured) -> None:
+    """A lab whose loops are all withheld as out of distribution is told which property of its
+    images is furthest from the training loops: here a tint on loops trained on grey."""
+    rng = np.random.default_rng(1)
+    fan = np.zeros((112, 112), bool)
+    fan[8:104, 8:104] = True
+    prob = np.zeros((8, 112, 112), np.float32)
+    prob[:, 40:70, 40:60] = 1.0
+
+    def grey_loop() -> np.ndarray:
+        return np.repeat(rng.gamma(2.0, 0.5, size=(8, 1, 112, 112)).astype(np.float32), 3, axis=1)
+
+    reference = build_reference(
+        np.stack([loop_features(grey_loop(), fan, prob) for _ in range(12)]), "test"
+    )
+    tinted = grey_loop() * np.array([1.0, 0.7, 1.2], np.float32)[None, :, None, None]
+    m = dataclasses.replace(measured, lv_area_px=tuple(float(a) for a in prob.sum(axis=(1, 2))))
+    evidence = gather_evidence(m, prob, fan, tinted, None, reference)
+    assert evidence.ood_score is not None and evidence.ood_score > THRESHOLDS.max_ood_score
+    assert evidence.ood_furthest_feature == "chroma"
+    gated = apply_gate(measured, evidence, THRESHOLDS)
+    assert gated.ef_percent is None
+    (message,) = [f.message for f in gated.flags if f.code == FLAG_OUT_OF_DISTRIBUTION]
+    assert f"most of all in {FEATURE_WORDS['chroma']}" in message
+    assert FEATURE_WORDS["chroma"] in gated.validity["ef_percent"].reason
+    # a grey loop is near the reference; evidence stored before the feature was named reads
+    # back without it, and its flag simply leaves the clause out
+    near = gather_evidence(m, prob, fan, grey_loop(), None, reference)
+    assert near.ood_score is not None and near.ood_score < THRESHOLDS.max_ood_score
+    old = {k: v for k, v in evidence.to_json().items() if k != "ood_furthest_feature"}
+    restored = GateEvidence.from_json(old)
+    assert restored.ood_furthest_feature is None
+    (message,) = [
+        f.message
+        for f in apply_gate(measured, restored, THRESHOLDS).flags
+        if f.code == FLAG_OUT_OF_DISTRIBUTION
+    ]
+    assert "most of all" not in message and "trained on" in message
+    assert GateEvidence.from_json(evidence.to_json()).ood_furthest_feature == "chroma"
 
 
 @pytest.fixture(scope="module")

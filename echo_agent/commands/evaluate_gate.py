@@ -41,6 +41,7 @@ CSV_FIELDS = (
     "ef_disagreement_points",
     "heart_rate_disagreement_fraction",
     "ood_score",
+    "ood_furthest_feature",
     "cavity_edge_contrast",
     "systolic_cavity_edge_contrast",
     "reasons",
